@@ -1,0 +1,397 @@
+"""Readers for the dataset formats real users have: JSONL, COCO captions, VQAv2, image folders.
+
+Every reader is a map-style :class:`torch.utils.data.Dataset` of :class:`Sample`. Annotation
+files are parsed (and validated, with errors naming the file and the line or entry) in
+``__init__``; images are decoded lazily in ``__getitem__`` through
+:func:`lavit.data.image_io.load_image`.
+
+Bad images: ``on_bad_image="raise"`` (default) raises :class:`ImageLoadError`; ``"skip"``
+records the failure in ``dataset.bad_images`` (path -> message) and returns the next good
+sample, scanning forward and wrapping around. ``scan()`` checks every image up front and, in
+skip mode, drops the bad records. ``max_pixels`` is passed to :func:`load_image`. DataLoader
+workers each hold their own ``bad_images``; call ``scan()`` first for a global count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lavit.data.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from lavit.data.sample import QA, Sample
+
+ON_BAD_IMAGE_CHOICES = ("raise", "skip")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+VQA_IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
+
+
+class AnnotationError(ValueError):
+    """An annotation file is malformed; the message names the file and the line or entry."""
+
+
+@dataclass
+class _Record:
+    """Everything about one sample except the decoded image."""
+
+    image_path: Path
+    image_id: str
+    captions: list[str] = field(default_factory=list)
+    qa: list[QA] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _ImageRecordDataset(Dataset[Sample]):
+    """Shared lazy loading and bad-image handling; subclasses only build ``_records``.
+
+    Args:
+        records: one record per sample, in a deterministic order.
+        source: the annotation file or folder, named in error messages.
+        on_bad_image: "raise" or "skip" (see the module docstring).
+        max_pixels: passed to :func:`load_image`.
+    """
+
+    def __init__(self, records: list[_Record], *, source: str, on_bad_image: str, max_pixels: int) -> None:
+        if on_bad_image not in ON_BAD_IMAGE_CHOICES:
+            raise ValueError(f"on_bad_image={on_bad_image!r} is not one of {ON_BAD_IMAGE_CHOICES}")
+        self._records = records
+        self.source = source
+        self.on_bad_image = on_bad_image
+        self.max_pixels = max_pixels
+        self.bad_images: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self._records)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        # Skip mode: scan forward from `index`, wrapping around, for the next loadable image.
+        for offset in range(n):
+            record = self._records[(index + offset) % n]
+            image = self._try_load(record)
+            if image is not None:
+                return Sample(
+                    image=image,
+                    image_id=record.image_id,
+                    captions=list(record.captions),
+                    qa=list(record.qa),
+                    meta=dict(record.meta),
+                )
+        first_error = next(iter(self.bad_images.values()), "no error recorded")
+        raise ImageLoadError(
+            f"{self.source}: every one of the {n} images failed to load (e.g. {first_error}). "
+            f"Check the image root and the paths in the annotations.",
+            path=self.source,
+        )
+
+    def scan(self) -> int:
+        """Open and decode every image once; in skip mode drop the records that fail.
+
+        Returns:
+            The number of records dropped (always 0 in raise mode, which raises instead).
+
+        Raises:
+            ImageLoadError: in raise mode, at the first bad image.
+        """
+        good = [record for record in self._records if self._try_load(record) is not None]
+        dropped = len(self._records) - len(good)
+        self._records = good
+        return dropped
+
+    def _try_load(self, record: _Record) -> Image.Image | None:
+        """The record's RGB image, or None (with the reason in ``bad_images``) in skip mode."""
+        key = str(record.image_path)
+        if key in self.bad_images:
+            return None
+        try:
+            return load_image(record.image_path, max_pixels=self.max_pixels)
+        except ImageLoadError as e:
+            if self.on_bad_image == "raise":
+                raise
+            self.bad_images[key] = str(e)
+            return None
+
+
+class JsonlDataset(_ImageRecordDataset):
+    """One JSON object per line: ``{"image": "a/b.jpg", "text": "a caption"}``.
+
+    ``text`` may also be a list of captions. Any other keys go into ``Sample.meta``;
+    ``image_id`` is the ``image`` value as written. Blank lines are skipped.
+
+    Args:
+        path: the JSONL file.
+        image_root: folder the image paths are relative to (default: the JSONL file's folder).
+        on_bad_image, max_pixels: as for every reader (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        image_root: str | os.PathLike[str] | None = None,
+        *,
+        on_bad_image: str = "raise",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        path = Path(path)
+        root = Path(image_root) if image_root is not None else path.parent
+        records = [
+            _Record(image_path=root / image, image_id=image, captions=captions, meta=meta)
+            for image, captions, meta in _read_jsonl(path)
+        ]
+        super().__init__(records, source=str(path), on_bad_image=on_bad_image, max_pixels=max_pixels)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, list[str], dict[str, Any]]]:
+    """Yield (image, captions, other keys) per non-blank line, validating as it goes."""
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AnnotationError(f"{where}: invalid JSON ({e}). Each line must be one JSON object.") from e
+            if not isinstance(obj, dict):
+                raise AnnotationError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
+            for key in ("image", "text"):
+                if key not in obj:
+                    raise AnnotationError(f'{where}: missing key {key!r}. Expected {{"image": ..., "text": ...}}.')
+            image, text = obj.pop("image"), obj.pop("text")
+            if not isinstance(image, str):
+                raise AnnotationError(f"{where}: 'image' must be a path string, got {type(image).__name__}.")
+            captions = [text] if isinstance(text, str) else text
+            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+                raise AnnotationError(f"{where}: 'text' must be a string or a list of strings.")
+            yield image, captions, obj
+
+
+class CocoCaptionsDataset(_ImageRecordDataset):
+    """COCO captions (``captions_train2014.json``): one sample per image with all its captions.
+
+    Images keep the order of the ``images`` list; an image without annotations gets no
+    captions. ``image_id`` is ``str(COCO id)`` and ``meta`` is ``{"file_name": ...}``.
+
+    Args:
+        annotation_file: the COCO captions JSON.
+        image_root: folder holding the ``file_name`` of each image.
+        on_bad_image, max_pixels: as for every reader (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike[str],
+        image_root: str | os.PathLike[str],
+        *,
+        on_bad_image: str = "raise",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        ann_path = Path(annotation_file)
+        data = _load_json_object(ann_path, required=("images", "annotations"))
+        images = _entries(data, "images", ann_path, keys=("id", "file_name"))
+        annotations = _entries(data, "annotations", ann_path, keys=("image_id", "caption"))
+
+        captions: dict[Any, list[str]] = {}
+        for i, image in enumerate(images):
+            if image["id"] in captions:
+                raise AnnotationError(f"{ann_path}: images[{i}] repeats image id {image['id']!r}.")
+            captions[image["id"]] = []
+        for i, ann in enumerate(annotations):
+            if ann["image_id"] not in captions:
+                raise AnnotationError(
+                    f"{ann_path}: annotations[{i}] refers to image_id {ann['image_id']!r}, which is not "
+                    f"in 'images'. Is this the captions file that matches these images?"
+                )
+            if not isinstance(ann["caption"], str):
+                raise AnnotationError(f"{ann_path}: annotations[{i}]: 'caption' must be a string.")
+            captions[ann["image_id"]].append(ann["caption"])
+        records = [
+            _Record(
+                image_path=Path(image_root) / image["file_name"],
+                image_id=str(image["id"]),
+                captions=captions[image["id"]],
+                meta={"file_name": image["file_name"]},
+            )
+            for image in images
+        ]
+        super().__init__(records, source=str(ann_path), on_bad_image=on_bad_image, max_pixels=max_pixels)
+
+
+class VQAv2Dataset(_ImageRecordDataset):
+    """VQAv2 official questions (+ optional annotations): one sample per question.
+
+    Each sample has ``qa=[QA(question, answers=<the 10 raw answers>, question_id)]``; with no
+    annotations file (test split) ``answers=[]``. ``meta`` holds ``multiple_choice_answer``,
+    ``question_type`` and ``answer_type`` when annotations are given.
+
+    Args:
+        questions_file: e.g. ``v2_OpenEnded_mscoco_val2014_questions.json``.
+        annotations_file: e.g. ``v2_mscoco_val2014_annotations.json``; ``None`` for test.
+        image_root: folder holding the COCO images.
+        image_pattern: file name from ``{split}`` and ``{image_id}``.
+        split: fills ``{split}``; default: the questions file's ``data_subtype``, with
+            ``test-dev2015`` mapped to ``test2015`` (test-dev images are a subset of test2015).
+        on_bad_image, max_pixels: as for every reader (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        questions_file: str | os.PathLike[str],
+        annotations_file: str | os.PathLike[str] | None = None,
+        *,
+        image_root: str | os.PathLike[str],
+        image_pattern: str = VQA_IMAGE_PATTERN,
+        split: str | None = None,
+        on_bad_image: str = "raise",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        q_path = Path(questions_file)
+        q_data = _load_json_object(q_path, required=("data_subtype", "questions"))
+        questions = _entries(q_data, "questions", q_path, keys=("image_id", "question", "question_id"))
+        if split is None:
+            split = "test2015" if q_data["data_subtype"] == "test-dev2015" else str(q_data["data_subtype"])
+
+        by_qid = {} if annotations_file is None else _vqa_annotations(Path(annotations_file), q_path, questions)
+        root = Path(image_root)
+        records = []
+        for q in questions:
+            ann = by_qid.get(q["question_id"], {"answers": []})  # no annotations: test split
+            answers = [a["answer"] for a in ann["answers"]]
+            meta = {k: ann[k] for k in ("multiple_choice_answer", "question_type", "answer_type") if k in ann}
+            records.append(
+                _Record(
+                    image_path=root / _format_pattern(image_pattern, split, q["image_id"]),
+                    image_id=str(q["image_id"]),
+                    qa=[QA(question=q["question"], answers=answers, question_id=str(q["question_id"]))],
+                    meta=meta,
+                )
+            )
+        super().__init__(records, source=str(q_path), on_bad_image=on_bad_image, max_pixels=max_pixels)
+
+
+def _vqa_annotations(a_path: Path, q_path: Path, questions: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Index the annotations by question id, checking they cover exactly the questions."""
+    a_data = _load_json_object(a_path, required=("annotations",))
+    annotations = _entries(a_data, "annotations", a_path, keys=("question_id", "image_id", "answers"))
+    by_qid = {ann["question_id"]: ann for ann in annotations}
+    q_ids = {q["question_id"] for q in questions}
+    if q_ids != set(by_qid) or len(by_qid) != len(annotations):
+        only_q = sorted(q_ids - set(by_qid), key=str)[:5]
+        only_a = sorted(set(by_qid) - q_ids, key=str)[:5]
+        raise AnnotationError(
+            f"question ids differ between {q_path} ({len(q_ids)} questions) and {a_path} "
+            f"({len(annotations)} annotations, {len(by_qid)} distinct ids); only in questions: "
+            f"{only_q}, only in annotations: {only_a}. Use the questions and annotations of the same split."
+        )
+    for i, q in enumerate(questions):
+        ann = by_qid[q["question_id"]]
+        if ann["image_id"] != q["image_id"]:
+            raise AnnotationError(
+                f"question {q['question_id']} is on image {q['image_id']} in {q_path} (questions[{i}]) "
+                f"but on image {ann['image_id']} in {a_path}. Use files of the same split and version."
+            )
+        if not isinstance(ann["answers"], list) or not all(
+            isinstance(a, dict) and "answer" in a for a in ann["answers"]
+        ):
+            raise AnnotationError(
+                f"{a_path}: annotation for question {q['question_id']}: 'answers' must be a list of "
+                f'{{"answer": ...}} objects.'
+            )
+    return by_qid
+
+
+def _format_pattern(pattern: str, split: str, image_id: Any) -> str:
+    try:
+        return pattern.format(split=split, image_id=int(image_id))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(
+            f"image_pattern {pattern!r} cannot be filled for image_id={image_id!r} ({type(e).__name__}: {e}). "
+            f"It may use only {{split}} and {{image_id}}, e.g. {VQA_IMAGE_PATTERN!r}."
+        ) from e
+
+
+class ImageFolderDataset(_ImageRecordDataset):
+    """Every image file under a folder, sorted; no text.
+
+    ``image_id`` is the path relative to ``root`` in posix form. Hidden files and folders
+    (names starting with "."; e.g. macOS ``._x.jpg`` resource forks) are ignored.
+    Extensions match case-insensitively; symlinked folders are followed once.
+
+    Args:
+        root: the folder.
+        extensions: file name endings that count as images.
+        recursive: also look in sub-folders.
+        on_bad_image, max_pixels: as for every reader (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        recursive: bool = True,
+        *,
+        on_bad_image: str = "raise",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise ValueError(f"{root_path}: not a folder. Pass the folder that holds the images.")
+        suffixes = tuple(e.lower() for e in extensions)
+        relative = sorted(p.as_posix() for p in _find_files(root_path, suffixes, recursive))
+        if not relative:
+            msg = f"no image files found (extensions {suffixes}, recursive={recursive})"
+            raise ValueError(f"{root_path}: {msg}. Check the folder or pass extensions=.")
+        records = [_Record(image_path=root_path / rel, image_id=rel) for rel in relative]
+        super().__init__(records, source=str(root_path), on_bad_image=on_bad_image, max_pixels=max_pixels)
+
+
+def _find_files(root: Path, suffixes: tuple[str, ...], recursive: bool) -> Iterator[Path]:
+    """Yield image paths relative to ``root``, skipping hidden entries and symlink cycles."""
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(suffixes):
+                yield Path(dirpath, name).relative_to(root)
+
+
+def _load_json_object(path: Path, *, required: tuple[str, ...]) -> dict[str, Any]:
+    """Parse a JSON file that must be an object holding the ``required`` keys."""
+    with path.open(encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise AnnotationError(f"{path}: invalid JSON ({e}). Is the file complete?") from e
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}.")
+    for key in required:
+        if key not in data:
+            raise AnnotationError(f"{path}: missing top-level key {key!r} (found {sorted(data)[:10]}).")
+    return data
+
+
+def _entries(data: dict[str, Any], list_key: str, path: Path, *, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Return ``data[list_key]``, checking it is a list of objects each holding ``keys``."""
+    entries = data[list_key]
+    if not isinstance(entries, list):
+        raise AnnotationError(f"{path}: {list_key!r} must be a list, got {type(entries).__name__}.")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise AnnotationError(f"{path}: {list_key}[{i}] must be an object, got {type(entry).__name__}.")
+        for key in keys:
+            if key not in entry:
+                raise AnnotationError(f"{path}: {list_key}[{i}] is missing key {key!r}.")
+    return entries

@@ -1,0 +1,50 @@
+"""``ShapesWorld``: the map-style dataset over ShapesWorld scenes (one :class:`Sample` each)."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from lavit.config import ShapesWorldConfig
+from lavit.data import shapes_text
+from lavit.data.sample import Sample
+from lavit.data.shapes import SPLITS, render, scene_for_index
+
+_TEXT_STREAM = 1 << 20  # a separate RNG stream for words, so changing templates never moves scenes
+
+
+class ShapesWorld(Dataset):
+    """Scenes rendered on the fly: ``ds[i]`` is the same on every machine and every run.
+
+    Args:
+        cfg: the generator's config (resolution, seed, split lengths...).
+        split: 'train', 'val' or 'test'; the splits never share a scene.
+    """
+
+    def __init__(self, cfg: ShapesWorldConfig, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown ShapesWorld split {split!r}; choose one of {sorted(SPLITS)}")
+        self.cfg, self.split = cfg, split
+
+    def __len__(self) -> int:
+        return self.cfg.split_size(self.split)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for ShapesWorld {self.split} of length {len(self)}")
+        scene = scene_for_index(self.cfg, self.split, index)
+        rng = np.random.default_rng([self.cfg.seed, SPLITS[self.split], index, _TEXT_STREAM])
+        res = self.cfg.resolution
+        return Sample(
+            image=render(scene, res, self.cfg.supersample),
+            image_id=f"shapes-{self.split}-{index}",
+            captions=shapes_text.captions(scene, rng),
+            qa=shapes_text.questions(scene, rng),
+            meta={
+                "scene": scene.to_dict(),
+                "boxes": [s.box(res) for s in scene.shapes],
+                "prompt": shapes_text.prompt(scene, rng),
+                "split": self.split,
+                "index": index,
+            },
+        )

@@ -1,0 +1,88 @@
+"""The analytic scene parser: exact recovery on clean renders, tolerance to mild degradation."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from lavit.config import ShapesWorldConfig
+from lavit.data.shapes import Scene, Shape, render, scene_for_index
+from lavit.data.shapes_parser import label_components, parse_scene, scene_recovered
+
+
+def _accuracy(resolution, n, degrade=None):
+    cfg = ShapesWorldConfig(resolution=resolution)
+    ok = 0
+    for i in range(n):
+        scene = scene_for_index(cfg, "test", i)
+        img = render(scene, resolution)
+        if degrade is not None:
+            img = degrade(img, i)
+        ok += scene_recovered(scene, parse_scene(img))
+    return ok / n
+
+
+def test_recovers_full_scene_on_1000_clean_64px_renders():
+    # Issue requirement: >= 99% of 1,000 test scenes at 64 px (measured: 100%).
+    assert _accuracy(64, 1000) >= 0.99
+
+
+def _blur_noise(sigma, noise):
+    def degrade(img, i):
+        rng = np.random.default_rng(i)
+        a = np.asarray(img.filter(ImageFilter.GaussianBlur(sigma))).astype(np.float32) / 255
+        return np.clip(a + rng.normal(0, noise, a.shape), 0, 1)
+
+    return degrade
+
+
+def test_tolerates_mild_blur_and_noise_at_64px():
+    # Gaussian blur sigma 0.75 px + N(0, 0.05) pixel noise (measured: 99.9% on 1,000 scenes).
+    assert _accuracy(64, 400, _blur_noise(0.75, 0.05)) >= 0.98
+
+
+def test_jpeg_compression_at_64px():
+    # 4:4:4 JPEG at quality 75: measured 100%. (With 4:2:0 chroma subsampling, small 9-px
+    # crosses lose their arms: 74% at q75, 94.5% at q90; see the module docstring.)
+    import io
+
+    def jpeg(img, i):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=75, subsampling=0)
+        return Image.open(buf).convert("RGB")
+
+    assert _accuracy(64, 200, jpeg) >= 0.99
+
+
+@pytest.mark.parametrize("resolution", [32, 128])
+def test_other_resolutions_clean(resolution):
+    assert _accuracy(resolution, 150) >= 0.99
+
+
+def test_reports_boxes_and_scores():
+    scene = Scene(shapes=(Shape("red", "square", "large", 1, 1, 0.5, 0.5),), background=0.5)
+    (p,) = parse_scene(render(scene, 64))
+    assert p.key() == ("red", "square", "large", 1, 1)
+    np.testing.assert_allclose(p.box, scene.shapes[0].box(64), atol=0.6)
+    assert p.score > 0.95
+
+
+def test_blank_image_has_no_shapes_and_mismatch_is_detected():
+    assert parse_scene(Image.new("RGB", (64, 64), (128, 128, 128))) == []
+    scene = scene_for_index(ShapesWorldConfig(), "test", 0)
+    other = scene_for_index(ShapesWorldConfig(), "test", 1)
+    assert not scene_recovered(scene, parse_scene(render(other, 64)))
+
+
+def test_label_components_counts_blobs():
+    m = np.zeros((8, 8), bool)
+    m[0:2, 0:2] = True
+    m[5:8, 5:6] = True
+    m[4, 0] = True
+    labels, n = label_components(m)
+    assert n == 3 and set(np.unique(labels)) == {0, 1, 2, 3}
+    assert len(np.unique(labels[0:2, 0:2])) == 1
+
+
+def test_rejects_non_rgb_arrays():
+    with pytest.raises(ValueError, match="RGB"):
+        parse_scene(np.zeros((8, 8)))
