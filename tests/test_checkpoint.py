@@ -1,0 +1,196 @@
+"""Checkpoints: round trips, atomic writes, and a clear error for every way loading can fail."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from lavit.checkpoint import (
+    CheckpointError,
+    load_model_dir,
+    load_tree,
+    load_weights,
+    read_config,
+    save_model_dir,
+    save_tree,
+)
+from lavit.config import ConfigError, ShapesWorldConfig
+
+
+class Tied(nn.Module):
+    """A tiny model with tied input/output weights (as LMs have) and a buffer."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.emb = nn.Embedding(10, width)
+        self.proj = nn.Linear(width, width)
+        self.head = nn.Linear(width, 10, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("scale", torch.ones(1))
+
+
+def build(cfg: ShapesWorldConfig):
+    # Tests reuse ShapesWorldConfig as a stand-in model config: width comes from max_shapes.
+    return {"net": Tied(width=cfg.max_shapes + 1)}
+
+
+def _saved(tmp_path, cfg=None):
+    cfg = cfg or ShapesWorldConfig(max_shapes=3)
+    torch.manual_seed(0)
+    model = build(cfg)["net"]
+    save_model_dir(tmp_path / "m", cfg, {"net": model}, extra_files={"notes.txt": "hello"})
+    return cfg, model, tmp_path / "m"
+
+
+def test_round_trip_rebuilds_from_saved_config(tmp_path):
+    cfg, model, d = _saved(tmp_path)
+    assert sorted(p.name for p in d.iterdir()) == ["config.yaml", "meta.json", "net.safetensors", "notes.txt"]
+    loaded_cfg, modules = load_model_dir(d, ShapesWorldConfig, build)
+    assert loaded_cfg == cfg
+    for k, v in model.state_dict().items():
+        assert torch.equal(modules["net"].state_dict()[k], v), k
+    # The tie survives: one tensor, two names.
+    assert modules["net"].head.weight.data_ptr() == modules["net"].emb.weight.data_ptr()
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
+    cfg, _, d = _saved(tmp_path)
+    save_model_dir(d, cfg, {"net": Tied(width=4)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert "notes.txt" not in {p.name for p in d.iterdir()}
+
+
+def test_failed_save_keeps_the_old_model(tmp_path):
+    cfg, _, d = _saved(tmp_path)
+
+    class Bad(nn.Module):
+        def state_dict(self, *a, **k):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_model_dir(d, cfg, {"net": Bad()})
+    load_model_dir(d, ShapesWorldConfig, build)  # still loads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_missing_tensor_is_named(tmp_path):
+    cfg, _, d = _saved(tmp_path)
+
+    def build_extra(c):
+        m = Tied(width=4)
+        m.extra = nn.Linear(2, 2)
+        return {"net": m}
+
+    with pytest.raises(CheckpointError, match=r"missing \['extra.bias', 'extra.weight'\]"):
+        load_model_dir(d, ShapesWorldConfig, build_extra)
+
+
+def test_unexpected_tensor_is_named(tmp_path):
+    cfg, _, d = _saved(tmp_path)
+
+    def build_less(c):
+        m = Tied(width=4)
+        del m.proj
+        return {"net": m}
+
+    with pytest.raises(CheckpointError, match="unexpected.*proj.weight"):
+        load_model_dir(d, ShapesWorldConfig, build_less)
+
+
+def test_misshaped_tensor_is_named(tmp_path):
+    _, model, d = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match=r"proj.weight: file \(4, 4\) vs model \(6, 6\)"):
+        load_weights(Tied(width=6), d / "net.safetensors")
+
+
+def test_config_mismatch_lists_keys(tmp_path):
+    cfg, _, d = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match="resolution: 64 != 128"):
+        load_model_dir(d, ShapesWorldConfig, build, expect_config=ShapesWorldConfig(max_shapes=3, resolution=128))
+
+
+def test_wrong_schema_and_bad_config_key(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class OtherConfig:
+        x: int = 1
+
+    _, _, d = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match="holds a ShapesWorldConfig model, not a OtherConfig"):
+        read_config(d, OtherConfig)
+    (d / "config.yaml").write_text((d / "config.yaml").read_text() + "colour_depth: 8\n")
+    with pytest.raises(ConfigError, match="colour_depth.*config.yaml"):
+        read_config(d, ShapesWorldConfig)
+
+
+def test_component_set_mismatch(tmp_path):
+    _, _, d = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match=r"holds components \['net'\] but the model builds \['lm', 'net'\]"):
+        load_model_dir(d, ShapesWorldConfig, lambda c: {"net": Tied(4), "lm": Tied(4)})
+
+
+def test_pickle_is_refused(tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"w": [1, 2]}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_model_dir(d, ShapesWorldConfig, build)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_weights(Tied(), d / "pytorch_model.bin")
+    # A pickle renamed to .safetensors is not read either.
+    (d / "fake.safetensors").write_bytes(pickle.dumps({"w": 1}))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_weights(Tied(), d / "fake.safetensors")
+
+
+def test_missing_dir_and_non_model_dir(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model_dir(tmp_path / "nope", ShapesWorldConfig, build)
+    with pytest.raises(CheckpointError, match="not a lavit model directory"):
+        load_model_dir(tmp_path, ShapesWorldConfig, build)
+
+
+def test_future_format_version_is_refused(tmp_path):
+    _, _, d = _saved(tmp_path)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["format_version"] = 99
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        read_config(d, ShapesWorldConfig)
+
+
+def test_state_tree_round_trip_keeps_structure_and_types(tmp_path):
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.head(model.emb(torch.tensor([1, 2]))).sum().backward()
+    opt.step()
+    tree = {
+        "optimizer": opt.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": (3, (1, 2, 3), None)},
+        "step": 7,
+        "loss": float("nan"),
+        "name": "run",
+    }
+    save_tree(tmp_path / "state.safetensors", tree)
+    back = load_tree(tmp_path / "state.safetensors")
+    assert back["step"] == 7 and back["name"] == "run" and back["loss"] != back["loss"]
+    assert back["rng"]["python"] == (3, (1, 2, 3), None)
+    assert torch.equal(back["rng"]["torch"], tree["rng"]["torch"])
+    opt2 = torch.optim.AdamW(Tied().parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])  # integer param ids and nested groups survive
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(opt2.state_dict()["state"][0][k], v)
+
+
+def test_state_tree_rejects_unstorable_values(tmp_path):
+    with pytest.raises(TypeError, match="cannot store a set"):
+        save_tree(tmp_path / "s.safetensors", {"x": {1, 2}})
+    assert not (tmp_path / "s.safetensors").exists()
+    with pytest.raises(CheckpointError, match="not a lavit state file"):
+        from safetensors.torch import save_file
+
+        save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+        load_tree(tmp_path / "plain.safetensors")
