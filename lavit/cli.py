@@ -2,6 +2,8 @@
 
     lavit info                         versions, devices, optional backends
     lavit shapes --out DIR [...]       a grid of ShapesWorld samples (PNG) with captions and QA (JSON)
+    lavit train STAGE --config F [k=v] train a stage with the shared trainer; under torchrun too:
+                                       torchrun --nproc_per_node=2 -m lavit.cli train tokenizer ...
 
 User errors (bad config key, missing file, unloadable image or checkpoint) print one line
 naming the problem and the fix, and exit with code 2.
@@ -70,6 +72,30 @@ def cmd_shapes(args: argparse.Namespace) -> None:
     )
 
 
+# stage -> (run-config schema, task class), imported only when that stage is trained.
+STAGES = {
+    "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
+}
+
+
+def _import(path: str):
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from lavit.config import load_config
+    from lavit.train.trainer import fit
+
+    schema_path, task_path = STAGES[args.stage]
+    cfg = load_config(args.config, _import(schema_path), args.overrides)
+    metrics = fit(_import(task_path)(cfg), cfg.train)
+    if metrics:
+        print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lavit", description="Unified discrete-token multimodal model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,12 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="index of the first scene")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. resolution=128")
     p.set_defaults(func=cmd_shapes)
+
+    p = sub.add_parser("train", help="train a stage (resumes from its out_dir if a checkpoint is there)")
+    p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("--config", required=True, help="run config YAML, e.g. configs/train/tokenizer_tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 train.out_dir=runs/x")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lavit`` console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse cannot give a trailing nargs="*" the tokens that follow options when a positional
+    # came first (`train tokenizer --config f a=b`), so key=value tokens are collected here.
+    args, extra = parser.parse_known_args(argv)
+    bad = [tok for tok in extra if "=" not in tok or tok.startswith("-")]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         args.func(args)
     except (UsageError, ConfigError, CheckpointError, FileNotFoundError, IndexError) as e:

@@ -2,7 +2,9 @@
 
 Every YAML in ``configs/`` is loaded against a dataclass schema with OmegaConf in struct mode,
 so an unknown key or a value of the wrong type fails at load time with the key's dotted name
-and the file. Command-line overrides use the same path syntax: ``a.b=c``.
+and the file. Command-line overrides use the same path syntax: ``a.b=c``. A run recipe names its
+model preset instead of copying it: ``include: {model: ../tokenizer/tiny.yaml}`` merges that
+file under ``model`` first, then the recipe's own keys (which may override it).
 
     cfg = load_config("configs/data/shapes64.yaml", ShapesWorldConfig, ["resolution=32"])
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +68,145 @@ class ShapesWorldConfig:
         return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
 
 
+@dataclass
+class EncoderConfig:
+    """The frozen (or trainable) timm ViT whose last-block features the tokenizer reads."""
+
+    name: str = "vit_tiny_patch16_224"  # any timm ViT / EVA by name
+    image_size: int = 64
+    patch_size: int = 8
+    # Architecture overrides passed to timm.create_model (None keeps the named model's value).
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    weights: str | None = None  # local .safetensors file; None = random initialisation
+    frozen: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    def __post_init__(self) -> None:
+        _check(
+            self.image_size % self.patch_size == 0,
+            "encoder.image_size",
+            self.image_size,
+            f"must be a multiple of encoder.patch_size={self.patch_size}",
+        )
+        _check(
+            len(self.mean) == 3 and len(self.std) == 3, "encoder.mean/std", (self.mean, self.std), "give 3 values each"
+        )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class SelectorConfig:
+    """LaVIT's token selector: keep/drop per patch from local + pooled-global features."""
+
+    target_keep: float = 0.5  # the kept fraction the keep-ratio loss holds
+    keep_loss_weight: float = 2.0
+    tau: float = 1.0  # Gumbel-softmax temperature (training)
+    gumbel_noise: bool = True  # False: deterministic straight-through threshold in training too
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.target_keep <= 1.0, "selector.target_keep", self.target_keep, "use a fraction in (0, 1]")
+
+
+@dataclass
+class QuantizerConfig:
+    """Cosine-similarity codebook (vector_quantize_pytorch.VectorQuantize)."""
+
+    codebook_size: int = 512
+    codebook_dim: int = 32
+    decay: float = 0.99  # EMA decay of the codebook
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    threshold_ema_dead_code: float = 2.0  # replace codes whose EMA usage falls below this
+    commitment_weight: float = 0.25
+
+
+@dataclass
+class TokenizerConfig:
+    """DynamicVisualTokenizer: encoder -> selector -> merger -> quantizer -> feature decoder."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    width: int = 192  # merger / decoder width (the encoder's features are projected to it)
+    heads: int = 3
+    merger_depth: int = 2  # LaVIT: 12
+    decoder_depth: int = 2
+    mlp_ratio: float = 4.0
+    pixel_loss_weight: float = 0.0  # > 0 adds a pixel reconstruction head (from-scratch option)
+    attention_backend: str = "sdpa"  # or "xformers" (CUDA, optional extra)
+
+    def __post_init__(self) -> None:
+        _check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
+        _check(
+            self.attention_backend in ("sdpa", "xformers"),
+            "attention_backend",
+            self.attention_backend,
+            "use 'sdpa' or 'xformers'",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    """The shared trainer (lavit/train/trainer.py); identical for every stage."""
+
+    out_dir: str = "runs/default"
+    steps: int = 1000
+    batch_size: int = 32  # global batch per optimizer step, over all ranks and micro-steps
+    grad_accum: int = 1  # micro-steps per optimizer step
+    seed: int = 0
+    precision: str = "auto"  # "auto" (bf16 autocast where supported), "bf16" or "fp32"
+    parallel: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard of the task's shard units)
+    grad_checkpointing: bool = False
+    num_workers: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    progress: bool = True  # tqdm bar on rank 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", self.steps, "use at least 1 step")
+        _check(
+            self.batch_size >= 1 and self.grad_accum >= 1,
+            "train.batch_size/grad_accum",
+            (self.batch_size, self.grad_accum),
+            "use positive values",
+        )
+        _check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "use auto, bf16 or fp32")
+        _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "use ddp or fsdp")
+
+
+@dataclass
+class TokenizerRunConfig:
+    """``lavit train tokenizer``: model, data and trainer settings."""
+
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vq_start_step: int = 200  # two phases (LaVIT): selector + merger without VQ, then VQ on
+    eval_images: int = 500  # held-out (val) images for codebook usage / kept fraction / cosine
+    calibration_images: int = 256  # train images for the target feature statistics
+
+
 def _check(ok: bool, key: str, value: Any, fix: str) -> None:
     if not ok:
         raise ConfigError(f"invalid value {value!r} for '{key}': {fix}")
@@ -104,6 +245,7 @@ def load_config(path: str | Path | None, schema: type[T], overrides: Sequence[st
             raise ConfigError(f"cannot parse {path}: {e}") from e
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path} must hold a mapping of keys for {schema.__name__}, got a list")
+        sources += _includes(loaded, path)
         sources.append((str(path), loaded))
     for item in overrides:
         if "=" not in item:
@@ -121,6 +263,25 @@ def load_config(path: str | Path | None, schema: type[T], overrides: Sequence[st
     except ConfigError as e:
         origin = ", ".join(where for where, _ in sources) or "defaults"
         raise ConfigError(f"{e} (from {origin})") from None
+
+
+def _includes(loaded: DictConfig, path: Path) -> list[tuple[str, DictConfig]]:
+    """Pop the file's ``include:`` mapping (sub-key -> YAML path relative to the file) and return
+    the included files as sources placed under their sub-keys, merged before the file itself."""
+    if "include" not in loaded:
+        return []
+    includes = loaded.pop("include")
+    if not isinstance(includes, DictConfig):
+        raise ConfigError(f"{path}: 'include' must map a sub-key to a YAML file, e.g. include: {{model: ../m.yaml}}")
+    out = []
+    for key, rel in includes.items():
+        inc = (path.parent / str(rel)).resolve()
+        if not inc.is_file():
+            raise ConfigError(f"{path}: include.{key} -> {inc} not found")
+        conf = OmegaConf.load(inc)
+        out += [(w, OmegaConf.create({str(key): c})) for w, c in _includes(conf, inc)]
+        out.append((f"{inc} (included by {path} as '{key}')", OmegaConf.create({str(key): conf})))
+    return out
 
 
 def to_object(conf: DictConfig, schema: type[T]) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lavit.config import ShapesWorldConfig
@@ -29,9 +30,17 @@ class ShapesWorld(Dataset):
     def __len__(self) -> int:
         return self.cfg.split_size(self.split)
 
-    def __getitem__(self, index: int) -> Sample:
+    def _check(self, index: int) -> None:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for ShapesWorld {self.split} of length {len(self)}")
+
+    def image(self, index: int) -> Image.Image:
+        """Only the image of sample ``index`` (no text): the fast path for image-only stages."""
+        self._check(index)
+        return render(scene_for_index(self.cfg, self.split, index), self.cfg.resolution, self.cfg.supersample)
+
+    def __getitem__(self, index: int) -> Sample:
+        self._check(index)
         scene = scene_for_index(self.cfg, self.split, index)
         rng = np.random.default_rng([self.cfg.seed, SPLITS[self.split], index, _TEXT_STREAM])
         res = self.cfg.resolution

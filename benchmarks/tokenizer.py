@@ -1,0 +1,86 @@
+"""Encode throughput of the dynamic visual tokenizer (images/s), printed as JSON.
+
+    python benchmarks/tokenizer.py                      # tiny and lavit-shaped, batch 8, CPU
+    python benchmarks/tokenizer.py --presets tiny --batch 32 --device cuda
+
+The lavit-shaped preset (EVA-CLIP g/14 encoder, 12-block merger) is randomly initialised:
+throughput does not depend on the weights. Its ~1.8B fp32 parameters need ~7 GB of memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from lavit.config import TokenizerConfig, load_config
+from tokenizer import DynamicVisualTokenizer
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
+
+
+def bench(preset: str, batch: int, device: str, warmup: int, iters: int) -> dict:
+    cfg = load_config(CONFIGS / f"{preset}.yaml", TokenizerConfig)
+    torch.manual_seed(0)
+    tok = DynamicVisualTokenizer(cfg).to(device).eval()
+    size = cfg.encoder.image_size
+    images = torch.rand(batch, 3, size, size, device=device)
+    for _ in range(warmup):
+        tok.encode(images)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        codes = tok.encode(images)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {
+        "preset": preset,
+        "image_size": size,
+        "batch": batch,
+        "params_total": sum(p.numel() for p in tok.parameters()),
+        "seconds_per_batch_best": round(best, 4),
+        "seconds_per_batch_mean": round(sum(times) / len(times), 4),
+        "images_per_second": round(batch / best, 2),
+        "mean_tokens": round(sum(c.numel() for c in codes) / batch, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "lavit"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    args = p.parse_args()
+    results = []
+    with torch.inference_mode():
+        for preset in args.presets:
+            iters = args.iters if preset != "lavit" or args.device != "cpu" else 1
+            results.append(bench(preset, args.batch, args.device, args.warmup, iters))
+    print(
+        json.dumps(
+            {
+                "benchmark": "tokenizer_encode",
+                "device": torch.cuda.get_device_name()
+                if args.device.startswith("cuda")
+                else platform.processor() or "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

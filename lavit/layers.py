@@ -1,0 +1,117 @@
+"""Transformer building blocks shared by every component (tokenizer, conditioners, VAR).
+
+Attention runs through :func:`attention`, which uses ``F.scaled_dot_product_attention`` by
+default and xformers' memory-efficient kernel when asked for (CUDA only, optional install).
+Masks are boolean and mean "may attend": shape broadcastable to (B, heads, Lq, Lk).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("sdpa", "xformers")
+
+
+def check_backend(backend: str) -> None:
+    """Raise a clear error for an unknown or unavailable attention backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "xformers" and importlib.util.find_spec("xformers") is None:
+        raise ValueError(
+            "attention backend 'xformers' needs the optional package: pip install -e '.[xformers]' "
+            "(CUDA only), or use attention_backend=sdpa"
+        )
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, backend: str = "sdpa"
+) -> torch.Tensor:
+    """Scaled dot-product attention.
+
+    Args:
+        q: (B, H, Lq, D); k, v: (B, H, Lk, D).
+        mask: boolean, broadcastable to (B, H, Lq, Lk); True = may attend. Every query row must
+            allow at least one key.
+        backend: 'sdpa' (default) or 'xformers' (CUDA tensors only).
+
+    Returns:
+        (B, H, Lq, D)
+    """
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    import xformers.ops as xops  # optional dependency, imported only when chosen
+
+    bias = None
+    if mask is not None:
+        b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        bias = torch.zeros(b, h, lq, lk, dtype=q.dtype, device=q.device)
+        bias.masked_fill_(~mask.expand(b, h, lq, lk), float("-inf"))
+    # xformers takes (B, L, H, D).
+    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention. ``context=None`` means self-attention."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, backend: str = "sdpa") -> None:
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} not divisible by heads {heads}"
+        check_backend(backend)
+        self.heads, self.backend = heads, backend
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, Lq, C); context: (B, Lk, Cc) or None; mask: bool (B, 1|H, Lq, Lk) -> (B, Lq, C)."""
+        b, lq, c = x.shape
+        ctx = x if context is None else context
+        q = self.q(x).view(b, lq, self.heads, c // self.heads).transpose(1, 2)  # (B, H, Lq, D)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v, mask, self.backend)  # (B, H, Lq, D)
+        return self.out(y.transpose(1, 2).reshape(b, lq, c))
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP."""
+
+    def __init__(self, dim: int, ratio: float = 4.0, out_dim: int | None = None) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm block: self-attention, cross-attention to a context sequence, MLP.
+
+    LaVIT's token merger block (causal self-attention among kept tokens, cross-attention to the
+    dropped ones) and the feature decoder's block (learned queries reading the codes) are both
+    this block with different masks.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None, backend: str = "sdpa"
+    ) -> None:
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads, backend=backend)
+        self.norm2, self.norm_ctx = nn.LayerNorm(dim), nn.LayerNorm(context_dim or dim)
+        self.cross_attn = Attention(dim, heads, context_dim, backend=backend)
+        self.norm3, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, self_mask: torch.Tensor | None, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x: (B, L, C); context: (B, Lc, Cc); masks: bool (B, 1, L, L) and (B, 1, L, Lc)."""
+        x = x + self.self_attn(self.norm1(x), mask=self_mask)
+        x = x + self.cross_attn(self.norm2(x), self.norm_ctx(context), mask=context_mask)
+        return x + self.mlp(self.norm3(x))

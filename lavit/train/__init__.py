@@ -1,0 +1,1 @@
+"""One trainer for every stage (trainer.py); a stage is a task object (tasks/)."""

@@ -1,0 +1,1 @@
+"""Training stages for the shared trainer, one task per file."""

@@ -1,0 +1,118 @@
+"""Stage 1: the dynamic visual tokenizer on images (``lavit train tokenizer``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lavit.config import TokenizerRunConfig
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.transforms import to_tensor
+from lavit.layers import CrossBlock
+from tokenizer import DynamicVisualTokenizer, save_tokenizer
+from tokenizer.model import code_stats, patchify
+
+
+class ShapesImages(Dataset):
+    """ShapesWorld images as (3, S, S) tensors in [0, 1]."""
+
+    def __init__(self, world: ShapesWorld, size: int) -> None:
+        self.world, self.size = world, size
+
+    def __len__(self) -> int:
+        return len(self.world)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(self.world.image(index), self.size)
+
+
+class TokenizerTask:
+    """Two phases (LaVIT): before ``vq_start_step`` the decoder reads continuous features, after
+    it the quantized codes (k-means initialises the codebook on the first quantized batch)."""
+
+    name = "tokenizer"
+    block_types = (CrossBlock,)
+
+    def __init__(self, cfg: TokenizerRunConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> nn.Module:
+        model = DynamicVisualTokenizer(self.cfg.model)
+        if self.cfg.model.encoder.frozen:
+            data = self.train_dataset()
+            n = min(self.cfg.calibration_images, len(data))
+            model.calibrate(torch.stack([data[i] for i in range(n)]))
+        return model
+
+    def train_dataset(self) -> Dataset:
+        return ShapesImages(ShapesWorld(self.cfg.data, "train"), self.cfg.model.encoder.image_size)
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(items)
+
+    def training_step(self, model: nn.Module, images: torch.Tensor, step: int):
+        out = model(images, quantize=step >= self.cfg.vq_start_step)
+        return out.loss, out.logs
+
+    @torch.no_grad()
+    def evaluate(self, model: DynamicVisualTokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
+        """Held-out (val) scenes: codebook usage and perplexity over all their codes, mean kept
+        fraction, and cosine similarity of the features rebuilt from codes (deterministic)."""
+        world = ShapesWorld(self.cfg.data, "val")
+        n = min(self.cfg.eval_images, len(world))
+        device = next(model.parameters()).device
+        data = ShapesImages(world, self.cfg.model.encoder.image_size)
+        all_codes, kept, cos, rebuilt_all, pixels_all = [], [], [], [], []
+        sq_err = sq_tot = 0.0
+        for start in range(0, n, batch_size):
+            images = torch.stack([data[i] for i in range(start, min(start + batch_size, n))]).to(device)
+            codes = model.encode(images)
+            all_codes += codes
+            kept += [c.numel() / self.cfg.model.encoder.num_patches for c in codes]
+            target = model.standardise(model.encoder(images))
+            rebuilt = model.decode_features(codes).float()
+            cos.append(torch.nn.functional.cosine_similarity(rebuilt, target, dim=-1).mean(dim=1))
+            sq_err += float(((rebuilt - target) ** 2).sum())
+            sq_tot += float(((target - target.mean(dim=(0, 1))) ** 2).sum())
+            rebuilt_all.append(rebuilt.cpu())
+            pixels_all.append(patchify(images, self.cfg.model.encoder.patch_size).cpu())
+        stats = code_stats(torch.cat(all_codes), model.codebook_size)
+        lengths = torch.tensor([c.numel() for c in all_codes], dtype=torch.float)
+        return {
+            "feature_r2": 1.0 - sq_err / max(sq_tot, 1e-12),
+            "pixel_probe_psnr": pixel_probe_psnr(torch.cat(rebuilt_all), torch.cat(pixels_all)),
+            "code_usage": float(stats["code_usage"]),
+            "perplexity": float(stats["perplexity"]),
+            "keep_frac": float(sum(kept) / len(kept)),
+            "tokens_mean": float(lengths.mean()),
+            "tokens_min": float(lengths.min()),
+            "tokens_max": float(lengths.max()),
+            "recon_cos": float(torch.cat(cos).mean()),
+            "quantized": float(step >= self.cfg.vq_start_step),
+        }
+
+    def save(self, model: DynamicVisualTokenizer, directory: Path) -> None:
+        save_tokenizer(model, directory)
+
+
+def pixel_probe_psnr(features: torch.Tensor, pixels: torch.Tensor, ridge: float = 1e-2) -> float:
+    """How much of the image survives in features rebuilt from codes: a ridge-regression probe
+    from each patch's rebuilt feature to its pixels, fitted on the first half of the images and
+    scored (PSNR, pixels in [0, 1]) on the second half.
+
+    Args:
+        features: (B, N, C) rebuilt features; pixels: (B, N, P) patch pixels.
+    """
+    half = features.shape[0] // 2
+    assert half >= 1, "pixel probe needs at least 2 images"
+    x_fit, y_fit = features[:half].flatten(0, 1).double(), pixels[:half].flatten(0, 1).double()
+    x_fit = torch.cat([x_fit, torch.ones(len(x_fit), 1, dtype=x_fit.dtype)], 1)  # bias column
+    w = torch.linalg.solve(x_fit.T @ x_fit + ridge * torch.eye(x_fit.shape[1], dtype=x_fit.dtype), x_fit.T @ y_fit)
+    x_test = features[half:].flatten(0, 1).double()
+    x_test = torch.cat([x_test, torch.ones(len(x_test), 1, dtype=x_test.dtype)], 1)
+    mse = float(((x_test @ w).clamp(0, 1) - pixels[half:].flatten(0, 1).double()).pow(2).mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))

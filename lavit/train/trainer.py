@@ -1,0 +1,410 @@
+"""The one trainer every stage uses.
+
+    fit(task, train_cfg) -> final metrics
+
+torchrun/torch.distributed (DDP; FSDP2 ``fully_shard`` of the task's blocks for large models),
+bf16 autocast where supported, gradient accumulation, clipping, AdamW with linear warmup and
+cosine decay, tqdm progress, a loss-curve PNG, atomic checkpoints and exact resume (model,
+optimizer, scheduler, per-rank RNG, data position). Runs unchanged on one CPU.
+
+Layout of ``train_cfg.out_dir``:
+
+    metrics.jsonl            one line per logged step (and per evaluation)
+    loss.png                 loss curves
+    checkpoints/step_0000200/{model,trainer,rng_rank0,...}.safetensors, latest
+    model/                   the final model directory (task.save)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lavit.checkpoint import CheckpointError, atomic_write, load_tree, save_tree
+from lavit.config import TrainConfig
+from lavit.train.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across_ranks
+from lavit.train.sampler import StepBatchSampler
+from lavit.train.task import Task
+from lavit.viz import plot_curves
+
+CKPT_DIR, LATEST = "checkpoints", "latest"
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of the base LR at each step: linear warmup, then cosine to ``min_lr_ratio``."""
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = (step - o.warmup_steps) / max(cfg.steps - o.warmup_steps, 1)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    # auto: bf16 on GPUs that support it; fp32 on CPU, where bf16 autocast is slower.
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings-as-vectors (params with < 2 dims)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _np_state():
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "gauss": gauss,
+    }
+
+
+def _py_state():
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Trainer:
+    """Holds the run's state; :func:`fit` is the entry point."""
+
+    def __init__(self, task: Task, cfg: TrainConfig) -> None:
+        self.task, self.cfg = task, cfg
+        self.info: DistInfo = init_distributed()
+        self.out = Path(cfg.out_dir)
+        self.ckpt_root = self.out / CKPT_DIR
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier(self.info)
+
+        # Same seed on every rank for the build (DDP also broadcasts rank 0's weights), then a
+        # per-rank stream for what differs between ranks (dropout, Gumbel noise, ...).
+        torch.manual_seed(cfg.seed)
+        self.model = task.build_model().to(self.info.device)
+        self.raw = self.model  # unwrapped, for saving and evaluation
+        self.wrapped = self._wrap(self.model)
+        torch.manual_seed(cfg.seed + 7919 * (self.info.rank + 1))
+        random.seed(cfg.seed + self.info.rank)
+        np.random.seed(cfg.seed + self.info.rank)
+        self.optimizer = build_optimizer(self.raw, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.amp_dtype = autocast_dtype(cfg, self.info.device)
+        self.step = 0
+
+    # ---------------------------------------------------------------------------------------
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        cfg, info = self.cfg, self.info
+        blocks = tuple(self.task.block_types)
+        if cfg.grad_checkpointing and blocks:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+            apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, blocks))
+        if cfg.parallel == "fsdp" and info.enabled:
+            from torch.distributed.fsdp import fully_shard
+
+            for m in model.modules():
+                if isinstance(m, blocks):
+                    fully_shard(m)
+            fully_shard(model)
+            return model
+        if info.enabled:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _full_state(self) -> tuple[dict, dict]:
+        """Full (unsharded) model and optimizer state dicts, valid on rank 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.raw, self.optimizer, options=opts)
+
+    # ---------------------------------------------------------------------------------------
+    # Checkpoints
+    # ---------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_N atomically (temp dir + rename) and point ``latest`` at it."""
+        name = f"step_{self.step:07d}"
+        final, tmp = self.ckpt_root / name, self.ckpt_root / f".{name}.tmp"
+        model_sd, optim_sd = self._full_state()
+        if self.info.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        barrier(self.info)
+        save_tree(tmp / f"rng_rank{self.info.rank}.safetensors", _rng_state())
+        if self.info.is_main:
+            save_tree(tmp / "model.safetensors", model_sd)
+            save_tree(
+                tmp / "trainer.safetensors",
+                {
+                    "optimizer": optim_sd,
+                    "scheduler": self.scheduler.state_dict(),
+                    "step": self.step,
+                    "world_size": self.info.world_size,
+                    "config": json.dumps(_cfg_dict(self.cfg)),
+                },
+            )
+        barrier(self.info)
+        if self.info.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            atomic_write(self.ckpt_root / LATEST, lambda p: p.write_text(name + "\n"))
+            self._prune()
+        barrier(self.info)
+        return final
+
+    def _prune(self) -> None:
+        keep = self.cfg.keep_checkpoints
+        done = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.ckpt_root / LATEST
+        if not pointer.is_file():
+            return None
+        path = self.ckpt_root / pointer.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"{pointer} points at {path}, which is missing; delete {pointer} to start over")
+        return path
+
+    def resume(self, path: Path) -> None:
+        """Restore model, optimizer, scheduler, this rank's RNG and the step from ``path``."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        state = load_tree(path / "trainer.safetensors")
+        if state["world_size"] != self.info.world_size:
+            raise CheckpointError(
+                f"{path} was written by {state['world_size']} processes, this run has "
+                f"{self.info.world_size}: the per-rank RNG streams cannot be restored. "
+                "Resume with the same --nproc_per_node, or start a new out_dir."
+            )
+        model_sd = load_tree(path / "model.safetensors")
+        opts = StateDictOptions(full_state_dict=True, strict=True)
+        set_state_dict(
+            self.raw, self.optimizer, model_state_dict=model_sd, optim_state_dict=state["optimizer"], options=opts
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(load_tree(path / f"rng_rank{self.info.rank}.safetensors"))
+        self.step = int(state["step"])
+
+    # ---------------------------------------------------------------------------------------
+    # Loop
+    # ---------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        cfg, info, task = self.cfg, self.info, self.task
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            self.resume(latest)
+        self._trim_metrics()
+        dataset = task.train_dataset()
+        sampler = StepBatchSampler(
+            len(dataset), cfg.batch_size, cfg.grad_accum, info.rank, info.world_size, cfg.seed, self.step, cfg.steps
+        )
+        # A dedicated generator: the loader must not draw from the global RNG (exact resume).
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=task.collate,
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            persistent_workers=False,
+        )
+        batches = iter(loader)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=f"train {task.name}",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and info.is_main),
+        )
+        self.wrapped.train()
+        metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
+        while self.step < cfg.steps:
+            logs = self._optimizer_step(batches)
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                reduced = mean_across_ranks(logs, info)
+                reduced.update(
+                    lr=self.scheduler.get_last_lr()[0], sec_per_step=(time.perf_counter() - t0) / cfg.log_every
+                )
+                t0 = time.perf_counter()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items() if k in ("loss", "lr")})
+                self._log({"step": self.step, **reduced})
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self._evaluate()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        metrics = self._evaluate()
+        plain = self._plain_model()
+        if info.is_main:
+            task.save(plain, self.out / "model")
+            self._plot()
+        barrier(info)
+        return metrics
+
+    def _optimizer_step(self, batches) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            batch = _to_device(next(batches), self.info.device)
+            last = micro == cfg.grad_accum - 1
+            sync = (
+                nullcontext()
+                if last or not isinstance(self.wrapped, DistributedDataParallel)
+                else self.wrapped.no_sync()
+            )
+            amp = torch.autocast(self.info.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+            with sync:
+                with amp:
+                    loss, logs = self.task.training_step(self.wrapped, batch, self.step)
+                (loss / cfg.grad_accum).backward()
+            for k, v in {"loss": loss.detach(), **logs}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
+        if cfg.optim.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.optim.grad_clip)
+            # Under FSDP2 the norm is a replicated DTensor; logs need a plain tensor.
+            sums["grad_norm"] = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach()
+        if not torch.isfinite(sums["loss"]):
+            raise FloatingPointError(
+                f"loss is {sums['loss'].item()} at step {self.step}; lower train.optim.lr or "
+                f"resume from {self.latest_checkpoint()}"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    def _plain_model(self) -> nn.Module | None:
+        """The model as an ordinary module on rank 0 (None elsewhere). Under FSDP2 the
+        parameters are sharded DTensors, so rank 0 gets a fresh copy with the gathered weights."""
+        if not (self.cfg.parallel == "fsdp" and self.info.enabled):
+            return self.raw if self.info.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.info.is_main:
+            return None
+        torch.manual_seed(self.cfg.seed)
+        plain = self.task.build_model()
+        plain.load_state_dict(full, strict=True)
+        return plain.to(self.info.device)
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        model = self._plain_model()  # collective under FSDP: every rank calls it
+        if model is not None:
+            model.eval()
+            metrics = self.task.evaluate(model, self.step)
+            model.train()
+            if metrics:
+                self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        barrier(self.info)
+        return metrics
+
+    # ---------------------------------------------------------------------------------------
+    # Logging
+    # ---------------------------------------------------------------------------------------
+
+    def _log(self, record: dict) -> None:
+        if self.info.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if record.get("step", 0) % (self.cfg.log_every * 10) == 0:
+                self._plot()
+
+    def _trim_metrics(self) -> None:
+        """Drop lines a crashed run logged after its last checkpoint (they are redone)."""
+        path = self.out / "metrics.jsonl"
+        if self.info.is_main and path.is_file():
+            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            atomic_write(path, lambda p: p.write_text("".join(ln + "\n" for ln in lines)))
+        barrier(self.info)
+
+    def _plot(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        records = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+        train = [r for r in records if "loss" in r]
+        series = {"loss": [(r["step"], r["loss"]) for r in train]}
+        img = plot_curves(series, title=f"{self.task.name}: training loss")
+        atomic_write(self.out / "loss.png", lambda p: img.save(p, format="PNG"))
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _cfg_dict(cfg: TrainConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def fit(task: Task, cfg: TrainConfig) -> dict[str, float]:
+    """Train ``task`` under ``cfg`` (resuming from ``cfg.out_dir`` if it holds a checkpoint).
+
+    Returns:
+        The final evaluation metrics (on rank 0; empty elsewhere under DDP).
+    """
+    trainer = Trainer(task, cfg)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup(trainer.info)

@@ -1,0 +1,275 @@
+"""DynamicVisualTokenizer: image -> variable-length sequence of discrete codes (LaVIT, ICLR 2024).
+
+    encoder (timm ViT, frozen)      (B, 3, H, W) -> (B, N, Ce)   last block, before the final norm
+    proj_in                          -> (B, N, W)
+    selector                         -> keep mask (B, N)
+    merger                           -> (B, N, W), kept rows compacted to (B, L, W) + mask (B, L)
+    quantizer (cosine VQ, EMA)       -> codes (B, L) in [0, K)
+    feature decoder (training only)  -> (B, N, Ce) rebuilt standardised encoder features (cosine loss)
+
+Public interface (DESIGN.md section 4):
+
+    codes = tok.encode(images)              # list of B LongTensors, len N_i <= N
+    feats = tok.encode_features(images)     # list of B (N_i, W) continuous merger outputs
+    emb, mask = tok.code_embeddings(codes)  # (B, L, W) codebook vectors, (B, L) bool
+    out = tok(images, quantize=True)        # training: out.loss, out.logs
+
+Two phases (LaVIT): train selector + merger with ``quantize=False`` (the decoder reads the
+l2-normalised low-dimensional projection, the continuous twin of the cosine codebook), then with
+``quantize=True`` (k-means initialises the codebook on the first quantized batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vector_quantize_pytorch import VectorQuantize
+
+from lavit.config import TokenizerConfig
+from tokenizer.decoder import FeatureDecoder
+from tokenizer.encoder import VisionEncoder
+from tokenizer.merger import TokenMerger
+from tokenizer.selector import TokenSelector, infer_keep, sample_keep
+
+
+@dataclass
+class TokenizerOutput:
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor]  # detached scalars
+    codes: torch.Tensor | None  # (B, L) with -1 at padding, when quantized
+    keep: torch.Tensor  # (B, N) bool
+
+
+def compact(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move kept rows to the front, raster order preserved: (B, N, C), (B, N) bool ->
+    ((B, L, C), (B, L) bool) with L = the largest kept count in the batch."""
+    lengths = keep.sum(dim=1)
+    length = int(lengths.max())
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :length]  # kept first
+    out = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    mask = torch.arange(length, device=x.device)[None, :] < lengths[:, None]
+    return out, mask
+
+
+class DynamicVisualTokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        enc = cfg.encoder
+        self.encoder = VisionEncoder(enc)
+        width, n = cfg.width, enc.num_patches
+        self.proj_in = nn.Linear(self.encoder.dim, width) if self.encoder.dim != width else nn.Identity()
+        self.selector = TokenSelector(width)
+        self.merger = TokenMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio, cfg.attention_backend)
+        q = cfg.quantizer
+        # The projections around the codebook are ours: VectorQuantize's masked commitment loss
+        # (1.32) compares against the unprojected, unnormalised input when codebook_dim != dim.
+        self.to_code = nn.Linear(width, q.codebook_dim)
+        self.from_code = nn.Linear(q.codebook_dim, width)
+        self.quantizer = VectorQuantize(
+            dim=q.codebook_dim,
+            codebook_size=q.codebook_size,
+            use_cosine_sim=True,
+            kmeans_init=q.kmeans_init,
+            kmeans_iters=q.kmeans_iters,
+            decay=q.decay,
+            threshold_ema_dead_code=q.threshold_ema_dead_code,
+            commitment_weight=q.commitment_weight,
+        )
+        # Per-channel statistics of the encoder's features (see calibrate): the reconstruction
+        # target is standardised, otherwise a shared mean direction makes cosine ~0.9 for free.
+        self.register_buffer("feat_mean", torch.zeros(self.encoder.dim))
+        self.register_buffer("feat_std", torch.ones(self.encoder.dim))
+        pixel_dim = 3 * enc.patch_size**2 if cfg.pixel_loss_weight > 0 else 0
+        self.decoder = FeatureDecoder(
+            width, n, self.encoder.dim, cfg.decoder_depth, cfg.heads, cfg.mlp_ratio, pixel_dim, cfg.attention_backend
+        )
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.quantizer.codebook_size
+
+    # ----------------------------------------------------------------------------------------
+    # Shared steps
+    # ----------------------------------------------------------------------------------------
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a clear error for input the tokenizer cannot take."""
+        size = self.cfg.encoder.image_size
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a (B, 3, {size}, {size}) float tensor, got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(
+                f"images must be a non-empty (B, 3, {size}, {size}) batch, got shape {tuple(images.shape)}"
+            )
+        if images.shape[1] != 3:
+            raise ValueError(
+                f"images must have 3 (RGB) channels, got {images.shape[1]}; convert with "
+                "lavit.data.image_io.to_rgb before lavit.data.transforms.to_tensor"
+            )
+        if tuple(images.shape[2:]) != (size, size):
+            raise ValueError(
+                f"images must be {size}x{size} for this tokenizer, got {tuple(images.shape[2:])}; "
+                "resize with lavit.data.transforms.to_tensor(image, size)"
+            )
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float in [0, 1], got {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite pixels")
+
+    @torch.no_grad()
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Set the target statistics from a batch of images (frozen encoder: once, before
+        training). Deterministic given the images, so every DDP rank computes the same."""
+        self.check_images(images)
+        feats = self.encoder(images).flatten(0, 1).float()  # (B*N, Ce)
+        self.feat_mean.copy_(feats.mean(0))
+        self.feat_std.copy_(feats.std(0).clamp_min(1e-6))
+
+    def standardise(self, feats: torch.Tensor) -> torch.Tensor:
+        """Encoder features -> the reconstruction target space."""
+        return (feats.float() - self.feat_mean) / self.feat_std
+
+    def _merged(self, images: torch.Tensor, keep_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder -> selector -> merger. Returns (target feats (B,N,Ce), keep (B,N) float,
+        merged (B,L,W), mask (B,L))."""
+        target = self.encoder(images)
+        h = self.proj_in(target)
+        keep = keep_fn(self.selector(h))
+        merged = self.merger(h, keep)
+        merged, mask = compact(merged, keep.detach() > 0.5)
+        return target, keep, merged, mask
+
+    def _quantize(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, W) -> (quantized (B, L, W), indices (B, L), commitment loss); codebook in fp32."""
+        z = F.normalize(self.to_code(x).float(), dim=-1)  # (B, L, d) on the unit sphere
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, indices, loss = self.quantizer(z, mask=mask)
+        return self.from_code(q.to(x.dtype)), indices, loss
+
+    def _continuous(self, x: torch.Tensor) -> torch.Tensor:
+        """Phase-one bottleneck: the unit vector the cosine codebook will later quantize."""
+        return self.from_code(F.normalize(self.to_code(x), dim=-1))
+
+    # ----------------------------------------------------------------------------------------
+    # Training
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, *, quantize: bool) -> TokenizerOutput:
+        """Training step: reconstruction + keep-ratio (+ VQ, + pixel) losses and logs."""
+        self.check_images(images)
+        sel = self.cfg.selector
+        keep_fn = (
+            (lambda lg: sample_keep(lg, sel.tau, sel.gumbel_noise))
+            if self.training
+            else (lambda lg: infer_keep(lg).to(lg.dtype))
+        )
+        target, keep, merged, mask = self._merged(images, keep_fn)
+        logs: dict[str, torch.Tensor] = {}
+        codes = None
+        if quantize:
+            z, indices, vq_loss = self._quantize(merged, mask)
+            codes = indices.masked_fill(~mask, -1)
+            logs.update(code_stats(indices[mask], self.codebook_size))
+            vq_loss = vq_loss.sum()
+        else:
+            z, vq_loss = self._continuous(merged), merged.new_zeros(())
+        pred, pixels = self.decoder(z.to(merged.dtype), mask)
+        cos = F.cosine_similarity(pred.float(), self.standardise(target).detach(), dim=-1).mean()
+        keep_frac = keep.mean(dim=1)  # (B,) straight-through
+        keep_loss = ((keep_frac - sel.target_keep) ** 2).mean()
+        loss = (1 - cos) + sel.keep_loss_weight * keep_loss + vq_loss
+        if pixels is not None:
+            pix_loss = F.mse_loss(pixels.float(), patchify(images, self.cfg.encoder.patch_size))
+            loss = loss + self.cfg.pixel_loss_weight * pix_loss
+            logs["pixel_mse"] = pix_loss.detach()
+        logs.update(
+            recon_cos=cos.detach(),
+            keep_frac=keep_frac.mean().detach(),
+            keep_loss=keep_loss.detach(),
+            vq_loss=vq_loss.detach(),
+        )
+        return TokenizerOutput(loss=loss, logs=logs, codes=codes, keep=keep.detach() > 0.5)
+
+    # ----------------------------------------------------------------------------------------
+    # Inference
+    # ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(
+        self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> B LongTensors of codes (variable length, raster order).
+
+        Deterministic unless ``sample`` (then the keep mask is drawn, as LaVIT does).
+        """
+        self.check_images(images)
+        _, _, merged, mask = self._merged(images, lambda lg: infer_keep(lg, generator, sample).to(lg.dtype))
+        _, indices, _ = self._quantize_eval(merged, mask)
+        return [row[m] for row, m in zip(indices, mask, strict=False)]
+
+    @torch.no_grad()
+    def encode_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> B tensors (N_i, W): the continuous merger outputs of the kept patches
+        (LaVIT's input to the LLM for understanding)."""
+        self.check_images(images)
+        _, _, merged, mask = self._merged(images, lambda lg: infer_keep(lg).to(lg.dtype))
+        return [row[m] for row, m in zip(merged, mask, strict=False)]
+
+    def _quantize_eval(self, x, mask):
+        was = self.quantizer.training
+        self.quantizer.eval()  # never update the codebook while encoding
+        try:
+            return self._quantize(x, mask)
+        finally:
+            self.quantizer.train(was)
+
+    def pad_codes(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B variable-length code tensors -> ((B, L) left-aligned, 0-padded, (B, L) bool mask)."""
+        if len(codes) == 0:
+            raise ValueError("need at least one code sequence")
+        for i, c in enumerate(codes):
+            if c.ndim != 1 or c.numel() == 0:
+                raise ValueError(f"code sequence {i} must be a non-empty 1-D LongTensor, got shape {tuple(c.shape)}")
+            if c.min() < 0 or c.max() >= self.codebook_size:
+                raise ValueError(
+                    f"code sequence {i} has codes outside [0, {self.codebook_size}): "
+                    f"min {int(c.min())}, max {int(c.max())}"
+                )
+        length = max(c.numel() for c in codes)
+        device = self.quantizer.codebook.device
+        padded = torch.zeros(len(codes), length, dtype=torch.long, device=device)
+        mask = torch.zeros(len(codes), length, dtype=torch.bool, device=device)
+        for i, c in enumerate(codes):
+            padded[i, : c.numel()], mask[i, : c.numel()] = c.to(device), True
+        return padded, mask
+
+    def code_embeddings(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codebook vectors for the detokenizers: B code tensors -> ((B, L, W), (B, L) bool)."""
+        padded, mask = self.pad_codes(codes)
+        emb = self.from_code(self.quantizer.get_output_from_indices(padded))  # (B, L, W)
+        return emb * mask.unsqueeze(-1), mask
+
+    @torch.no_grad()
+    def decode_features(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Rebuild the (standardised) encoder features from codes: B code tensors -> (B, N, Ce)."""
+        emb, mask = self.code_embeddings(codes)
+        return self.decoder(emb, mask)[0]
+
+
+def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
+    """Usage (fraction of codes hit) and perplexity of a flat tensor of code indices."""
+    counts = torch.bincount(indices.flatten(), minlength=codebook_size).float()
+    p = counts / counts.sum().clamp_min(1)
+    perplexity = torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
+    return {"code_usage": (counts > 0).float().mean(), "perplexity": perplexity}
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, N, 3 * patch * patch) in raster order of patches."""
+    b, c, h, w = images.shape
+    x = images.view(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
