@@ -152,6 +152,78 @@ class TokenizerConfig:
 
 
 @dataclass
+class LMConfig:
+    """UnifiedLM (lavit/model.py): a Hugging Face causal LM whose vocabulary is extended by the
+    visual tokenizer's codes (lavit/vocab.py)."""
+
+    # A local HF model directory (config, safetensors weights, tokenizer) for real-scale use;
+    # None builds a fresh model from the fields below (from-scratch presets).
+    pretrained_path: str | None = None
+    model_type: str = "llama"  # transformers model type of from-scratch presets
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    intermediate_size: int = 704
+    max_position_embeddings: int = 256
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    text_vocab_size: int = 512  # T of the from-scratch BPE (ignored with pretrained_path)
+    num_codes: int = 512  # K: must equal the visual tokenizer's codebook size
+    num_locations: int = 0
+    understanding_input: str = "discrete"  # or "continuous" (tokenizer features, as LaVIT)
+    feature_dim: int = 128  # tokenizer width: input size of the continuous projection
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        _check(
+            self.understanding_input in ("discrete", "continuous"),
+            "understanding_input",
+            self.understanding_input,
+            "use 'discrete' or 'continuous'",
+        )
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            "hidden_size",
+            self.hidden_size,
+            f"must be divisible by num_heads={self.num_heads}",
+        )
+
+
+@dataclass
+class ImageSamplingConfig:
+    """Image-token generation (lavit/generate.py). Defaults are LaVIT's."""
+
+    guidance_scale: float = 4.0  # LaVIT's guidance_scale_for_llm; 1.0 disables CFG
+    top_k: int = 50  # 0 disables
+    top_p: float = 1.0  # 1.0 disables
+    temperature: float = 1.0
+    min_tokens: int = 20  # </img> is forbidden before this many codes (LaVIT: 20)
+    max_tokens: int = 200  # LaVIT: 200
+
+    def __post_init__(self) -> None:
+        _check(
+            1 <= self.min_tokens <= self.max_tokens,
+            "min_tokens/max_tokens",
+            (self.min_tokens, self.max_tokens),
+            "need 1 <= min_tokens <= max_tokens",
+        )
+        _check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+
+
+@dataclass
+class TextDecodingConfig:
+    """Text generation (captions, answers). LaVIT: captions with 2 beams and 36 new tokens,
+    VQA with 5 beams and 10."""
+
+    num_beams: int = 1  # 1 = greedy
+    max_new_tokens: int = 36
+    length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class OptimConfig:
     """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
 

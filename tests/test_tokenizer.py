@@ -9,7 +9,6 @@ import torch
 from lavit.config import ConfigError, TokenizerConfig, load_config
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
 from tokenizer.model import compact
-from tokenizer.selector import infer_keep
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -74,7 +73,7 @@ def test_inference_is_deterministic_unless_sampling(tok):
 
 def test_eval_quantized_equals_codebook_lookup(tok):
     x = images(4, seed=3)
-    _, _, merged, mask = tok._merged(x, lambda lg: infer_keep(lg).float())
+    _, _, merged, mask = tok._merged(x, lambda lg: tok._infer_keep(lg).float())
     quantized, indices, _ = tok._quantize_eval(merged, mask)
     lookup = tok.from_code(tok.quantizer.get_output_from_indices(indices))
     torch.testing.assert_close(quantized[mask], lookup[mask], atol=0, rtol=0)
@@ -99,6 +98,17 @@ def test_merger_is_causal_among_kept_and_reads_dropped_tokens(tok):
     dropped[0, 7] += torch.randn(32)  # a dropped token: every kept token cross-attends to it
     out = tok.merger(dropped, keep)
     assert not torch.allclose(out[0, 0], base[0, 0])
+
+
+def test_calibrated_threshold_hits_the_target_fraction_and_stays_deterministic():
+    torch.manual_seed(0)
+    t = DynamicVisualTokenizer(debug_cfg("selector.target_keep=0.25")).eval()
+    x = images(32, seed=7)
+    t.calibrate_keep(x)
+    lengths = [c.numel() for c in t.encode(x)]
+    assert sum(lengths) / (32 * 16) == pytest.approx(0.25, abs=0.02)
+    assert len(set(lengths)) > 1, "the count should still vary per image"
+    assert [c.numel() for c in t.encode(x)] == lengths
 
 
 def test_compact_keeps_raster_order():

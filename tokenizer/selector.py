@@ -2,8 +2,9 @@
 
 Per patch, an MLP scores keep/drop from a local half and a global (mean-pooled) half of its
 projected features. Training samples a hard mask with Gumbel-softmax (straight-through
-gradients); inference is deterministic (keep where p(keep) > 0.5) unless sampling is asked for.
-LaVIT samples at inference too, so its token count changes from call to call; ours does not.
+gradients); inference is deterministic (keep where the keep margin exceeds a threshold
+calibrated on training images, see ``DynamicVisualTokenizer.calibrate_keep``) unless sampling is
+asked for. LaVIT samples at inference too, so its token count changes from call to call.
 """
 
 from __future__ import annotations
@@ -43,18 +44,18 @@ def sample_keep(logits: torch.Tensor, tau: float, noise: bool) -> torch.Tensor:
     return hard + soft - soft.detach()
 
 
-def infer_keep(logits: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
-    """Inference mask: (B, N, 2) logits -> (B, N) bool; at least one patch kept per image.
+def infer_keep(margin: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+    """Inference mask: (B, N) keep margin (logit of p(keep) minus the calibrated threshold) ->
+    (B, N) bool; at least one patch kept per image.
 
-    Deterministic (p(keep) > 0.5) unless ``sample``, which draws keep ~ Bernoulli(p(keep)).
+    Deterministic (margin > 0) unless ``sample``, which draws keep ~ Bernoulli(sigmoid(margin)).
     """
-    p = logits.float().softmax(-1)[..., 0]
     if sample:
-        keep = torch.rand(p.shape, generator=generator, device=p.device) < p
+        keep = torch.rand(margin.shape, generator=generator, device=margin.device) < margin.sigmoid()
     else:
-        keep = p > 0.5
+        keep = margin > 0
     # An image whose every patch scores "drop" keeps its most confident patch.
     none = ~keep.any(dim=1)
     if none.any():
-        keep[none, p[none].argmax(dim=1)] = True
+        keep[none, margin[none].argmax(dim=1)] = True
     return keep

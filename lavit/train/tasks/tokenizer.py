@@ -62,6 +62,7 @@ class TokenizerTask:
     def evaluate(self, model: DynamicVisualTokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
         """Held-out (val) scenes: codebook usage and perplexity over all their codes, mean kept
         fraction, and cosine similarity of the features rebuilt from codes (deterministic)."""
+        self.calibrate_keep(model)
         world = ShapesWorld(self.cfg.data, "val")
         n = min(self.cfg.eval_images, len(world))
         device = next(model.parameters()).device
@@ -85,6 +86,10 @@ class TokenizerTask:
         return {
             "feature_r2": 1.0 - sq_err / max(sq_tot, 1e-12),
             "pixel_probe_psnr": pixel_probe_psnr(torch.cat(rebuilt_all), torch.cat(pixels_all)),
+            # The same probe on constant features: what a collapsed tokenizer would score.
+            "pixel_probe_baseline_psnr": pixel_probe_psnr(
+                torch.zeros_like(torch.cat(rebuilt_all)[..., :1]), torch.cat(pixels_all)
+            ),
             "code_usage": float(stats["code_usage"]),
             "perplexity": float(stats["perplexity"]),
             "keep_frac": float(sum(kept) / len(kept)),
@@ -95,7 +100,15 @@ class TokenizerTask:
             "quantized": float(step >= self.cfg.vq_start_step),
         }
 
+    def calibrate_keep(self, model: DynamicVisualTokenizer) -> float:
+        """The inference keep threshold from training images (never the held-out ones)."""
+        data = self.train_dataset()
+        n = min(self.cfg.calibration_images, len(data))
+        device = next(model.parameters()).device
+        return model.calibrate_keep(torch.stack([data[i] for i in range(n)]).to(device))
+
     def save(self, model: DynamicVisualTokenizer, directory: Path) -> None:
+        self.calibrate_keep(model)
         save_tokenizer(model, directory)
 
 

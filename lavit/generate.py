@@ -1,0 +1,259 @@
+"""Generation loops over UnifiedLM.prefill / decode_step with a KV cache (no HF ``generate``).
+
+Image tokens (:func:`generate_image_tokens`): the prompt is prefilled once, then one forward per
+step. Classifier-free guidance is *batched*: conditional and unconditional contexts sit in one
+batch [cond; uncond] and every step is a single forward, ``logits = u + g * (c - u)``. (LaVIT,
+like HF's ``guidance_scale``, runs the unconditional branch as a second sequential forward with
+its own cache, doubling per-step latency.) Inside an image only codes and </img> are allowed (a
+slice mask), with min/max code counts, top-k, top-p, temperature and a seeded generator.
+
+Text (:func:`generate_text`): greedy or beam search, image ids suppressed, stop at </s> or a
+stop string, batches of prompts with left padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lavit.config import ImageSamplingConfig, TextDecodingConfig
+from lavit.model import UnifiedLM
+from lavit.sequence import SequenceBuilder, TokenSeq, left_pad
+
+Prompt = str | list[str | torch.Tensor] | None
+
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def sample_logits(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: Generators
+) -> torch.Tensor:
+    """(B, V) logits (disallowed ids at -inf) -> (B,) ids: temperature, top-k, then top-p.
+
+    ``generator`` may be one generator for the batch or one per row; per-row generators make a
+    row's samples independent of what else is in the batch.
+    """
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # Drop tokens once the mass *before* them exceeds top_p (the top token always stays).
+        drop = (probs.cumsum(-1) - probs) > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    if isinstance(generator, list):
+        assert len(generator) == probs.shape[0], "one generator per row"
+        return torch.cat(
+            [torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator, strict=True)]
+        ).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _prompt_features(lm: UnifiedLM, seqs: list[TokenSeq]):
+    if lm.feature_proj is not None and any(s.image_spans for s in seqs):
+        raise ValueError(
+            "image prompts for generation use the discrete (code) input; this LM was trained with "
+            "continuous understanding input only"
+        )
+
+
+@torch.no_grad()
+def generate_image_tokens(
+    lm: UnifiedLM,
+    builder: SequenceBuilder,
+    prompts: list[Prompt],
+    cfg: ImageSamplingConfig,
+    *,
+    num_images: int = 1,
+    negative_prompt: str | None = None,
+    generator: Generators = None,
+) -> list[torch.Tensor]:
+    """Sample image codes for each prompt.
+
+    Args:
+        lm: the unified LM (eval mode).
+        builder: sequence builder with the LM's text tokenizer and layout.
+        prompts: text, a multimodal list of text and code tensors, or None (unconditional).
+        cfg: guidance and sampling settings.
+        num_images: images per prompt.
+        negative_prompt: unconditional context text (default: the lone <img>).
+        generator: a seeded torch.Generator, or one per output image (prompt-major order) so
+            each image is the same whatever else is in the batch.
+
+    Returns:
+        ``len(prompts) * num_images`` LongTensors of codes (prompt-major order), each of
+        ``min_tokens..max_tokens`` codes.
+    """
+    if not prompts:
+        raise ValueError("no prompts given")
+    layout, device = lm.layout, next(lm.parameters()).device
+    cond = [builder.generation_prompt(p) for p in prompts for _ in range(num_images)]
+    b = len(cond)
+    guided = cfg.guidance_scale != 1.0
+    seqs = cond + [builder.generation_prompt(negative_prompt)] * b if guided else cond
+    _prompt_features(lm, seqs)
+    ids, mask = left_pad(seqs, builder.tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    logits, cache = lm.prefill(ids, mask)
+    allowed = layout.image_mask(device)  # (V,) codes and </img>
+    end = layout.image_end_id
+    codes = torch.full((b, cfg.max_tokens), -1, dtype=torch.long, device=device)
+    lengths = torch.full((b,), cfg.max_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    for t in range(cfg.max_tokens):
+        if guided:
+            c, u = logits[:b], logits[b:]
+            logits = u + cfg.guidance_scale * (c - u)  # (B, V)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        if t < cfg.min_tokens:
+            logits[:, end] = float("-inf")
+        nxt = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        nxt = torch.where(done, torch.full_like(nxt, end), nxt)
+        finished_now = (nxt == end) & ~done
+        lengths = torch.where(finished_now, torch.full_like(lengths, t), lengths)
+        done |= finished_now
+        codes[:, t] = torch.where(done, -1, nxt - layout.code_start)
+        if bool(done.all()) or t == cfg.max_tokens - 1:
+            break
+        step = torch.cat([nxt, nxt]) if guided else nxt
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = lm.decode_step(step[:, None], mask, cache)
+    return [codes[i, : lengths[i]].cpu() for i in range(b)]
+
+
+@torch.no_grad()
+def generate_text(
+    lm: UnifiedLM, builder: SequenceBuilder, prompts: list[TokenSeq], cfg: TextDecodingConfig
+) -> list[str]:
+    """Decode text after each prompt (built with ``builder.understanding_prompt``).
+
+    Greedy when ``cfg.num_beams == 1``, else beam search. Only text ids may be generated.
+
+    Returns:
+        One string per prompt, stripped, cut at the first stop string.
+    """
+    if not prompts:
+        raise ValueError("no prompts given")
+    _check_lengths(lm, prompts, cfg)
+    if cfg.num_beams == 1:
+        out = _greedy(lm, builder, prompts, cfg)
+    else:
+        out = [_beam_search(lm, builder, p, cfg) for p in prompts]
+    texts = [builder.tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
+    return [_cut(t, cfg.stop_strings) for t in texts]
+
+
+def _check_lengths(lm: UnifiedLM, prompts: list[TokenSeq], cfg: TextDecodingConfig) -> None:
+    limit = lm.hf.config.max_position_embeddings
+    for p in prompts:
+        if len(p) + cfg.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {len(p)} tokens + max_new_tokens={cfg.max_new_tokens} exceeds the LM context of {limit}"
+            )
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text.strip()
+
+
+def _text_logits(lm: UnifiedLM, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+
+
+def _greedy(
+    lm: UnifiedLM, builder: SequenceBuilder, prompts: list[TokenSeq], cfg: TextDecodingConfig
+) -> list[list[int]]:
+    device = next(lm.parameters()).device
+    ids, mask = left_pad(prompts, builder.tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    allowed = lm.layout.text_mask(device)
+    eos = builder.eos
+    logits, cache = lm.prefill(ids, mask)
+    out: list[list[int]] = [[] for _ in prompts]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    for _ in range(cfg.max_new_tokens):
+        nxt = _text_logits(lm, logits, allowed).argmax(-1)
+        for i in range(len(prompts)):
+            if not done[i]:
+                if int(nxt[i]) == eos:
+                    done[i] = True
+                else:
+                    out[i].append(int(nxt[i]))
+        if bool(done.all()) or _all_stopped(builder, out, done, cfg.stop_strings):
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = lm.decode_step(nxt[:, None], mask, cache)
+    return out
+
+
+def _all_stopped(builder: SequenceBuilder, out: list[list[int]], done: torch.Tensor, stops: list[str]) -> bool:
+    if not stops:
+        return False
+    return all(bool(done[i]) or any(s in builder.tok.decode(o) for s in stops) for i, o in enumerate(out))
+
+
+def _beam_search(lm: UnifiedLM, builder: SequenceBuilder, prompt: TokenSeq, cfg: TextDecodingConfig) -> list[int]:
+    """Beam search for one prompt; returns the hypothesis with the best length-normalised score
+    ``sum log p / len ** length_penalty`` among finished ones (running ones if none finished)."""
+    k, device = cfg.num_beams, next(lm.parameters()).device
+    ids, mask = left_pad([prompt] * k, builder.tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    allowed = lm.layout.text_mask(device)
+    eos = builder.eos
+    logits, cache = lm.prefill(ids, mask)
+    beams: list[list[int]] = [[] for _ in range(k)]
+    scores = torch.full((k,), float("-inf"), device=device)
+    scores[0] = 0.0  # all beams start identical: expand only the first
+    finished: list[tuple[float, list[int]]] = []
+
+    def normed(score: float, length: int) -> float:
+        return score / max(length, 1) ** cfg.length_penalty
+
+    for step in range(cfg.max_new_tokens):
+        logp = _text_logits(lm, logits, allowed)  # (k, V)
+        cand = (scores[:, None] + logp).flatten()  # (k * V,)
+        top = torch.topk(cand, 2 * k)
+        next_beams, next_scores, sources, tokens = [], [], [], []
+        for score, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            if score == float("-inf"):
+                break
+            src, tok = divmod(flat, logp.shape[-1])
+            if tok == eos:
+                finished.append((normed(score, len(beams[src]) + 1), beams[src]))
+                continue
+            next_beams.append(beams[src] + [tok])
+            next_scores.append(score)
+            sources.append(src)
+            tokens.append(tok)
+            if len(next_beams) == k:
+                break
+        best_finished = max((f[0] for f in finished), default=float("-inf"))
+        # Stop when no running beam can still beat the best finished one (scores only fall).
+        if not next_beams or (
+            len(finished) >= k
+            and max(normed(s, len(b)) for s, b in zip(next_scores, next_beams, strict=True)) <= best_finished
+            and cfg.length_penalty >= 0
+        ):
+            break
+        beams, scores = next_beams, torch.tensor(next_scores, device=device)
+        while len(beams) < k:  # fewer live candidates than beams: pad with dead copies
+            beams.append(beams[0])
+            sources.append(sources[0])
+            tokens.append(tokens[0])
+            scores = torch.cat([scores, scores.new_full((1,), float("-inf"))])
+        cache.reorder_cache(torch.tensor(sources, device=device))
+        mask = torch.cat([mask, mask.new_ones(k, 1)], dim=1)
+        logits = lm.decode_step(torch.tensor(tokens, device=device)[:, None], mask, cache)
+        if step == cfg.max_new_tokens - 1:
+            finished += [
+                (normed(float(s), len(b)), b) for s, b in zip(scores.tolist(), beams, strict=True) if s > float("-inf")
+            ]
+    if not finished:
+        finished = [(normed(float(s), len(b)), b) for s, b in zip(scores.tolist(), beams, strict=True)]
+    return max(finished, key=lambda f: f[0])[1]

@@ -1,0 +1,179 @@
+"""UnifiedLM: any Hugging Face causal LM with the image codes appended to its vocabulary.
+
+One next-token objective over text and image tokens. Image input for understanding is either
+*discrete* (the code embeddings of the LM itself: truly unified, the default) or *continuous*
+(the tokenizer's merger features through a linear projection, as LaVIT does for understanding).
+
+Modes are separate methods (house style): ``forward`` (training loss), ``prefill`` and
+``decode_step`` (generation with a ``transformers`` KV cache; loops live in generate.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, Cache, DynamicCache
+
+from lavit.config import ConfigError, LMConfig
+from lavit.vocab import VocabLayout
+
+
+@dataclass
+class LMOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, L, V)
+    logs: dict[str, torch.Tensor]
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits -> fp32 for sampling and losses; fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _hf_config(cfg: LMConfig, text_vocab_size: int):
+    return AutoConfig.for_model(
+        cfg.model_type,
+        vocab_size=text_vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+
+
+class UnifiedLM(nn.Module):
+    """Args:
+    cfg: the LM config. ``cfg.pretrained_path`` loads a local HF directory; otherwise a fresh
+        model of ``cfg.text_vocab_size`` text ids is built.
+    """
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.pretrained_path:
+            path = Path(cfg.pretrained_path)
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"lm.pretrained_path={path} is not a Hugging Face model directory (no config.json); "
+                    "download the model once elsewhere and point at the local folder"
+                )
+            self.hf = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, attn_implementation=cfg.attn_implementation
+            )
+        else:
+            self.hf = AutoModelForCausalLM.from_config(
+                _hf_config(cfg, cfg.text_vocab_size), attn_implementation=cfg.attn_implementation
+            )
+        text_size = self.hf.get_input_embeddings().num_embeddings
+        self.layout = VocabLayout(text_size=text_size, num_codes=cfg.num_codes, num_locations=cfg.num_locations)
+        # New rows (specials, codes, locations) are drawn from a Gaussian with the mean and
+        # covariance of the existing rows (transformers' mean_resizing), not zeros; on the meta
+        # device there are no values to take statistics of.
+        on_meta = self.hf.get_input_embeddings().weight.is_meta
+        self.hf.resize_token_embeddings(self.layout.total, mean_resizing=not on_meta)
+        self.hidden_size = self.hf.config.hidden_size
+        self.feature_proj = (
+            nn.Linear(cfg.feature_dim, self.hidden_size) if cfg.understanding_input == "continuous" else None
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layout.total
+
+    # ----------------------------------------------------------------------------------------
+
+    def embed(
+        self, input_ids: torch.Tensor, features: torch.Tensor | None = None, feature_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L) ids -> (B, L, H) input embeddings. With continuous understanding input,
+        positions where ``feature_mask`` (B, L) is True take ``features`` (M, feature_dim), in
+        order, through the projection instead of their code embeddings."""
+        emb = self.hf.get_input_embeddings()(input_ids)
+        if features is not None:
+            if self.feature_proj is None:
+                raise ValueError("continuous image features given, but lm.understanding_input is 'discrete'")
+            assert feature_mask is not None and int(feature_mask.sum()) == features.shape[0], "feature count mismatch"
+            emb = emb.masked_scatter(feature_mask.unsqueeze(-1), self.feature_proj(features).to(emb.dtype))
+        return emb
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        loss_weights: torch.Tensor,
+        features: torch.Tensor | None = None,
+        feature_mask: torch.Tensor | None = None,
+    ) -> LMOutput:
+        """Training: next-token cross-entropy, each target weighted by ``loss_weights``.
+
+        Args:
+            input_ids: (B, L); attention_mask: (B, L) 1 = real token (right padding).
+            loss_weights: (B, L) weight of predicting token t from tokens < t (0 = no loss).
+            features / feature_mask: continuous image input (see :meth:`embed`).
+
+        Returns:
+            LMOutput with the weighted mean loss and per-kind losses in ``logs``.
+        """
+        emb = self.embed(input_ids, features, feature_mask)
+        logits = self.hf(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False).logits  # (B, L, V)
+        logits_BlV, targets = _at_least_fp32(logits[:, :-1]), input_ids[:, 1:]
+        weights = loss_weights[:, 1:].float()
+        ce = F.cross_entropy(
+            logits_BlV.reshape(-1, logits_BlV.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view_as(targets)
+        loss = (ce * weights).sum() / weights.sum().clamp_min(1e-6)
+        is_code = self.layout.is_code(targets) & (weights > 0)
+        is_text = ~self.layout.is_code(targets) & (weights > 0)
+        logs = {
+            "loss_image": (ce * is_code).sum().detach() / is_code.sum().clamp_min(1),
+            "loss_text": (ce * is_text).sum().detach() / is_text.sum().clamp_min(1),
+        }
+        return LMOutput(loss=loss, logits=logits, logs=logs)
+
+    # ----------------------------------------------------------------------------------------
+    # Generation steps (the loops are in lavit/generate.py)
+    # ----------------------------------------------------------------------------------------
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor | None = None,
+        feature_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Cache]:
+        """Run a left-padded prompt once: (B, L) -> (last-position logits (B, V), KV cache)."""
+        cache = DynamicCache()
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        out = self.hf(
+            inputs_embeds=self.embed(input_ids, features, feature_mask),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return _at_least_fp32(out.logits[:, -1]), out.past_key_values
+
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """One token per sequence: (B, 1) new ids, (B, L+1) mask so far -> logits (B, V); the
+        cache is extended in place."""
+        position_ids = attention_mask.long().sum(-1, keepdim=True) - 1  # (B, 1)
+        out = self.hf(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return _at_least_fp32(out.logits[:, -1])
