@@ -24,8 +24,9 @@ def _check_sibling_packages() -> None:
         if found != root / name:
             raise ImportError(
                 f"'import {name}' resolves to {found or 'nothing'}, not lavit's own package at {root / name}. "
-                f"Another package named '{name}' is shadowing it: run 'pip uninstall {name}' and reinstall "
-                "lavit with 'pip install -e .' from the repository root."
+                f"Another package named '{name}' is shadowing it (a PyPI package, or a '{name}.py' / '{name}/' "
+                "in the current or the script's folder): rename that file, or run 'pip uninstall "
+                f"{name}' and reinstall lavit with 'pip install -e .' from the repository root."
             )
 
 

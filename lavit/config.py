@@ -108,9 +108,13 @@ class SelectorConfig:
     keep_loss_weight: float = 2.0
     tau: float = 1.0  # Gumbel-softmax temperature (training)
     gumbel_noise: bool = True  # False: deterministic straight-through threshold in training too
+    # Deterministic inference rule: "threshold" (margin above a threshold calibrated on training
+    # images; variable length) or "topk" (the round(target_keep * N) best patches per image).
+    inference: str = "threshold"
 
     def __post_init__(self) -> None:
         _check(0.0 < self.target_keep <= 1.0, "selector.target_keep", self.target_keep, "use a fraction in (0, 1]")
+        _check(self.inference in ("threshold", "topk"), "selector.inference", self.inference, "use threshold or topk")
 
 
 @dataclass
@@ -403,3 +407,34 @@ def _describe(e: OmegaConfBaseException, where: str, schema: type) -> str:
         hint = "" if "Did you mean" in msg else " Check the spelling against the schema."
         return f"unknown key '{key}' in {where} (schema {schema.__name__}): {msg}{hint}"
     return f"bad value for '{key}' in {where} (schema {schema.__name__}): {msg}"
+
+
+@dataclass
+class LMMixtureConfig:
+    """The LM's training mixture: one objective, tasks drawn per sample, per-task loss weights."""
+
+    caption_prob: float = 0.3
+    vqa_prob: float = 0.35
+    t2i_prob: float = 0.35
+    caption_weight: float = 1.0
+    vqa_weight: float = 1.0
+    t2i_weight: float = 1.0
+    cfg_drop_prob: float = 0.1  # text-to-image samples whose prompt is dropped (CFG)
+    caption_prompt: str = "A short description of the image:"
+    vqa_prompt: str = "Question: {} Answer:"  # LaVIT's
+
+
+@dataclass
+class LMRunConfig:
+    """``lavit train lm``: the unified LM on codes from a frozen, trained visual tokenizer."""
+
+    lm: LMConfig = field(default_factory=LMConfig)
+    tokenizer_dir: str = "runs/tokenizer_tiny/model"  # a trained tokenizer (lavit train tokenizer)
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mixture: LMMixtureConfig = field(default_factory=LMMixtureConfig)
+    num_scenes: int = 20_000  # training scenes; their codes are extracted once and cached
+    codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    eval_scenes: int = 200
+    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=36))
+    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=10))

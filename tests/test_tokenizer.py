@@ -111,6 +111,19 @@ def test_calibrated_threshold_hits_the_target_fraction_and_stays_deterministic()
     assert [c.numel() for c in t.encode(x)] == lengths
 
 
+def test_topk_inference_keeps_the_best_patches_of_each_image():
+    torch.manual_seed(0)
+    t = DynamicVisualTokenizer(debug_cfg("selector.target_keep=0.25", "selector.inference=topk")).eval()
+    x = images(5, seed=8)
+    codes = t.encode(x)
+    assert [c.numel() for c in codes] == [4] * 5  # round(0.25 * 16)
+    logits = t.selector(t.proj_in(t.encoder(x)))
+    margin = logits[..., 0] - logits[..., 1]
+    keep = t._infer_keep(logits)
+    for m, k in zip(margin, keep, strict=True):
+        assert m[k].min() >= m[~k].max()
+
+
 def test_compact_keeps_raster_order():
     x = torch.arange(10.0).view(2, 5, 1)
     keep = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -169,6 +182,13 @@ def test_bad_codes_raise_clear_errors(tok):
         tok.code_embeddings([torch.tensor([], dtype=torch.long)])
     with pytest.raises(ValueError, match="at least one"):
         tok.code_embeddings([])
+
+
+def test_encode_never_initialises_the_codebook():
+    t = DynamicVisualTokenizer(debug_cfg("quantizer.kmeans_init=true")).eval()
+    with pytest.raises(RuntimeError, match="never initialised"):
+        t.encode(images(2))
+    assert not bool(t.quantizer._codebook.initted)
 
 
 def test_unknown_encoder_name_is_a_config_error():

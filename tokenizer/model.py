@@ -156,7 +156,12 @@ class DynamicVisualTokenizer(nn.Module):
     def _infer_keep(
         self, logits: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
     ) -> torch.Tensor:
-        return infer_keep(self._margin(logits) - self.keep_threshold, generator, sample)
+        margin = self._margin(logits)  # (B, N)
+        if self.cfg.selector.inference == "topk" and not sample:
+            k = max(1, round(self.cfg.selector.target_keep * margin.shape[1]))
+            keep = torch.zeros_like(margin, dtype=torch.bool)
+            return keep.scatter(1, margin.topk(k, dim=1).indices, True)
+        return infer_keep(margin - self.keep_threshold, generator, sample)
 
     def standardise(self, feats: torch.Tensor) -> torch.Tensor:
         """Encoder features -> the reconstruction target space."""
@@ -250,6 +255,14 @@ class DynamicVisualTokenizer(nn.Module):
         return [row[m] for row, m in zip(merged, mask, strict=True)]
 
     def _quantize_eval(self, x, mask):
+        # VectorQuantize runs its k-means init on the first forward even in eval mode; inference
+        # must never change the codebook, so an uninitialised one is an error.
+        if not bool(self.quantizer._codebook.initted):
+            raise RuntimeError(
+                "this tokenizer's codebook was never initialised (k-means runs on the first quantized "
+                "training batch): train past vq_start_step, load a trained tokenizer, or build it "
+                "with quantizer.kmeans_init=false"
+            )
         was = self.quantizer.training
         self.quantizer.eval()  # never update the codebook while encoding
         try:

@@ -8,8 +8,8 @@ from torch.utils.data import Dataset
 
 from lavit.config import ShapesWorldConfig
 from lavit.data import shapes_text
-from lavit.data.sample import Sample
-from lavit.data.shapes import SPLITS, render, scene_for_index
+from lavit.data.sample import QA, Sample
+from lavit.data.shapes import SPLITS, Scene, render, scene_for_index
 
 _TEXT_STREAM = 1 << 20  # a separate RNG stream for words, so changing templates never moves scenes
 
@@ -39,20 +39,29 @@ class ShapesWorld(Dataset):
         self._check(index)
         return render(scene_for_index(self.cfg, self.split, index), self.cfg.resolution, self.cfg.supersample)
 
-    def __getitem__(self, index: int) -> Sample:
+    def scene(self, index: int) -> Scene:
         self._check(index)
-        scene = scene_for_index(self.cfg, self.split, index)
+        return scene_for_index(self.cfg, self.split, index)
+
+    def words(self, index: int) -> tuple[list[str], list[QA], str]:
+        """Only the text of sample ``index``: (captions, question/answers, text-to-image prompt)."""
+        scene = self.scene(index)
         rng = np.random.default_rng([self.cfg.seed, SPLITS[self.split], index, _TEXT_STREAM])
+        return shapes_text.captions(scene, rng), shapes_text.questions(scene, rng), shapes_text.prompt(scene, rng)
+
+    def __getitem__(self, index: int) -> Sample:
+        scene = self.scene(index)
+        captions, qa, prompt = self.words(index)
         res = self.cfg.resolution
         return Sample(
             image=render(scene, res, self.cfg.supersample),
             image_id=f"shapes-{self.split}-{index}",
-            captions=shapes_text.captions(scene, rng),
-            qa=shapes_text.questions(scene, rng),
+            captions=captions,
+            qa=qa,
             meta={
                 "scene": scene.to_dict(),
                 "boxes": [s.box(res) for s in scene.shapes],
-                "prompt": shapes_text.prompt(scene, rng),
+                "prompt": prompt,
                 "split": self.split,
                 "index": index,
             },

@@ -62,6 +62,8 @@ class TokenizerTask:
     def evaluate(self, model: DynamicVisualTokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
         """Held-out (val) scenes: codebook usage and perplexity over all their codes, mean kept
         fraction, and cosine similarity of the features rebuilt from codes (deterministic)."""
+        if not bool(model.quantizer._codebook.initted):
+            return {"quantized": 0.0}  # no quantized step yet: no codes (encoding must not initialise them)
         self.calibrate_keep(model)
         world = ShapesWorld(self.cfg.data, "val")
         n = min(self.cfg.eval_images, len(world))
@@ -97,7 +99,7 @@ class TokenizerTask:
             "tokens_min": float(lengths.min()),
             "tokens_max": float(lengths.max()),
             "recon_cos": float(torch.cat(cos).mean()),
-            "quantized": float(step >= self.cfg.vq_start_step),
+            "quantized": 1.0,
         }
 
     def calibrate_keep(self, model: DynamicVisualTokenizer) -> float:

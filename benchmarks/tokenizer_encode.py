@@ -1,7 +1,9 @@
 """Encode throughput of the dynamic visual tokenizer (images/s), printed as JSON.
 
-    python benchmarks/tokenizer.py                      # tiny and lavit-shaped, batch 8, CPU
-    python benchmarks/tokenizer.py --presets tiny --batch 32 --device cuda
+(Not named tokenizer.py: a script of that name would shadow the `tokenizer` package.)
+
+    python benchmarks/tokenizer_encode.py               # tiny and lavit-shaped, batch 8, CPU
+    python benchmarks/tokenizer_encode.py --presets tiny --batch 32 --device cuda
 
 The lavit-shaped preset (EVA-CLIP g/14 encoder, 12-block merger) is randomly initialised:
 throughput does not depend on the weights. Its ~1.8B fp32 parameters need ~7 GB of memory.
@@ -24,7 +26,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
 
 
 def bench(preset: str, batch: int, device: str, warmup: int, iters: int) -> dict:
-    cfg = load_config(CONFIGS / f"{preset}.yaml", TokenizerConfig)
+    # Random codebook (no k-means): an untrained codebook cannot encode otherwise.
+    cfg = load_config(CONFIGS / f"{preset}.yaml", TokenizerConfig, ["quantizer.kmeans_init=false"])
     torch.manual_seed(0)
     tok = DynamicVisualTokenizer(cfg).to(device).eval()
     size = cfg.encoder.image_size
