@@ -108,6 +108,7 @@ def save_model_dir(
         for name, module in components.items():
             save_model(module, str(tmp / f"{name}{WEIGHTS_SUFFIX}"))
         for name, content in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode) as f:
                 f.write(content)

@@ -75,6 +75,7 @@ def cmd_shapes(args: argparse.Namespace) -> None:
 # stage -> (run-config schema, task class), imported only when that stage is trained.
 STAGES = {
     "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
+    "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
 }
 
 

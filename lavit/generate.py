@@ -126,11 +126,17 @@ def generate_image_tokens(
 
 @torch.no_grad()
 def generate_text(
-    lm: UnifiedLM, builder: SequenceBuilder, prompts: list[TokenSeq], cfg: TextDecodingConfig
+    lm: UnifiedLM,
+    builder: SequenceBuilder,
+    prompts: list[TokenSeq],
+    cfg: TextDecodingConfig,
+    features: list[torch.Tensor] | None = None,
 ) -> list[str]:
     """Decode text after each prompt (built with ``builder.understanding_prompt``).
 
     Greedy when ``cfg.num_beams == 1``, else beam search. Only text ids may be generated.
+    ``features`` (continuous understanding input): per prompt, the (N_i, D) tokenizer features
+    of its input image, which replace that image's code embeddings.
 
     Returns:
         One string per prompt, stripped, cut at the first stop string.
@@ -138,10 +144,14 @@ def generate_text(
     if not prompts:
         raise ValueError("no prompts given")
     _check_lengths(lm, prompts, cfg)
+    if features is not None and len(features) != len(prompts):
+        raise ValueError(f"{len(features)} feature tensors for {len(prompts)} prompts")
     if cfg.num_beams == 1:
-        out = _greedy(lm, builder, prompts, cfg)
+        out = _greedy(lm, builder, prompts, cfg, features)
     else:
-        out = [_beam_search(lm, builder, p, cfg) for p in prompts]
+        out = [
+            _beam_search(lm, builder, p, cfg, None if features is None else features[i]) for i, p in enumerate(prompts)
+        ]
     texts = [builder.tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
     return [_cut(t, cfg.stop_strings) for t in texts]
 
@@ -166,15 +176,38 @@ def _text_logits(lm: UnifiedLM, logits: torch.Tensor, allowed: torch.Tensor) -> 
     return logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
 
 
+def _prompt_inputs(
+    prompts: list[TokenSeq], features: list[torch.Tensor] | None, pad_id: int, device: torch.device, repeat: int = 1
+):
+    """Left-padded (ids, mask) for ``prompts`` each repeated ``repeat`` times, plus the
+    continuous features and the (B, L) mask of the positions they replace (or None, None)."""
+    seqs = [p for p in prompts for _ in range(repeat)]
+    ids, mask = left_pad(seqs, pad_id)
+    if features is None:
+        return ids.to(device), mask.to(device), None, None
+    fmask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        offset = ids.shape[1] - len(s)
+        for a, b in s.image_spans:
+            fmask[i, offset + a : offset + b] = True
+    feats = torch.cat([features[i // repeat] for i in range(len(seqs))])
+    if int(fmask.sum()) != feats.shape[0]:
+        raise ValueError(f"{feats.shape[0]} feature vectors for {int(fmask.sum())} image positions in the prompts")
+    return ids.to(device), mask.to(device), feats.to(device), fmask.to(device)
+
+
 def _greedy(
-    lm: UnifiedLM, builder: SequenceBuilder, prompts: list[TokenSeq], cfg: TextDecodingConfig
+    lm: UnifiedLM,
+    builder: SequenceBuilder,
+    prompts: list[TokenSeq],
+    cfg: TextDecodingConfig,
+    features: list[torch.Tensor] | None = None,
 ) -> list[list[int]]:
     device = next(lm.parameters()).device
-    ids, mask = left_pad(prompts, builder.tok.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask, feats, fmask = _prompt_inputs(prompts, features, builder.tok.pad_token_id, device)
     allowed = lm.layout.text_mask(device)
     eos = builder.eos
-    logits, cache = lm.prefill(ids, mask)
+    logits, cache = lm.prefill(ids, mask, feats, fmask)
     out: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(cfg.max_new_tokens):
@@ -198,15 +231,21 @@ def _all_stopped(builder: SequenceBuilder, out: list[list[int]], done: torch.Ten
     return all(bool(done[i]) or any(s in builder.tok.decode(o) for s in stops) for i, o in enumerate(out))
 
 
-def _beam_search(lm: UnifiedLM, builder: SequenceBuilder, prompt: TokenSeq, cfg: TextDecodingConfig) -> list[int]:
+def _beam_search(
+    lm: UnifiedLM,
+    builder: SequenceBuilder,
+    prompt: TokenSeq,
+    cfg: TextDecodingConfig,
+    features: torch.Tensor | None = None,
+) -> list[int]:
     """Beam search for one prompt; returns the hypothesis with the best length-normalised score
     ``sum log p / len ** length_penalty`` among finished ones (running ones if none finished)."""
     k, device = cfg.num_beams, next(lm.parameters()).device
-    ids, mask = left_pad([prompt] * k, builder.tok.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
+    feats_in = None if features is None else [features]
+    ids, mask, feats, fmask = _prompt_inputs([prompt], feats_in, builder.tok.pad_token_id, device, repeat=k)
     allowed = lm.layout.text_mask(device)
     eos = builder.eos
-    logits, cache = lm.prefill(ids, mask)
+    logits, cache = lm.prefill(ids, mask, feats, fmask)
     beams: list[list[int]] = [[] for _ in range(k)]
     scores = torch.full((k,), float("-inf"), device=device)
     scores[0] = 0.0  # all beams start identical: expand only the first

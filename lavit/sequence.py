@@ -22,7 +22,8 @@ from lavit.vocab import VocabLayout
 @dataclass
 class TokenSeq:
     """One sequence: ``weights[t]`` is the loss weight of predicting ``ids[t]`` from ``ids[:t]``;
-    ``image_spans`` are the [start, end) positions of image codes (for continuous input)."""
+    ``image_spans`` are the [start, end) positions of *input* image codes (the ones that may be
+    replaced by continuous features); generated images are not listed."""
 
     ids: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
@@ -76,10 +77,12 @@ class SequenceBuilder:
         return seq
 
     def _add_image(self, seq: TokenSeq, codes: torch.Tensor, weight: float) -> None:
+        """<img> codes </img>; an image with no loss is an input image (recorded in image_spans)."""
         start = len(seq) + 1
         seq.add([self.layout.image_start_id], 0.0)
         seq.add(self.image(codes, wrap=False), weight)
-        seq.image_spans.append((start, len(seq)))
+        if weight == 0.0:
+            seq.image_spans.append((start, len(seq)))
         seq.add([self.layout.image_end_id], weight)
 
     # --- tasks -------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ class SequenceBuilder:
 
 def collate(seqs: list[TokenSeq], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad for training: input_ids, attention_mask, loss_weights (B, L), and
-    image_mask (B, L) marking code positions."""
+    image_mask (B, L) marking input-image code positions."""
     length = max(len(s) for s in seqs)
     b = len(seqs)
     ids = torch.full((b, length), pad_id, dtype=torch.long)

@@ -137,7 +137,7 @@ class BigramLM:
     def parameters(self):
         return iter([self.dummy])
 
-    def prefill(self, ids, mask):
+    def prefill(self, ids, mask, features=None, feature_mask=None):
         cache = type("Cache", (), {"reorder_cache": lambda self, idx: None})()
         return self.table[ids[:, -1]].clone(), cache
 

@@ -1,0 +1,90 @@
+"""The LM stage end to end at debug size: codes from a freshly trained debug tokenizer, a few
+steps of the mixture, evaluation, and a model directory that loads back; discrete and
+continuous understanding input."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lavit.config import ConfigError, LMRunConfig, TokenizerRunConfig, load_config
+from lavit.lm_io import load_lm
+from lavit.sequence import SequenceBuilder
+from lavit.train.tasks.lm import LMTask
+from lavit.train.tasks.tokenizer import TokenizerTask
+from lavit.train.trainer import fit
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    cfg = load_config(
+        CONFIGS / "train" / "tokenizer_debug.yaml",
+        TokenizerRunConfig,
+        [
+            f"train.out_dir={out}",
+            "train.progress=false",
+            "train.steps=8",
+            "vq_start_step=4",
+            "eval_images=8",
+            "calibration_images=16",
+            "train.ckpt_every=100",
+        ],
+    )
+    fit(TokenizerTask(cfg), cfg.train)
+    return out / "model"
+
+
+def lm_cfg(out: Path, tokenizer_dir: Path, *overrides: str) -> LMRunConfig:
+    return load_config(
+        None,
+        LMRunConfig,
+        [
+            f"train.out_dir={out}",
+            f"tokenizer_dir={tokenizer_dir}",
+            "train.progress=false",
+            "train.steps=6",
+            "train.batch_size=8",
+            "train.log_every=2",
+            "train.ckpt_every=100",
+            "train.optim.warmup_steps=2",
+            "data.resolution=32",
+            "num_scenes=64",
+            "eval_scenes=4",
+            "lm.hidden_size=64",
+            "lm.num_layers=2",
+            "lm.num_heads=4",
+            "lm.intermediate_size=128",
+            "lm.max_position_embeddings=128",
+            "lm.text_vocab_size=384",
+            "lm.num_codes=64",
+            "lm.feature_dim=32",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.parametrize("mode", ["discrete", "continuous"])
+def test_lm_stage_trains_evaluates_and_saves(tmp_path, tokenizer_dir, mode):
+    cfg = lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}")
+    task = LMTask(cfg)
+    assert len(task.codes) == 64 and all(c.numel() >= 1 for c in task.codes)
+    metrics = fit(task, cfg.train)
+    assert 0.0 <= metrics["caption_attribute_acc"] <= 1.0 and 0.0 <= metrics["vqa_acc"] <= 1.0
+    assert metrics["t2i_code_loss"] > 0 and metrics["code_unigram_entropy"] > 0
+    lm, text_tok = load_lm(tmp_path / "model")
+    assert lm.layout.num_codes == 64 and lm.cfg.understanding_input == mode
+    builder = SequenceBuilder(text_tok, lm.layout, 128)
+    seq = builder.understanding(task.codes[0], cfg.mixture.caption_prompt, "a red circle.")
+    assert seq.ids[-1] == text_tok.eos_token_id and sum(w > 0 for w in seq.weights) >= 3
+    # The code cache is reused on a second run.
+    assert torch.equal(LMTask(cfg).codes[5], task.codes[5])
+
+
+def test_mismatched_tokenizer_is_a_clear_error(tmp_path, tokenizer_dir):
+    with pytest.raises(ConfigError, match="lm.num_codes=512 but the tokenizer .* has 64 codes"):
+        LMTask(lm_cfg(tmp_path, tokenizer_dir, "lm.num_codes=512"))
+    with pytest.raises(ConfigError, match="feature_dim=16 must equal the tokenizer width 32"):
+        LMTask(lm_cfg(tmp_path, tokenizer_dir, "lm.understanding_input=continuous", "lm.feature_dim=16"))
