@@ -193,14 +193,21 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         raise CheckpointError(
             f"{path}: tensor shapes differ from the model built from its config: " + "; ".join(shapes)
         )
+    # Tied weights are one tensor under several names; the file holds one of them.
+    aliases: dict[int, set[str]] = {}
+    for name, tensor in expected.items():
+        if tensor.numel():
+            aliases.setdefault(tensor.data_ptr(), set()).add(name)
+    missing = sorted(
+        k for k, t in expected.items() if k not in saved and not (t.numel() and aliases[t.data_ptr()] & saved.keys())
+    )
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the model: missing {missing}, unexpected {unexpected}")
     try:
-        missing, unexpected = load_model(module, str(path), strict=False)
+        load_model(module, str(path), strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-        )
 
 
 def _check_model_dir(directory: str | Path) -> Path:

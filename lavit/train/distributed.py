@@ -56,7 +56,7 @@ def mean_across_ranks(values: dict[str, torch.Tensor], info: DistInfo) -> dict[s
     if info.enabled:
         dist.all_reduce(stacked)
         stacked /= info.world_size
-    return dict(zip(keys, stacked.tolist(), strict=False))
+    return dict(zip(keys, stacked.tolist(), strict=True))
 
 
 def broadcast_object(obj, info: DistInfo):
