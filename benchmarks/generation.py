@@ -6,7 +6,7 @@ every step. Ours puts [cond; uncond] in one batch: one forward per step. Same mo
 prompt, 64 image tokens, g = 4, top-k 50, random weights (speed does not depend on them).
 
     python benchmarks/generation.py                 # tiny and ~100M configs, batch 1 and 4
-    python benchmarks/generation.py --device cuda --configs 7b-shaped
+    python benchmarks/generation.py --device cuda --dtype bfloat16 --configs lavit-7b
 """
 
 from __future__ import annotations
@@ -15,47 +15,19 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 from transformers import LogitsProcessorList
 
-from lavit.config import ImageSamplingConfig, LMConfig
+from lavit.config import ImageSamplingConfig, LMConfig, load_config
 from lavit.generate import generate_image_tokens
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, left_pad
 from lavit.text_tokenizer import train_bpe
 
-CONFIGS = {
-    "tiny": LMConfig(
-        hidden_size=256,
-        num_layers=4,
-        num_heads=4,
-        intermediate_size=704,
-        text_vocab_size=512,
-        num_codes=512,
-        max_position_embeddings=256,
-    ),
-    "100m": LMConfig(
-        hidden_size=768,
-        num_layers=12,
-        num_heads=12,
-        intermediate_size=2048,
-        text_vocab_size=8000,
-        num_codes=8192,
-        max_position_embeddings=512,
-        tie_embeddings=True,
-    ),
-    "7b-shaped": LMConfig(
-        hidden_size=4096,
-        num_layers=32,
-        num_heads=32,
-        intermediate_size=11008,
-        text_vocab_size=32000,
-        num_codes=16384,
-        max_position_embeddings=2048,
-        tie_embeddings=False,
-    ),
-}
+PRESETS = Path(__file__).resolve().parent.parent / "configs" / "lm"
+CONFIGS = ("tiny", "100m", "lavit-7b")  # configs/lm/<name>.yaml
 PROMPT = "a large red circle to the left of a small blue square and a green triangle in the top left corner."
 
 
@@ -75,7 +47,7 @@ def _time(fn, device: str, repeats: int) -> float:
 
 def bench(name: str, batch: int, tokens: int, guidance: float, device: str, dtype: torch.dtype, repeats: int):
     torch.manual_seed(0)
-    cfg = CONFIGS[name]
+    cfg = load_config(PRESETS / f"{name}.yaml", LMConfig)
     lm = UnifiedLM(cfg).to(device=device, dtype=dtype).eval()
     tok = train_bpe([PROMPT] * 4, 300)
     builder = SequenceBuilder(tok, lm.layout, cfg.max_position_embeddings)
@@ -119,7 +91,7 @@ def bench(name: str, batch: int, tokens: int, guidance: float, device: str, dtyp
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=["tiny", "100m"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["tiny", "100m"], choices=CONFIGS)
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--guidance", type=float, default=4.0)

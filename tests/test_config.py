@@ -69,3 +69,27 @@ def test_yaml_round_trip_and_diff():
     cfg = ShapesWorldConfig(resolution=96, seed=3)
     assert from_yaml(to_yaml(cfg), ShapesWorldConfig) == cfg
     assert config_diff(cfg, ShapesWorldConfig()) == ["resolution: 96 != 64", "seed: 3 != 0"]
+
+
+SCHEMAS = {
+    "tokenizer/*.yaml": "TokenizerConfig",
+    "lm/*.yaml": "LMConfig",
+    "train/tokenizer_*.yaml": "TokenizerRunConfig",
+    "train/lm_*.yaml": "LMRunConfig",
+}
+
+
+@pytest.mark.parametrize(
+    "path, schema",
+    [(p, schema) for pattern, schema in SCHEMAS.items() for p in sorted(CONFIGS.glob(pattern))],
+    ids=lambda x: x.name if isinstance(x, Path) else x,
+)
+def test_every_shipped_config_loads_against_its_schema(path, schema):
+    import lavit.config as c
+
+    assert isinstance(load_config(path, getattr(c, schema)), getattr(c, schema))
+
+
+def test_every_config_folder_is_covered():
+    covered = {p for pattern in SCHEMAS for p in CONFIGS.glob(pattern)} | set((CONFIGS / "data").glob("*.yaml"))
+    assert covered == set(CONFIGS.rglob("*.yaml"))

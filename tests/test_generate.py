@@ -3,11 +3,12 @@ the image slice mask, beam search optimality, and bad input."""
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from lavit.config import ConfigError, ImageSamplingConfig, LMConfig, TextDecodingConfig
+from lavit.config import ConfigError, ImageSamplingConfig, LMConfig, TextDecodingConfig, load_config
 from lavit.generate import generate_image_tokens, generate_text, sample_logits
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, left_pad
@@ -177,16 +178,7 @@ def test_beam_search_finds_the_best_hypothesis_on_a_constructed_case():
 
 
 def test_lavit_7b_vocabulary_has_lavits_numbers():
-    cfg = LMConfig(
-        hidden_size=4096,
-        num_layers=32,
-        num_heads=32,
-        intermediate_size=11008,
-        text_vocab_size=32000,
-        num_codes=16384,
-        max_position_embeddings=2048,
-        tie_embeddings=False,
-    )
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "lm" / "lavit-7b.yaml", LMConfig)
     with torch.device("meta"):
         lm = UnifiedLM(cfg)
     v = lm.layout
