@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
+from bench_utils import best_time, device_name
 from transformers import LogitsProcessorList
 
 from lavit.config import ImageSamplingConfig, LMConfig, load_config
@@ -29,20 +28,6 @@ from lavit.text_tokenizer import train_bpe
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "lm"
 CONFIGS = ("tiny", "100m", "lavit-7b")  # configs/lm/<name>.yaml
 PROMPT = "a large red circle to the left of a small blue square and a green triangle in the top left corner."
-
-
-def _time(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bench(name: str, batch: int, tokens: int, guidance: float, device: str, dtype: torch.dtype, repeats: int):
@@ -75,7 +60,7 @@ def bench(name: str, batch: int, tokens: int, guidance: float, device: str, dtyp
                 logits_processor=LogitsProcessorList(),
             )
 
-    t_ours, t_hf = _time(ours, device, repeats), _time(lavit_method, device, repeats)
+    t_ours, t_hf = best_time(ours, device, repeats), best_time(lavit_method, device, repeats)
     return {
         "config": name,
         "params": sum(p.numel() for p in lm.parameters()),
@@ -109,9 +94,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "image_token_generation",
-                "device": torch.cuda.get_device_name()
-                if args.device.startswith("cuda")
-                else platform.processor() or "cpu",
+                "device": device_name(args.device),
                 "torch_threads": torch.get_num_threads(),
                 "dtype": args.dtype,
                 "guidance_scale": args.guidance,

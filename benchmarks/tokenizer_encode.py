@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
+from bench_utils import best_time, device_name
 
 from lavit.config import TokenizerConfig, load_config
 from tokenizer import DynamicVisualTokenizer
@@ -32,25 +31,14 @@ def bench(preset: str, batch: int, device: str, warmup: int, iters: int) -> dict
     tok = DynamicVisualTokenizer(cfg).to(device).eval()
     size = cfg.encoder.image_size
     images = torch.rand(batch, 3, size, size, device=device)
-    for _ in range(warmup):
-        tok.encode(images)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        codes = tok.encode(images)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    best = best_time(lambda: tok.encode(images), device, iters, warmup)
+    codes = tok.encode(images)
     return {
         "preset": preset,
         "image_size": size,
         "batch": batch,
         "params_total": sum(p.numel() for p in tok.parameters()),
         "seconds_per_batch_best": round(best, 4),
-        "seconds_per_batch_mean": round(sum(times) / len(times), 4),
         "images_per_second": round(batch / best, 2),
         "mean_tokens": round(sum(c.numel() for c in codes) / batch, 1),
     }
@@ -73,9 +61,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "tokenizer_encode",
-                "device": torch.cuda.get_device_name()
-                if args.device.startswith("cuda")
-                else platform.processor() or "cpu",
+                "device": device_name(args.device),
                 "torch_threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "results": results,

@@ -79,8 +79,12 @@ def test_lm_stage_trains_evaluates_and_saves(tmp_path, tokenizer_dir, mode):
     builder = SequenceBuilder(text_tok, lm.layout, 128)
     seq = builder.understanding(task.codes[0], cfg.mixture.caption_prompt, "a red circle.")
     assert seq.ids[-1] == text_tok.eos_token_id and sum(w > 0 for w in seq.weights) >= 3
-    # The code cache is reused on a second run.
-    assert torch.equal(LMTask(cfg).codes[5], task.codes[5])
+    # The code cache is reused on a second run, and rebuilt when the data config changes.
+    cache = tmp_path / "codes_train.safetensors"
+    mtime = cache.stat().st_mtime_ns
+    assert torch.equal(LMTask(cfg).codes[5], task.codes[5]) and cache.stat().st_mtime_ns == mtime
+    LMTask(lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}", "data.seed=1"))
+    assert cache.stat().st_mtime_ns != mtime
 
 
 def test_mismatched_tokenizer_is_a_clear_error(tmp_path, tokenizer_dir):

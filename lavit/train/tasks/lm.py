@@ -8,12 +8,15 @@ next-token objective; per-task loss weights ride on the sequences' loss weights.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -94,22 +97,32 @@ class LMTask:
         """Codes of the first ``num_scenes`` train scenes (cached in safetensors)."""
         path = Path(self.cfg.codes_cache or self.out / "codes_train.safetensors")
         n, size = self.cfg.num_scenes, self.tokenizer.cfg.encoder.image_size
+        # The cache is valid only for these tokenizer weights and this data config: a retrained
+        # tokenizer with the same codebook size must not silently reuse stale codes.
+        fingerprint = self._codes_fingerprint()
         if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                same = (f.metadata() or {}).get("fingerprint") == fingerprint
             saved = load_file(path)
-            if len(saved["lengths"]) >= n and int(saved["codebook_size"]) == self.tokenizer.codebook_size:
+            if same and len(saved["lengths"]) >= n:
                 return list(torch.split(saved["flat"], saved["lengths"].tolist()))[:n]
         codes: list[torch.Tensor] = []
         for start in range(0, n, 256):
             images = torch.stack([to_tensor(self.world.image(i), size) for i in range(start, min(start + 256, n))])
             codes += self.tokenizer.encode(images)
         lengths = torch.tensor([c.numel() for c in codes])
-        tensors = {
-            "flat": torch.cat(codes),
-            "lengths": lengths,
-            "codebook_size": torch.tensor(self.tokenizer.codebook_size),
-        }
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        tensors = {"flat": torch.cat(codes), "lengths": lengths}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint}))
         return codes
+
+    def _codes_fingerprint(self) -> str:
+        """sha256 of the tokenizer's weights file plus the data config and image size."""
+        h = hashlib.sha256()
+        with open(Path(self.cfg.tokenizer_dir) / "tokenizer.safetensors", "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(repr((dataclasses.asdict(self.cfg.data), self.tokenizer.cfg.encoder.image_size)).encode())
+        return h.hexdigest()
 
     def builder(self, layout) -> SequenceBuilder:
         return SequenceBuilder(self.text_tok, layout, self.cfg.lm.max_position_embeddings)
