@@ -20,11 +20,12 @@ the structure as JSON. No pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,6 +77,21 @@ def _swap_dir_into_place(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+@contextlib.contextmanager
+def atomic_dir(directory: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``directory`` to fill; on success it replaces ``directory``
+    whole, on error it is removed and ``directory`` is left as it was."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        yield tmp
+        _swap_dir_into_place(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 # --------------------------------------------------------------------------------------------
 # Model directories
 # --------------------------------------------------------------------------------------------
@@ -99,9 +115,7 @@ def save_model_dir(
         The directory path.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         meta = {"format_version": FORMAT_VERSION, "schema": type(config).__name__, "components": sorted(components)}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / CONFIG_FILE).write_text(to_yaml(config))
@@ -112,10 +126,6 @@ def save_model_dir(
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode) as f:
                 f.write(content)
-        _swap_dir_into_place(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return directory
 
 

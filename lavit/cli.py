@@ -4,6 +4,12 @@
     lavit shapes --out DIR [...]       a grid of ShapesWorld samples (PNG) with captions and QA (JSON)
     lavit train STAGE --config F [k=v] train a stage with the shared trainer; under torchrun too:
                                        torchrun --nproc_per_node=2 -m lavit.cli train tokenizer ...
+    lavit caption IMG...               caption images
+    lavit vqa IMG QUESTION...          answer questions about one image
+    lavit generate-tokens PROMPT...    sample image codes for text prompts (JSON file)
+
+The model commands take ``--model DIR`` (a pipeline directory, see lavit/pipeline.py) or the
+stage outputs ``--tokenizer DIR --lm DIR`` (e.g. runs/tokenizer_tiny/model, runs/lm_tiny/model).
 
 User errors (bad config key, missing file, unloadable image or checkpoint) print one line
 naming the problem and the fix, and exit with code 2.
@@ -12,13 +18,15 @@ naming the problem and the fix, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lavit.checkpoint import CheckpointError, atomic_write
 from lavit.config import ConfigError
+from lavit.data.image_io import ImageLoadError
 
 
 class UsageError(ValueError):
@@ -97,6 +105,100 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))
 
 
+def _pipeline(args: argparse.Namespace):
+    from lavit.pipeline import LaVITPipeline
+
+    if args.model and (args.lm or args.tokenizer):
+        raise UsageError("give either --model DIR or --tokenizer DIR --lm DIR, not both")
+    if args.model:
+        return LaVITPipeline.from_pretrained(args.model, args.device)
+    if not (args.lm and args.tokenizer):
+        raise UsageError(
+            "no model given: pass --model DIR (a pipeline directory) or --tokenizer DIR --lm DIR "
+            "(e.g. --tokenizer runs/tokenizer_tiny/model --lm runs/lm_tiny/model)"
+        )
+    return LaVITPipeline.from_parts(args.tokenizer, args.lm, device=args.device)
+
+
+def _decoding(default, args: argparse.Namespace):
+    changes = {k: v for k, v in (("num_beams", args.beams), ("max_new_tokens", args.max_new_tokens)) if v is not None}
+    return dataclasses.replace(default, **changes)
+
+
+def _check_images(paths: Sequence[str]) -> None:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"image file not found: {missing[0]} (give paths to existing image files)")
+
+
+def _emit(records: list[dict], args: argparse.Namespace, text: Callable[[dict], str]) -> None:
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for r in records:
+            print(text(r))
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    _check_images(args.images)
+    pipe = _pipeline(args)
+    captions = pipe.caption(args.images, args.prompt, _decoding(pipe.cfg.caption_decoding, args))
+    records = [{"image": i, "caption": c} for i, c in zip(args.images, captions, strict=True)]
+    _emit(records, args, lambda r: f"{r['image']}: {r['caption']}")
+
+
+def cmd_vqa(args: argparse.Namespace) -> None:
+    _check_images([args.image])
+    if any(not q.strip() for q in args.questions):
+        raise UsageError("empty question: give the question text, e.g. lavit vqa img.png 'What colour is it?'")
+    pipe = _pipeline(args)
+    n = len(args.questions)
+    answers = pipe.answer([args.image] * n, args.questions, args.template, _decoding(pipe.cfg.vqa_decoding, args))
+    records = [{"image": args.image, "question": q, "answer": a} for q, a in zip(args.questions, answers, strict=True)]
+    _emit(records, args, lambda r: f"Q: {r['question']}\nA: {r['answer']}")
+
+
+def cmd_generate_tokens(args: argparse.Namespace) -> None:
+    if any(not p.strip() for p in args.prompts):
+        raise UsageError('empty prompt: give the text to draw, e.g. lavit generate-tokens "a red circle"')
+    if args.num_images < 1:
+        raise UsageError(f"--num-images must be at least 1, got {args.num_images}")
+    pipe = _pipeline(args)
+    sampling = pipe.cfg.image_sampling
+    if args.max_tokens is not None:
+        sampling = dataclasses.replace(sampling, max_tokens=args.max_tokens)
+    codes = pipe.generate_tokens(
+        args.prompts,
+        num_images=args.num_images,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        sampling=sampling,
+    )
+    records = [
+        {"prompt": args.prompts[j // args.num_images], "seed": args.seed + j, "codes": c.tolist()}
+        for j, c in enumerate(codes)
+    ]
+    out = Path(args.out)
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    print(
+        f"wrote {len(records)} code sequences ({min(len(c) for c in codes)}-{max(len(c) for c in codes)} codes) to {out}"
+    )
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="pipeline directory (pipeline.yaml, tokenizer/, lm/)")
+    p.add_argument("--tokenizer", default=None, help="trained tokenizer directory (with --lm)")
+    p.add_argument("--lm", default=None, help="trained LM directory (with --tokenizer)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _text_decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beams", type=int, default=None, help="beam count (1 = greedy; default: the pipeline's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the pipeline's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lavit", description="Unified discrete-token multimodal model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +221,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="run config YAML, e.g. configs/train/tokenizer_tiny.yaml")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 train.out_dir=runs/x")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("caption", help="caption images")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--prompt", default=None, help="caption prompt (default: the pipeline's)")
+    _text_decoding_args(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("vqa", help="answer questions about an image")
+    p.add_argument("image", help="image file")
+    p.add_argument("questions", nargs="+", help="one or more questions")
+    p.add_argument("--template", default=None, help='question template (default "Question: {} Answer:")')
+    _text_decoding_args(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_vqa)
+
+    p = sub.add_parser("generate-tokens", help="sample image codes for text prompts, saved as JSON")
+    p.add_argument("prompts", nargs="+", help="text prompts")
+    p.add_argument("--out", required=True, help="output JSON file: [{prompt, seed, codes}, ...]")
+    p.add_argument("--num-images", type=int, default=1, help="code sequences per prompt")
+    p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the pipeline's, 4.0)")
+    p.add_argument("--negative-prompt", default=None, help="unconditional context (default: the lone <img>)")
+    p.add_argument("--seed", type=int, default=0, help="image j is sampled with seed + j")
+    p.add_argument("--max-tokens", type=int, default=None, help="most codes per image (default: the pipeline's, 200)")
+    _model_args(p)
+    p.set_defaults(func=cmd_generate_tokens)
     return parser
 
 
@@ -135,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         args.func(args)
-    except (UsageError, ConfigError, CheckpointError, FileNotFoundError, IndexError) as e:
+    except (UsageError, ConfigError, CheckpointError, ImageLoadError, FileNotFoundError, IndexError) as e:
         print(f"lavit {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

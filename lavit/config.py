@@ -226,6 +226,10 @@ class TextDecodingConfig:
     length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
     stop_strings: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        _check(self.num_beams >= 1, "num_beams", self.num_beams, "use 1 (greedy) or more beams")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "use a positive count")
+
 
 @dataclass
 class OptimConfig:
@@ -409,6 +413,10 @@ def _describe(e: OmegaConfBaseException, where: str, schema: type) -> str:
     return f"bad value for '{key}' in {where} (schema {schema.__name__}): {msg}"
 
 
+CAPTION_PROMPT = "A short description of the image:"
+VQA_PROMPT = "Question: {} Answer:"  # LaVIT's
+
+
 @dataclass
 class LMMixtureConfig:
     """The LM's training mixture: one objective, tasks drawn per sample, per-task loss weights."""
@@ -420,8 +428,8 @@ class LMMixtureConfig:
     vqa_weight: float = 1.0
     t2i_weight: float = 1.0
     cfg_drop_prob: float = 0.1  # text-to-image samples whose prompt is dropped (CFG)
-    caption_prompt: str = "A short description of the image:"
-    vqa_prompt: str = "Question: {} Answer:"  # LaVIT's
+    caption_prompt: str = CAPTION_PROMPT
+    vqa_prompt: str = VQA_PROMPT
 
 
 @dataclass
@@ -438,3 +446,19 @@ class LMRunConfig:
     eval_scenes: int = 200
     caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=36))
     vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=10))
+
+
+@dataclass
+class PipelineConfig:
+    """Inference defaults of a :class:`lavit.pipeline.LaVITPipeline`, saved as pipeline.yaml.
+
+    The prompts must be the ones the LM was trained with; decoding defaults are LaVIT's."""
+
+    caption_prompt: str = CAPTION_PROMPT
+    vqa_prompt: str = VQA_PROMPT
+    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=2))
+    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=5, max_new_tokens=10))
+    image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
+
+    def __post_init__(self) -> None:
+        _check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")

@@ -1,5 +1,83 @@
-"""Shared test setup: small thread counts keep the 2-core CI machine responsive."""
+"""Shared test setup: small thread counts keep the 2-core CI machine responsive; a debug
+tokenizer and debug LMs trained once per session for the tests that need trained stages."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
+from lavit.config import LMRunConfig, TokenizerRunConfig, load_config
+from lavit.train.tasks.lm import LMTask
+from lavit.train.tasks.tokenizer import TokenizerTask
+from lavit.train.trainer import fit
+
 torch.set_num_threads(2)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    cfg = load_config(
+        CONFIGS / "train" / "tokenizer_debug.yaml",
+        TokenizerRunConfig,
+        [
+            f"train.out_dir={out}",
+            "train.progress=false",
+            "train.steps=8",
+            "vq_start_step=4",
+            "eval_images=8",
+            "calibration_images=16",
+            "train.ckpt_every=100",
+        ],
+    )
+    fit(TokenizerTask(cfg), cfg.train)
+    return out / "model"
+
+
+def make_lm_cfg(out: Path, tokenizer_dir: Path, *overrides: str) -> LMRunConfig:
+    return load_config(
+        None,
+        LMRunConfig,
+        [
+            f"train.out_dir={out}",
+            f"tokenizer_dir={tokenizer_dir}",
+            "train.progress=false",
+            "train.steps=6",
+            "train.batch_size=8",
+            "train.log_every=2",
+            "train.ckpt_every=100",
+            "train.optim.warmup_steps=2",
+            "data.resolution=32",
+            "num_scenes=64",
+            "eval_scenes=4",
+            "lm.hidden_size=64",
+            "lm.num_layers=2",
+            "lm.num_heads=4",
+            "lm.intermediate_size=128",
+            "lm.max_position_embeddings=128",
+            "lm.text_vocab_size=384",
+            "lm.num_codes=64",
+            "lm.feature_dim=32",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def lm_cfg():
+    """``lm_cfg(out_dir, tokenizer_dir, *overrides)``: the debug LM run config."""
+    return make_lm_cfg
+
+
+@pytest.fixture(scope="session")
+def lm_dirs(tmp_path_factory, tokenizer_dir):
+    """{"discrete": dir, "continuous": dir}: debug LMs trained a few steps on the debug tokenizer."""
+    dirs = {}
+    for mode in ("discrete", "continuous"):
+        out = tmp_path_factory.mktemp(f"lm_{mode}")
+        cfg = make_lm_cfg(out, tokenizer_dir, f"lm.understanding_input={mode}", "train.eval_every=0")
+        fit(LMTask(cfg), cfg.train)
+        dirs[mode] = out / "model"
+    return dirs

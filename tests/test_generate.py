@@ -61,11 +61,11 @@ def test_cached_decoding_matches_full_recompute_with_left_padding(setup):
         torch.testing.assert_close(logits, full, atol=1e-9, rtol=1e-9)
 
 
-def _reference_unbatched_cfg(lm, sb, prompt, cfg, generator):
+def _reference_unbatched_cfg(lm, sb, prompt, cfg, generator, negative_prompt=None):
     """LaVIT's method: conditional and unconditional contexts each with their own cache,
     two sequential forwards per step."""
     c_ids, c_mask = left_pad([sb.generation_prompt(prompt)], sb.tok.pad_token_id)
-    u_ids, u_mask = left_pad([sb.generation_prompt(None)], sb.tok.pad_token_id)
+    u_ids, u_mask = left_pad([sb.generation_prompt(negative_prompt)], sb.tok.pad_token_id)
     c_logits, c_cache = lm.prefill(c_ids, c_mask)
     u_logits, u_cache = lm.prefill(u_ids, u_mask)
     allowed, end, out = lm.layout.image_mask(), lm.layout.image_end_id, []
@@ -84,36 +84,33 @@ def _reference_unbatched_cfg(lm, sb, prompt, cfg, generator):
     return torch.tensor(out, dtype=torch.long)
 
 
-def test_batched_cfg_equals_unbatched_reference(setup):
+@pytest.mark.parametrize("negative", [None, "a blue square above a green triangle."])
+def test_batched_cfg_equals_unbatched_reference(setup, negative):
     lm, sb = setup
     cfg = ImageSamplingConfig(guidance_scale=3.0, top_k=10, top_p=0.9, min_tokens=3, max_tokens=12)
+    outs = []
     for seed in range(3):
         ours = generate_image_tokens(
-            lm, sb, ["a red circle on the left."], cfg, generator=torch.Generator().manual_seed(seed)
+            lm,
+            sb,
+            ["a red circle on the left."],
+            cfg,
+            negative_prompt=negative,
+            generator=torch.Generator().manual_seed(seed),
         )[0]
-        ref = _reference_unbatched_cfg(lm, sb, "a red circle on the left.", cfg, torch.Generator().manual_seed(seed))
+        ref = _reference_unbatched_cfg(
+            lm, sb, "a red circle on the left.", cfg, torch.Generator().manual_seed(seed), negative
+        )
         assert torch.equal(ours, ref), (seed, ours, ref)
-
-
-def test_batch_of_prompts_equals_each_alone(setup):
-    lm, sb = setup
-    cfg = ImageSamplingConfig(guidance_scale=2.0, top_k=20, min_tokens=2, max_tokens=10)
-    prompts = ["a red circle on the left.", "a blue square above a green triangle.", None]
-    batch = generate_image_tokens(
-        lm, sb, prompts, cfg, num_images=2, generator=[torch.Generator().manual_seed(s) for s in range(6)]
-    )
-    for i, p in enumerate(prompts):
-        for j in range(2):
-            alone = generate_image_tokens(lm, sb, [p], cfg, generator=[torch.Generator().manual_seed(2 * i + j)])[0]
-            assert torch.equal(batch[2 * i + j], alone)
-    text_prompts = [
-        sb.understanding_prompt(torch.tensor([1, 2, 3]), "Question: how many shapes are there? Answer:"),
-        sb.understanding_prompt(torch.tensor([5]), "what colour is the circle?"),
-    ]
-    for beams in (1, 3):
-        dec = TextDecodingConfig(num_beams=beams, max_new_tokens=6)
-        both = generate_text(lm, sb, text_prompts, dec)
-        assert both == [generate_text(lm, sb, [p], dec)[0] for p in text_prompts]
+        outs.append(ours)
+    if negative is not None:  # the negative prompt really is the unconditional context
+        plain = [
+            generate_image_tokens(
+                lm, sb, ["a red circle on the left."], cfg, generator=torch.Generator().manual_seed(seed)
+            )[0]
+            for seed in range(3)
+        ]
+        assert any(not torch.equal(a, b) for a, b in zip(outs, plain, strict=True))
 
 
 def test_image_mask_never_lets_text_inside_an_image(setup):
@@ -175,6 +172,37 @@ def test_beam_search_finds_the_best_hypothesis_on_a_constructed_case():
     assert optimum == [1, 2] and math.isclose(score(optimum), math.log(0.4 * 0.97), rel_tol=1e-6)
     assert best == ["1"]
     assert greedy != best
+
+
+class CountingBigramLM(BigramLM):
+    def __init__(self, table, layout):
+        super().__init__(table, layout)
+        self.steps = 0
+
+    def decode_step(self, ids, mask, cache):
+        self.steps += 1
+        return super().decode_step(ids, mask, cache)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_stop_strings_cut_the_text_and_end_decoding(setup, beams):
+    # A bigram LM that spells out TARGET then </s>, with the real BPE tokenizer.
+    _, sb = setup
+    target = " a red circle on top."
+    chain = sb.text(target)
+    assert len(set(chain)) == len(chain)
+    prompt = sb.understanding_prompt(torch.tensor([1]), "what?")
+    logp = torch.full((sb.layout.total, sb.layout.total), -1e9, dtype=torch.float64)
+    for prev, nxt in zip([prompt.ids[-1], *chain], [*chain, sb.eos], strict=True):
+        logp[prev, nxt] = 0.0
+    lm = CountingBigramLM(logp, sb.layout)
+    full = generate_text(lm, sb, [prompt], TextDecodingConfig(num_beams=beams, max_new_tokens=20))[0]
+    assert full == target.strip()
+    lm.steps = 0
+    stops = TextDecodingConfig(num_beams=beams, max_new_tokens=20, stop_strings=["@@never", " on"])
+    assert generate_text(lm, sb, [prompt], stops)[0] == "a red circle"
+    if beams == 1:  # greedy stops decoding once the stop string appears
+        assert lm.steps < len(chain) - 2
 
 
 def test_lavit_7b_vocabulary_has_lavits_numbers():

@@ -2,72 +2,18 @@
 steps of the mixture, evaluation, and a model directory that loads back; discrete and
 continuous understanding input."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from lavit.config import ConfigError, LMRunConfig, TokenizerRunConfig, load_config
+from lavit.config import ConfigError
 from lavit.lm_io import load_lm
 from lavit.sequence import SequenceBuilder
 from lavit.train.tasks.lm import LMTask
-from lavit.train.tasks.tokenizer import TokenizerTask
 from lavit.train.trainer import fit
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    cfg = load_config(
-        CONFIGS / "train" / "tokenizer_debug.yaml",
-        TokenizerRunConfig,
-        [
-            f"train.out_dir={out}",
-            "train.progress=false",
-            "train.steps=8",
-            "vq_start_step=4",
-            "eval_images=8",
-            "calibration_images=16",
-            "train.ckpt_every=100",
-        ],
-    )
-    fit(TokenizerTask(cfg), cfg.train)
-    return out / "model"
-
-
-def lm_cfg(out: Path, tokenizer_dir: Path, *overrides: str) -> LMRunConfig:
-    return load_config(
-        None,
-        LMRunConfig,
-        [
-            f"train.out_dir={out}",
-            f"tokenizer_dir={tokenizer_dir}",
-            "train.progress=false",
-            "train.steps=6",
-            "train.batch_size=8",
-            "train.log_every=2",
-            "train.ckpt_every=100",
-            "train.optim.warmup_steps=2",
-            "data.resolution=32",
-            "num_scenes=64",
-            "eval_scenes=4",
-            "lm.hidden_size=64",
-            "lm.num_layers=2",
-            "lm.num_heads=4",
-            "lm.intermediate_size=128",
-            "lm.max_position_embeddings=128",
-            "lm.text_vocab_size=384",
-            "lm.num_codes=64",
-            "lm.feature_dim=32",
-            *overrides,
-        ],
-    )
 
 
 @pytest.mark.parametrize("mode", ["discrete", "continuous"])
-def test_lm_stage_trains_evaluates_and_saves(tmp_path, tokenizer_dir, mode):
+def test_lm_stage_trains_evaluates_and_saves(tmp_path, tokenizer_dir, lm_cfg, mode):
     cfg = lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}")
     task = LMTask(cfg)
     assert len(task.codes) == 64 and all(c.numel() >= 1 for c in task.codes)
@@ -87,7 +33,7 @@ def test_lm_stage_trains_evaluates_and_saves(tmp_path, tokenizer_dir, mode):
     assert cache.stat().st_mtime_ns != mtime
 
 
-def test_mismatched_tokenizer_is_a_clear_error(tmp_path, tokenizer_dir):
+def test_mismatched_tokenizer_is_a_clear_error(tmp_path, tokenizer_dir, lm_cfg):
     with pytest.raises(ConfigError, match="lm.num_codes=512 but the tokenizer .* has 64 codes"):
         LMTask(lm_cfg(tmp_path, tokenizer_dir, "lm.num_codes=512"))
     with pytest.raises(ConfigError, match="feature_dim=16 must equal the tokenizer width 32"):

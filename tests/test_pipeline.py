@@ -1,0 +1,128 @@
+"""LaVITPipeline and the model CLI commands on debug stages: caption / answer / generate_tokens
+for both understanding inputs, save -> load round trip, seeding, and bad input."""
+
+import json
+
+import pytest
+import torch
+
+from lavit.checkpoint import CheckpointError
+from lavit.cli import main
+from lavit.config import ConfigError, ImageSamplingConfig, PipelineConfig, TextDecodingConfig
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.lm_io import load_lm
+from lavit.pipeline import LaVITPipeline
+from tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from lavit.config import ShapesWorldConfig
+
+    world = ShapesWorld(ShapesWorldConfig(resolution=32), "val")
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i in range(3):
+        world.image(i).save(folder / f"scene{i}.png")
+        paths.append(str(folder / f"scene{i}.png"))
+    return paths
+
+
+@pytest.fixture(scope="module", params=["discrete", "continuous"])
+def pipe(request, tokenizer_dir, lm_dirs):
+    cfg = PipelineConfig(
+        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=8),
+        vqa_decoding=TextDecodingConfig(num_beams=3, max_new_tokens=4),
+        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=24),
+    )
+    return LaVITPipeline.from_parts(tokenizer_dir, lm_dirs[request.param], cfg)
+
+
+def test_understanding_batch_equals_each_alone(pipe, images):
+    from PIL import Image
+
+    caps = pipe.caption(images)
+    assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
+    assert caps[1] == pipe.caption([Image.open(images[1])])[0]  # PIL and path agree
+    answers = pipe.answer(images[:2], ["what colour is the circle?", "how many shapes are there?"])
+    assert answers[1] == pipe.answer([images[1]], ["how many shapes are there?"])[0]
+    tensor = pipe.images_to_tensor(images)
+    assert pipe.caption(tensor) == caps
+
+
+def test_generate_tokens_is_seeded_and_batch_independent(pipe, images):
+    codes = pipe.generate_tokens(["a red circle.", None], num_images=2, seed=3)
+    assert len(codes) == 4
+    lo, hi = pipe.cfg.image_sampling.min_tokens, pipe.cfg.image_sampling.max_tokens
+    assert all(lo <= c.numel() <= hi and 0 <= int(c.min()) and int(c.max()) < 64 for c in codes)
+    # image j is seeded seed + j: the third image alone (seed 5) is the same
+    assert torch.equal(pipe.generate_tokens([None], seed=5)[0], codes[2])
+    # a multimodal prompt (image codes then text), and a negative prompt
+    multi = pipe.generate_tokens([[images[0], "a red circle."]], negative_prompt="a blue square.", seed=0)
+    assert lo <= multi[0].numel() <= hi
+
+
+def test_save_and_load_round_trip(pipe, images, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = LaVITPipeline.from_pretrained(tmp_path / "pipe")
+    assert again.cfg == pipe.cfg
+    assert again.caption(images) == pipe.caption(images)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.generate_tokens(["a red circle."]), pipe.generate_tokens(["a red circle."]), strict=True)
+    )
+
+
+def test_bad_input(tokenizer_dir, lm_dirs, images, tmp_path):
+    pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"])
+    with pytest.raises(ValueError, match="question 1 is empty"):
+        pipe.answer(images[:2], ["what?", " "])
+    with pytest.raises(ValueError, match="empty text"):
+        pipe.generate_tokens([""])
+    with pytest.raises(ValueError, match="2 images for 1 prompts"):
+        pipe._understand(images[:2], ["a"], pipe.cfg.caption_decoding)
+    with pytest.raises(ValueError, match="must be 32x32"):
+        pipe.caption(torch.zeros(1, 3, 40, 40))
+    with pytest.raises(ValueError, match=r"image codes must lie in \[0, 64\)"):
+        pipe.generate_tokens([[torch.tensor([70]), "a red circle."]])
+    with pytest.raises(CheckpointError, match="has no pipeline.yaml"):
+        LaVITPipeline.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="vqa_prompt"):
+        PipelineConfig(vqa_prompt="no slot")
+    # An LM whose code block disagrees with the visual tokenizer's codebook.
+    tok = load_tokenizer(tokenizer_dir)
+    lm, text_tok = load_lm(lm_dirs["discrete"])
+    tok.cfg.quantizer.codebook_size = 128
+    with pytest.raises(CheckpointError, match="64 image codes but the visual tokenizer's codebook has 128"):
+        LaVITPipeline(tok, lm, text_tok)
+
+
+def test_cli_caption_vqa_and_generate_tokens(tokenizer_dir, lm_dirs, images, tmp_path, capsys):
+    model = ["--tokenizer", str(tokenizer_dir), "--lm", str(lm_dirs["discrete"])]
+    assert main(["caption", *images[:2], *model, "--max-new-tokens", "4", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in records] == images[:2]
+    assert main(["vqa", images[0], "what colour is the circle?", "how many?", *model, "--beams", "1"]) == 0
+    assert capsys.readouterr().out.count("A: ") == 2
+    out = tmp_path / "codes.json"
+    argv = ["generate-tokens", "a red circle.", "--out", str(out), "--num-images", "2", "--max-tokens", "24"]
+    assert main([*argv, *model]) == 0
+    saved = json.loads(out.read_text())
+    assert [r["seed"] for r in saved] == [0, 1] and all(20 <= len(r["codes"]) <= 24 for r in saved)
+
+    # bad input: one line, exit code 2, nothing written
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    cases = [
+        (["caption", str(tmp_path / "missing.png"), *model], "image file not found"),
+        (["caption", str(bad), *model], "not_an_image.png"),
+        (["caption", images[0]], "no model given"),
+        (["caption", images[0], "--model", str(tmp_path / "nope")], "does not exist"),
+        (["vqa", images[0], " ", *model], "empty question"),
+        (["generate-tokens", "", "--out", str(tmp_path / "x.json"), *model], "empty prompt"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.json").exists()
