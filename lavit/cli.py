@@ -18,10 +18,11 @@ naming the problem and the fix, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from lavit.checkpoint import CheckpointError, atomic_write
@@ -84,6 +85,7 @@ def cmd_shapes(args: argparse.Namespace) -> None:
 STAGES = {
     "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
     "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
+    "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),
 }
 
 
@@ -125,6 +127,16 @@ def _decoding(default, args: argparse.Namespace):
     return dataclasses.replace(default, **changes)
 
 
+@contextlib.contextmanager
+def _bad_input() -> Iterator[None]:
+    """Inside a model call, a ValueError is the input's fault (a prompt longer than the context,
+    an image of the wrong size, ...): report it as a usage error."""
+    try:
+        yield
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
 def _check_images(paths: Sequence[str]) -> None:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
@@ -142,7 +154,8 @@ def _emit(records: list[dict], args: argparse.Namespace, text: Callable[[dict], 
 def cmd_caption(args: argparse.Namespace) -> None:
     _check_images(args.images)
     pipe = _pipeline(args)
-    captions = pipe.caption(args.images, args.prompt, _decoding(pipe.cfg.caption_decoding, args))
+    with _bad_input():
+        captions = pipe.caption(args.images, args.prompt, _decoding(pipe.cfg.caption_decoding, args))
     records = [{"image": i, "caption": c} for i, c in zip(args.images, captions, strict=True)]
     _emit(records, args, lambda r: f"{r['image']}: {r['caption']}")
 
@@ -153,7 +166,8 @@ def cmd_vqa(args: argparse.Namespace) -> None:
         raise UsageError("empty question: give the question text, e.g. lavit vqa img.png 'What colour is it?'")
     pipe = _pipeline(args)
     n = len(args.questions)
-    answers = pipe.answer([args.image] * n, args.questions, args.template, _decoding(pipe.cfg.vqa_decoding, args))
+    with _bad_input():
+        answers = pipe.answer([args.image] * n, args.questions, args.template, _decoding(pipe.cfg.vqa_decoding, args))
     records = [{"image": args.image, "question": q, "answer": a} for q, a in zip(args.questions, answers, strict=True)]
     _emit(records, args, lambda r: f"Q: {r['question']}\nA: {r['answer']}")
 
@@ -167,14 +181,15 @@ def cmd_generate_tokens(args: argparse.Namespace) -> None:
     sampling = pipe.cfg.image_sampling
     if args.max_tokens is not None:
         sampling = dataclasses.replace(sampling, max_tokens=args.max_tokens)
-    codes = pipe.generate_tokens(
-        args.prompts,
-        num_images=args.num_images,
-        guidance_scale=args.guidance_scale,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        sampling=sampling,
-    )
+    with _bad_input():
+        codes = pipe.generate_tokens(
+            args.prompts,
+            num_images=args.num_images,
+            guidance_scale=args.guidance_scale,
+            negative_prompt=args.negative_prompt,
+            seed=args.seed,
+            sampling=sampling,
+        )
     records = [
         {"prompt": args.prompts[j // args.num_images], "seed": args.seed + j, "codes": c.tolist()}
         for j, c in enumerate(codes)

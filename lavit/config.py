@@ -52,17 +52,17 @@ class ShapesWorldConfig:
     test_size: int = 1_000
 
     def __post_init__(self) -> None:
-        _check(self.resolution >= 32, "resolution", self.resolution, "use 32 or more pixels")
-        _check(
+        check(self.resolution >= 32, "resolution", self.resolution, "use 32 or more pixels")
+        check(
             1 <= self.min_shapes <= self.max_shapes <= 4,
             "min_shapes/max_shapes",
             (self.min_shapes, self.max_shapes),
             "need 1 <= min_shapes <= max_shapes <= 4",
         )
-        _check(0.0 <= self.duplicate_prob <= 1.0, "duplicate_prob", self.duplicate_prob, "use a probability in [0, 1]")
-        _check(self.supersample >= 1, "supersample", self.supersample, "use 1 (no anti-aliasing) or more")
+        check(0.0 <= self.duplicate_prob <= 1.0, "duplicate_prob", self.duplicate_prob, "use a probability in [0, 1]")
+        check(self.supersample >= 1, "supersample", self.supersample, "use 1 (no anti-aliasing) or more")
         for name in ("train_size", "val_size", "test_size"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "use a positive length")
+            check(getattr(self, name) >= 1, name, getattr(self, name), "use a positive length")
 
     def split_size(self, split: str) -> int:
         return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
@@ -85,13 +85,13 @@ class EncoderConfig:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.image_size % self.patch_size == 0,
             "encoder.image_size",
             self.image_size,
             f"must be a multiple of encoder.patch_size={self.patch_size}",
         )
-        _check(
+        check(
             len(self.mean) == 3 and len(self.std) == 3, "encoder.mean/std", (self.mean, self.std), "give 3 values each"
         )
 
@@ -113,8 +113,8 @@ class SelectorConfig:
     inference: str = "threshold"
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.target_keep <= 1.0, "selector.target_keep", self.target_keep, "use a fraction in (0, 1]")
-        _check(self.inference in ("threshold", "topk"), "selector.inference", self.inference, "use threshold or topk")
+        check(0.0 < self.target_keep <= 1.0, "selector.target_keep", self.target_keep, "use a fraction in (0, 1]")
+        check(self.inference in ("threshold", "topk"), "selector.inference", self.inference, "use threshold or topk")
 
 
 @dataclass
@@ -146,8 +146,8 @@ class TokenizerConfig:
     attention_backend: str = "sdpa"  # or "xformers" (CUDA, optional extra)
 
     def __post_init__(self) -> None:
-        _check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
-        _check(
+        check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
+        check(
             self.attention_backend in ("sdpa", "xformers"),
             "attention_backend",
             self.attention_backend,
@@ -180,13 +180,13 @@ class LMConfig:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.understanding_input in ("discrete", "continuous"),
             "understanding_input",
             self.understanding_input,
             "use 'discrete' or 'continuous'",
         )
-        _check(
+        check(
             self.hidden_size % self.num_heads == 0,
             "hidden_size",
             self.hidden_size,
@@ -206,14 +206,14 @@ class ImageSamplingConfig:
     max_tokens: int = 200  # LaVIT: 200
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             1 <= self.min_tokens <= self.max_tokens,
             "min_tokens/max_tokens",
             (self.min_tokens, self.max_tokens),
             "need 1 <= min_tokens <= max_tokens",
         )
-        _check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
-        _check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+        check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
+        check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
 
 
 @dataclass
@@ -227,8 +227,8 @@ class TextDecodingConfig:
     stop_strings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _check(self.num_beams >= 1, "num_beams", self.num_beams, "use 1 (greedy) or more beams")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "use a positive count")
+        check(self.num_beams >= 1, "num_beams", self.num_beams, "use 1 (greedy) or more beams")
+        check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "use a positive count")
 
 
 @dataclass
@@ -264,15 +264,15 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "train.steps", self.steps, "use at least 1 step")
-        _check(
+        check(self.steps >= 1, "train.steps", self.steps, "use at least 1 step")
+        check(
             self.batch_size >= 1 and self.grad_accum >= 1,
             "train.batch_size/grad_accum",
             (self.batch_size, self.grad_accum),
             "use positive values",
         )
-        _check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "use auto, bf16 or fp32")
-        _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "use ddp or fsdp")
+        check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "use auto, bf16 or fp32")
+        check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "use ddp or fsdp")
 
 
 @dataclass
@@ -287,7 +287,8 @@ class TokenizerRunConfig:
     calibration_images: int = 256  # train images for the target feature statistics
 
 
-def _check(ok: bool, key: str, value: Any, fix: str) -> None:
+def check(ok: bool, key: str, value: Any, fix: str) -> None:
+    """Raise a ConfigError naming ``key`` and ``value`` and saying how to fix it, unless ``ok``."""
     if not ok:
         raise ConfigError(f"invalid value {value!r} for '{key}': {fix}")
 
@@ -461,4 +462,4 @@ class PipelineConfig:
     image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
 
     def __post_init__(self) -> None:
-        _check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")
+        check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")

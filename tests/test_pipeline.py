@@ -119,6 +119,7 @@ def test_cli_caption_vqa_and_generate_tokens(tokenizer_dir, lm_dirs, images, tmp
         (["caption", images[0]], "no model given"),
         (["caption", images[0], "--model", str(tmp_path / "nope")], "does not exist"),
         (["vqa", images[0], " ", *model], "empty question"),
+        (["caption", images[0], "--prompt", "red " * 200, *model], "exceeds the LM context"),
         (["generate-tokens", "", "--out", str(tmp_path / "x.json"), *model], "empty prompt"),
     ]
     for argv, message in cases:

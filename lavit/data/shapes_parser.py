@@ -264,3 +264,9 @@ def parse_scene(image: Image.Image | np.ndarray, *, min_area_frac: float = 0.3) 
 def scene_recovered(scene: Scene, parsed: list[ParsedShape]) -> bool:
     """True when the parsed shapes equal the scene's exactly: colour, kind, size and cell."""
     return Counter(s.key() for s in scene.shapes) == Counter(p.key() for p in parsed)
+
+
+def attributes_kept(scene: Scene, parsed: list[ParsedShape]) -> bool:
+    """True when the parsed shapes have the scene's colours and kinds (counted), wherever they are
+    and whatever their size: the reconstruction criterion for a detokenizer."""
+    return Counter((s.colour, s.kind) for s in scene.shapes) == Counter((p.colour, p.kind) for p in parsed)

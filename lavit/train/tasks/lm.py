@@ -8,20 +8,15 @@ next-token objective; per-task loss weights ride on the sequences' loss weights.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from lavit.checkpoint import atomic_write
 from lavit.config import ConfigError, LMRunConfig
 from lavit.data import shapes_text
 from lavit.data.shapes_dataset import ShapesWorld
@@ -31,6 +26,7 @@ from lavit.lm_io import save_lm
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, collate
 from lavit.text_tokenizer import load_text_tokenizer, train_bpe
+from lavit.train.codes_cache import cached_codes
 from tokenizer import load_tokenizer
 
 VIEWS = 4  # items per scene: each scene is drawn as several (task, text) views
@@ -92,37 +88,10 @@ class LMTask:
             )
         return tok
 
-    @torch.no_grad()
     def _codes(self) -> list[torch.Tensor]:
         """Codes of the first ``num_scenes`` train scenes (cached in safetensors)."""
-        path = Path(self.cfg.codes_cache or self.out / "codes_train.safetensors")
-        n, size = self.cfg.num_scenes, self.tokenizer.cfg.encoder.image_size
-        # The cache is valid only for these tokenizer weights and this data config: a retrained
-        # tokenizer with the same codebook size must not silently reuse stale codes.
-        fingerprint = self._codes_fingerprint()
-        if path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                same = (f.metadata() or {}).get("fingerprint") == fingerprint
-            saved = load_file(path)
-            if same and len(saved["lengths"]) >= n:
-                return list(torch.split(saved["flat"], saved["lengths"].tolist()))[:n]
-        codes: list[torch.Tensor] = []
-        for start in range(0, n, 256):
-            images = torch.stack([to_tensor(self.world.image(i), size) for i in range(start, min(start + 256, n))])
-            codes += self.tokenizer.encode(images)
-        lengths = torch.tensor([c.numel() for c in codes])
-        tensors = {"flat": torch.cat(codes), "lengths": lengths}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint}))
-        return codes
-
-    def _codes_fingerprint(self) -> str:
-        """sha256 of the tokenizer's weights file plus the data config and image size."""
-        h = hashlib.sha256()
-        with open(Path(self.cfg.tokenizer_dir) / "tokenizer.safetensors", "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(repr((dataclasses.asdict(self.cfg.data), self.tokenizer.cfg.encoder.image_size)).encode())
-        return h.hexdigest()
+        path = self.cfg.codes_cache or self.out / "codes_train.safetensors"
+        return cached_codes(self.tokenizer, self.cfg.tokenizer_dir, self.world, self.cfg.num_scenes, path)
 
     def builder(self, layout) -> SequenceBuilder:
         return SequenceBuilder(self.text_tok, layout, self.cfg.lm.max_position_embeddings)

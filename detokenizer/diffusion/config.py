@@ -1,0 +1,112 @@
+"""Config schemas of the diffusion detokenizer (YAML files in configs/diffusion/ mirror them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lavit.config import ShapesWorldConfig, TrainConfig, check
+
+SCHEDULERS = ("ddim", "ddpm", "euler", "dpm")
+
+
+@dataclass
+class ConditionerConfig:
+    """Code embeddings -> learned queries -> a fixed-length conditioning sequence (LaVIT: 256)."""
+
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    num_queries: int = 16
+    cond_dim: int = 128  # the UNet's cross_attention_dim
+
+
+@dataclass
+class UNetConfig:
+    """The ``diffusers.UNet2DConditionModel`` arguments we expose."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    down_block_types: list[str] = field(
+        default_factory=lambda: ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    )
+    up_block_types: list[str] = field(default_factory=lambda: ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"])
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    norm_num_groups: int = 8
+
+    def __post_init__(self) -> None:
+        n = len(self.block_out_channels)
+        check(
+            len(self.down_block_types) == n and len(self.up_block_types) == n,
+            "unet.down_block_types/up_block_types",
+            (self.down_block_types, self.up_block_types),
+            f"give one down and one up block type per entry of block_out_channels ({n})",
+        )
+        check(
+            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+            "unet.norm_num_groups",
+            self.norm_num_groups,
+            f"must divide every entry of block_out_channels {self.block_out_channels}",
+        )
+
+
+@dataclass
+class DiffusionConfig:
+    """The detokenizer: conditioner + UNet, in pixel space or an AutoencoderKL's latent space."""
+
+    code_dim: int = 128  # the tokenizer's code-embedding width (tokenizer.cfg.width)
+    max_codes: int = 64  # the longest code sequence (the tokenizer's patch count)
+    resolution: int = 64  # output side of the square bucket, in pixels
+    space: str = "pixel"  # "pixel" or "latent"
+    vae_path: str | None = None  # local diffusers AutoencoderKL folder (space: latent)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def __post_init__(self) -> None:
+        check(self.space in ("pixel", "latent"), "space", self.space, "use pixel or latent")
+        check(
+            self.space == "pixel" or bool(self.vae_path),
+            "vae_path",
+            self.vae_path,
+            "latent space needs vae_path: a local folder with a diffusers AutoencoderKL (config.json + weights)",
+        )
+        check(
+            self.prediction_type in ("epsilon", "v_prediction"),
+            "prediction_type",
+            self.prediction_type,
+            "use epsilon or v_prediction",
+        )
+
+
+@dataclass
+class DiffusionSamplingConfig:
+    """Sampling defaults. LaVIT decodes with guidance 7.0 and 25-50 steps."""
+
+    scheduler: str = "ddim"  # ddim, ddpm, euler or dpm (DPM-Solver++ multistep)
+    steps: int = 25
+    guidance_scale: float = 3.0  # 1.0 disables classifier-free guidance
+    ratio: str = "1:1"  # width:height, snapped to the nearest bucket
+
+    def __post_init__(self) -> None:
+        check(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"use one of {', '.join(SCHEDULERS)}")
+        check(self.steps >= 1, "steps", self.steps, "use at least 1 step")
+
+
+@dataclass
+class DiffusionRunConfig:
+    """``lavit train diffusion``: the detokenizer on codes from a frozen, trained tokenizer."""
+
+    model: DiffusionConfig = field(default_factory=DiffusionConfig)
+    tokenizer_dir: str = "runs/tokenizer_tiny/model"
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    num_scenes: int = 20_000  # training scenes; their codes are extracted once and cached
+    codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    cond_drop_prob: float = 0.1  # condition dropped for classifier-free guidance
+    eval_scenes: int = 200
+    sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")

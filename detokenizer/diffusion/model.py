@@ -1,0 +1,201 @@
+"""The diffusion detokenizer: tokenizer code embeddings -> conditioner -> UNet denoiser.
+
+    codes (B x variable) --tokenizer.code_embeddings--> (B, L, W), mask
+      --Conditioner--> sequence (B, Q, D) + pooled (B, D)
+      --UNet2DConditionModel(x_t, t, cross-attention=sequence, class embedding=pooled)--> eps / v
+
+The denoiser is ``diffusers.UNet2DConditionModel``, in pixel space (tiny presets: images in
+[-1, 1]) or in the latent space of a frozen ``AutoencoderKL`` loaded from a local folder.
+Classifier-free guidance uses a learned null condition (sequence and pooled vector).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from detokenizer.diffusion.config import DiffusionConfig
+from lavit.config import ConfigError
+from lavit.layers import CrossBlock
+
+# LaVIT's aspect-ratio buckets (SDXL's, at 1024 px) as (height, width); transposes added below.
+LAVIT_BUCKETS = [(1024, 1024), (896, 1152), (832, 1216), (768, 1344)]
+
+
+class Conditioner(nn.Module):
+    """Learned queries read the code embeddings (cross-attention, key-padding mask) and become a
+    fixed-length conditioning sequence, whatever the number of codes."""
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__()
+        c = cfg.conditioner
+        self.inp = nn.Linear(cfg.code_dim, c.width)
+        self.pos = nn.Parameter(torch.zeros(cfg.max_codes, c.width))
+        self.queries = nn.Parameter(torch.randn(c.num_queries, c.width) * 0.02)
+        self.blocks = nn.ModuleList(CrossBlock(c.width, c.heads, context_dim=c.width) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.width)
+        self.out = nn.Linear(c.width, c.cond_dim)
+        self.null = nn.Parameter(torch.randn(c.num_queries, c.cond_dim) * 0.02)  # the "no condition" sequence
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """emb: (B, L, W) code embeddings, mask: (B, L) bool -> (B, Q, D)."""
+        b, length, _ = emb.shape
+        if length > self.pos.shape[0]:
+            raise ValueError(
+                f"{length} codes exceed the detokenizer's max_codes={self.pos.shape[0]}: "
+                "were these codes made by another tokenizer?"
+            )
+        ctx = self.inp(emb) + self.pos[:length]
+        x = self.queries.expand(b, -1, -1)
+        ctx_mask = mask[:, None, None, :]  # (B, 1, 1, L): queries see the real codes only
+        for block in self.blocks:
+            x = block(x, ctx, None, ctx_mask)
+        return self.out(self.norm(x))
+
+
+class DiffusionDetokenizer(nn.Module):
+    """Conditioner + UNet (+ frozen VAE in latent space).
+
+    Args:
+        cfg: the model config.
+        vae: the AutoencoderKL for latent space (default: loaded from ``cfg.vae_path``).
+    """
+
+    def __init__(self, cfg: DiffusionConfig, vae: AutoencoderKL | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conditioner = Conditioner(cfg)
+        self.vae = None
+        channels, down = 3, 1
+        if cfg.space == "latent":
+            self.vae = vae if vae is not None else load_vae(cfg.vae_path)
+            self.vae.requires_grad_(False).eval()
+            channels = self.vae.config.latent_channels
+            down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.channels, self.vae_factor = channels, down
+        u = cfg.unet
+        self.unet = UNet2DConditionModel(
+            sample_size=cfg.resolution // down,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=tuple(u.block_out_channels),
+            down_block_types=tuple(u.down_block_types),
+            up_block_types=tuple(u.up_block_types),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            layers_per_block=u.layers_per_block,
+            attention_head_dim=u.attention_heads,
+            norm_num_groups=u.norm_num_groups,
+            cross_attention_dim=cfg.conditioner.cond_dim,
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=cfg.conditioner.cond_dim,
+        )
+        # Sizes must survive every UNet downsampling (and the VAE's).
+        self.multiple = down * 2 ** (len(u.block_out_channels) - 1)
+
+    def train(self, mode: bool = True) -> DiffusionDetokenizer:
+        super().train(mode)
+        if self.vae is not None:
+            self.vae.eval()  # frozen: never in training mode
+        return self
+
+    # --- conditions ------------------------------------------------------------------------------
+
+    def condition(self, emb: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Q, D) conditioning; rows where ``drop`` is True get the learned null condition."""
+        cond = self.conditioner(emb, mask)
+        if drop is not None:
+            cond = torch.where(drop[:, None, None], self.conditioner.null.to(cond.dtype), cond)
+        return cond
+
+    def null_condition(self, batch: int) -> torch.Tensor:
+        return self.conditioner.null.expand(batch, -1, -1)
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction (epsilon or v) for (B, C, h, w) noisy inputs at ``timesteps``,
+        given (B, Q, D) conditioning (its mean is the pooled vector added to the time embedding)."""
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond, class_labels=cond.mean(dim=1)).sample
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Training forward: condition on code embeddings (rows in ``drop`` unconditioned), predict."""
+        return self.predict(noisy, timesteps, self.condition(emb, mask, drop))
+
+    # --- pixels <-> denoiser space ------------------------------------------------------------
+
+    def to_space(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> what the UNet denoises (pixels in [-1, 1] or scaled latents)."""
+        x = images * 2 - 1
+        if self.vae is None:
+            return x
+        with torch.no_grad():
+            return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+
+    def from_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_space`: -> (B, 3, H, W) in [0, 1]."""
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return ((x + 1) / 2).clamp(0, 1)
+
+    # --- sizes ---------------------------------------------------------------------------------
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """LaVIT's SDXL buckets (and transposes) scaled to ``cfg.resolution``, as (height, width)
+        multiples of what the UNet and VAE need."""
+        scale, m = self.cfg.resolution / 1024, self.multiple
+        out: list[tuple[int, int]] = []
+        for h, w in LAVIT_BUCKETS + [(w, h) for h, w in LAVIT_BUCKETS[1:]]:
+            size = (max(m, round(h * scale / m) * m), max(m, round(w * scale / m) * m))
+            if size not in out:
+                out.append(size)
+        return out
+
+    def size_for(self, ratio: str | float | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(height, width) for an aspect ratio ``width:height`` (nearest bucket) or an explicit
+        size (which must be a positive multiple of :attr:`multiple`)."""
+        if size is not None:
+            h, w = size
+            if h <= 0 or w <= 0 or h % self.multiple or w % self.multiple:
+                raise ValueError(
+                    f"unsupported size {h}x{w}: height and width must be positive multiples of "
+                    f"{self.multiple} for this detokenizer; buckets: {self.buckets()}"
+                )
+            return h, w
+        target = parse_ratio("1:1" if ratio is None else ratio)
+        return min(self.buckets(), key=lambda hw: abs(math.log(hw[1] / hw[0]) - math.log(target)))
+
+
+def parse_ratio(ratio: str | float) -> float:
+    """'16:9' (width:height), '1.5' or 1.5 -> width / height."""
+    try:
+        if isinstance(ratio, str) and ":" in ratio:
+            w, h = (float(x) for x in ratio.split(":"))
+            value = w / h
+        else:
+            value = float(ratio)
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"bad aspect ratio {ratio!r}: use width:height such as '1:1' or '4:3', or a positive number")
+    return value
+
+
+def load_vae(path: str | None) -> AutoencoderKL:
+    """A diffusers AutoencoderKL from a local folder, with a clear error when it is not one."""
+    from pathlib import Path
+
+    if not path or not (Path(path) / "config.json").is_file():
+        raise ConfigError(
+            f"vae_path={path!r} is not a local diffusers AutoencoderKL folder (config.json + weights); "
+            "save one with AutoencoderKL.save_pretrained(DIR) and point vae_path at DIR"
+        )
+    return AutoencoderKL.from_pretrained(path)

@@ -1,0 +1,61 @@
+"""Codes of ShapesWorld train scenes from a frozen tokenizer, extracted once to safetensors.
+
+Every stage trained on a frozen tokenizer's codes (the LM, the detokenizers) shares this cache.
+It is keyed by a fingerprint of the tokenizer's weights and the data config, so a retrained
+tokenizer with the same codebook size never silently reuses stale codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lavit.checkpoint import atomic_write
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.transforms import to_tensor
+from tokenizer import DynamicVisualTokenizer
+
+
+def fingerprint(tokenizer_dir: str | Path, world: ShapesWorld, image_size: int) -> str:
+    """sha256 of the tokenizer's weights file plus the data config and image size."""
+    h = hashlib.sha256()
+    with open(Path(tokenizer_dir) / "tokenizer.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(repr((dataclasses.asdict(world.cfg), image_size)).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def cached_codes(
+    tokenizer: DynamicVisualTokenizer,
+    tokenizer_dir: str | Path,
+    world: ShapesWorld,
+    n: int,
+    path: str | Path,
+    batch_size: int = 256,
+) -> list[torch.Tensor]:
+    """Codes of scenes ``0..n-1`` of ``world``: read from ``path`` when it was written by the same
+    tokenizer and data config with at least ``n`` scenes, else extracted and written."""
+    path = Path(path)
+    size = tokenizer.cfg.encoder.image_size
+    key = fingerprint(tokenizer_dir, world, size)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            same = (f.metadata() or {}).get("fingerprint") == key
+        saved = load_file(path)
+        if same and len(saved["lengths"]) >= n:
+            return list(torch.split(saved["flat"], saved["lengths"].tolist()))[:n]
+    device = next(tokenizer.parameters()).device
+    codes: list[torch.Tensor] = []
+    for start in range(0, n, batch_size):
+        images = torch.stack([to_tensor(world.image(i), size) for i in range(start, min(start + batch_size, n))])
+        codes += [c.cpu() for c in tokenizer.encode(images.to(device))]
+    tensors = {"flat": torch.cat(codes), "lengths": torch.tensor([c.numel() for c in codes])}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"fingerprint": key}))
+    return codes

@@ -1,0 +1,123 @@
+"""Stage 3a: the diffusion detokenizer on codes from a frozen tokenizer (``lavit train diffusion``).
+
+Each item is a train scene's codes and its image at the detokenizer's resolution. The loss is
+the MSE of the UNet's epsilon (or v) prediction at a uniformly drawn DDPM timestep; the
+condition is replaced by the learned null one with probability ``cond_drop_prob`` (CFG).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from detokenizer.diffusion import DiffusionDetokenizer, DiffusionRunConfig, decode_codes, save_detokenizer
+from detokenizer.diffusion.sampling import noise_scheduler
+from lavit.config import ConfigError
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
+from lavit.data.transforms import to_pil, to_tensor
+from lavit.train.codes_cache import cached_codes
+from lavit.viz import image_grid
+from tokenizer import load_tokenizer
+
+
+class DiffusionTask:
+    name = "diffusion"
+
+    def __init__(self, cfg: DiffusionRunConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.train.out_dir)
+        self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        for key, want, have in (
+            ("model.code_dim", cfg.model.code_dim, self.tokenizer.cfg.width),
+            ("model.max_codes", cfg.model.max_codes, self.tokenizer.cfg.encoder.num_patches),
+        ):
+            if want != have:
+                raise ConfigError(
+                    f"{key}={want} but the tokenizer at {cfg.tokenizer_dir} needs {have}; set {key}={have}"
+                )
+        self.world = ShapesWorld(cfg.data, "train")
+        if cfg.num_scenes > len(self.world):
+            raise ConfigError(f"num_scenes={cfg.num_scenes} exceeds the ShapesWorld train split ({len(self.world)})")
+        path = cfg.codes_cache or self.out / "codes_train.safetensors"
+        self.codes = cached_codes(self.tokenizer, cfg.tokenizer_dir, self.world, cfg.num_scenes, path)
+        self.noise = noise_scheduler(cfg.model)
+        self.block_types: tuple[type[nn.Module], ...] = ()
+
+    def build_model(self) -> nn.Module:
+        return DiffusionDetokenizer(self.cfg.model)
+
+    def train_dataset(self) -> Dataset:
+        return SceneCodes(self.world, self.codes, self.cfg.model.resolution)
+
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        return {"codes": [c for c, _ in items], "images": torch.stack([im for _, im in items])}
+
+    def training_step(self, model: nn.Module, batch: dict, step: int):
+        images = batch["images"]
+        device = images.device
+        plain: DiffusionDetokenizer = getattr(model, "module", model)
+        self.tokenizer.to(device)
+        with torch.no_grad():
+            emb, mask = self.tokenizer.code_embeddings(batch["codes"])
+            x0 = plain.to_space(images)
+        b = x0.shape[0]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (b,), device=device)
+        noisy = self.noise.add_noise(x0, noise, t)
+        target = noise if self.cfg.model.prediction_type == "epsilon" else self.noise.get_velocity(x0, noise, t)
+        drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
+        loss = F.mse_loss(model(noisy, t, emb, mask, drop).float(), target.float())
+        return loss, {"loss": loss.detach(), "cond_dropped": drop.float().mean()}
+
+    @torch.no_grad()
+    def evaluate(self, model: DiffusionDetokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
+        """Reconstruct held-out (val) scenes from their codes: the share whose colours and kinds
+        the ShapesWorld parser finds again (and whose full scene it recovers), and PSNR."""
+        cfg = self.cfg
+        device = next(model.parameters()).device
+        self.tokenizer.to(device)
+        val = ShapesWorld(cfg.data, "val")
+        n = min(cfg.eval_scenes, len(val))
+        size, res = self.tokenizer.cfg.encoder.image_size, cfg.model.resolution
+        kept = recovered = 0
+        sq_err, originals, recons = [], [], []
+        for start in range(0, n, batch_size):
+            idx = range(start, min(start + batch_size, n))
+            images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
+            codes = self.tokenizer.encode(images)
+            gens = [torch.Generator(device=device).manual_seed(i) for i in idx]
+            out = decode_codes(model, self.tokenizer, codes, cfg.sampling, size=(res, res), generator=gens).cpu()
+            truth = torch.stack([to_tensor(val.image(i), res) for i in idx])
+            sq_err += ((out - truth) ** 2).flatten(1).mean(1).tolist()
+            for i, img in zip(idx, out, strict=True):
+                parsed = parse_scene(to_pil(img))
+                kept += attributes_kept(val.scene(i), parsed)
+                recovered += scene_recovered(val.scene(i), parsed)
+            if start == 0:
+                originals, recons = truth[:8], out[:8]
+        grid = image_grid([to_pil(x) for pair in zip(originals, recons, strict=True) for x in pair], columns=4)
+        grid.save(self.out / f"recon_step{step}.png")
+        psnr = sum(10 * math.log10(1 / max(e, 1e-12)) for e in sq_err) / len(sq_err)
+        return {"recon_scene_kept": kept / n, "recon_scene_recovered": recovered / n, "recon_psnr": psnr}
+
+    def save(self, model: DiffusionDetokenizer, directory: Path) -> None:
+        save_detokenizer(model, directory)
+
+
+class SceneCodes(Dataset):
+    """(codes, image at ``resolution``) for scene ``i``."""
+
+    def __init__(self, world: ShapesWorld, codes: list[torch.Tensor], resolution: int) -> None:
+        self.world, self.codes, self.resolution = world, codes, resolution
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.codes[i], to_tensor(self.world.image(i), self.resolution)

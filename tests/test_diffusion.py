@@ -1,0 +1,182 @@
+"""Diffusion detokenizer: seeded golden values, guidance g=1 == conditional alone, every bucket's
+output shape, batch == alone, every scheduler, latent space from a local AutoencoderKL folder,
+the training stage at debug size, and bad input."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from detokenizer.diffusion import (
+    DiffusionConfig,
+    DiffusionDetokenizer,
+    DiffusionRunConfig,
+    DiffusionSamplingConfig,
+    decode_codes,
+    denoise,
+    load_detokenizer,
+    save_detokenizer,
+)
+from detokenizer.diffusion.model import parse_ratio
+from detokenizer.diffusion.sampling import sampling_scheduler
+from lavit.checkpoint import CheckpointError
+from lavit.config import ConfigError, load_config
+from lavit.train.tasks.diffusion import DiffusionTask
+from lavit.train.trainer import fit
+from tokenizer import load_tokenizer
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def debug_cfg(*overrides: str) -> DiffusionConfig:
+    return load_config(CONFIGS / "diffusion" / "debug.yaml", DiffusionConfig, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = DiffusionDetokenizer(debug_cfg()).eval()
+    # A fresh UNet has zero-initialised output convs (it would predict 0 everywhere): perturb
+    # every parameter so the tests exercise a non-trivial network.
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def cond_for(model, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, 5, model.cfg.code_dim, generator=g)
+    mask = torch.ones(n, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    return model.condition(emb, mask)
+
+
+def test_seeded_sampler_golden_values(model):
+    cond = cond_for(model, 2)
+    sampling = DiffusionSamplingConfig(scheduler="ddim", steps=3, guidance_scale=2.0)
+    out = denoise(model, cond, sampling, (32, 32), torch.Generator().manual_seed(0))
+    again = denoise(model, cond, sampling, (32, 32), torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32) and torch.equal(out, again)
+    # Recorded from this implementation (torch 2.14.1, diffusers 0.42.1, CPU).
+    golden = torch.tensor([0.97424, 0.08517, 0.87043, 0.16205, 0.52606])
+    got = torch.stack([out[0, 0, 5, 7], out[0, 2, 5, 7], out[1, 1, 20, 11], out[1, 0, 3, 30], out.mean()])
+    torch.testing.assert_close(got, golden, atol=2e-4, rtol=0)
+
+
+def test_guidance_one_is_the_conditional_prediction_alone(model):
+    cond = cond_for(model, 2)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    g1 = denoise(model, cond, DiffusionSamplingConfig(steps=3, guidance_scale=1.0), (32, 32), gen())
+
+    # By hand: the same DDIM loop with the conditional prediction only.
+    sched = sampling_scheduler("ddim", model.cfg)
+    sched.set_timesteps(3)
+    x = torch.randn((2, 3, 32, 32), generator=gen()) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.step(model.predict(sched.scale_model_input(x, t), t, cond), t, x).prev_sample
+    torch.testing.assert_close(g1, model.from_space(x))
+    # and guidance really mixes in the unconditional branch
+    g3 = denoise(model, cond, DiffusionSamplingConfig(steps=3, guidance_scale=3.0), (32, 32), gen())
+    assert not torch.allclose(g1, g3)
+
+
+def test_every_bucket_and_every_scheduler(model):
+    buckets = model.buckets()
+    assert buckets[0] == (32, 32) and len(buckets) == 7
+    assert all(h % model.multiple == 0 and w % model.multiple == 0 for h, w in buckets)
+    assert model.size_for("1:1") == (32, 32)
+    h, w = model.size_for("16:9")
+    assert w > h and model.size_for("9:16") == (w, h)
+    cond = cond_for(model, 1)
+    for size in buckets:
+        out = denoise(model, cond, DiffusionSamplingConfig(steps=1), size, torch.Generator().manual_seed(0))
+        assert out.shape == (1, 3, *size)
+    for name in ("ddim", "ddpm", "euler", "dpm"):
+        out = denoise(model, cond, DiffusionSamplingConfig(scheduler=name, steps=3), (32, 32), None)
+        assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+
+
+def test_a_batch_equals_each_alone(model):
+    cond = cond_for(model, 3)
+    sampling = DiffusionSamplingConfig(steps=3, guidance_scale=2.5)
+    batch = denoise(model, cond, sampling, (32, 32), [torch.Generator().manual_seed(s) for s in range(3)])
+    for i in range(3):
+        alone = denoise(model, cond[i : i + 1], sampling, (32, 32), [torch.Generator().manual_seed(i)])
+        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_latent_space_from_a_local_vae(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    cfg = debug_cfg("space=latent", f"vae_path={tmp_path / 'vae'}")
+    model = DiffusionDetokenizer(cfg).eval()
+    assert model.channels == 4 and model.vae_factor == 2 and model.multiple == 4
+    images = torch.rand(2, 3, 32, 32)
+    assert model.to_space(images).shape == (2, 4, 16, 16)
+    out = denoise(model, cond_for(model, 2), DiffusionSamplingConfig(steps=2), (32, 32), None)
+    assert out.shape == (2, 3, 32, 32)
+    # saved whole (VAE included) and loaded without the original VAE folder
+    save_detokenizer(model, tmp_path / "detok")
+    (tmp_path / "vae" / "config.json").unlink()
+    again = load_detokenizer(tmp_path / "detok")
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(ConfigError, match="not a local diffusers AutoencoderKL folder"):
+        DiffusionDetokenizer(cfg)
+    with pytest.raises(ConfigError, match="latent space needs vae_path"):
+        debug_cfg("space=latent")
+
+
+def test_training_stage_and_bad_input(tmp_path, tokenizer_dir):
+    cfg = load_config(
+        CONFIGS / "train" / "diffusion_debug.yaml",
+        DiffusionRunConfig,
+        [f"tokenizer_dir={tokenizer_dir}", f"train.out_dir={tmp_path}", "train.progress=false", "train.steps=6"],
+    )
+    metrics = fit(DiffusionTask(cfg), cfg.train)
+    assert set(metrics) == {"recon_scene_kept", "recon_scene_recovered", "recon_psnr"}
+    assert (tmp_path / "recon_step6.png").is_file()
+    model, tok = load_detokenizer(tmp_path / "model"), load_tokenizer(tokenizer_dir)
+    codes = [torch.tensor([1, 2, 3]), torch.tensor([4] * 10)]
+    sampling = DiffusionSamplingConfig(steps=2)
+    out = decode_codes(model, tok, codes, sampling, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert out.shape == (2, 3, 32, 32)
+    alone = decode_codes(model, tok, codes[1:], sampling, generator=[torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=0)
+
+    with pytest.raises(ValueError, match="code sequence 1 must be a non-empty"):
+        decode_codes(model, tok, [torch.tensor([1]), torch.tensor([], dtype=torch.long)], sampling)
+    with pytest.raises(ValueError, match=r"codes outside \[0, 64\)"):
+        decode_codes(model, tok, [torch.tensor([1, 64])], sampling)
+    with pytest.raises(ValueError, match="unsupported size 31x32"):
+        decode_codes(model, tok, codes, sampling, size=(31, 32))
+    with pytest.raises(ValueError, match="exceed the detokenizer's max_codes=16"):
+        decode_codes(model, tok, [torch.ones(17, dtype=torch.long)], sampling)
+    with pytest.raises(ValueError, match="bad aspect ratio"):
+        parse_ratio("wide")
+    with pytest.raises(ConfigError, match="model.code_dim=48 but the tokenizer"):
+        DiffusionTask(
+            load_config(
+                CONFIGS / "train" / "diffusion_debug.yaml",
+                DiffusionRunConfig,
+                [
+                    f"tokenizer_dir={tokenizer_dir}",
+                    f"train.out_dir={tmp_path}",
+                    "model.code_dim=48",
+                ],
+            )
+        )
+    with pytest.raises(ConfigError, match="scheduler"):
+        DiffusionSamplingConfig(scheduler="plms")
+    with pytest.raises(CheckpointError):
+        load_detokenizer(tmp_path / "nope")
