@@ -7,9 +7,12 @@
     lavit caption IMG...               caption images
     lavit vqa IMG QUESTION...          answer questions about one image
     lavit generate-tokens PROMPT...    sample image codes for text prompts (JSON file)
+    lavit generate PROMPT... --out D   text -> codes -> images (PNG files)
+    lavit reconstruct IMG... --out D   image -> codes -> image, side by side with the original
 
 The model commands take ``--model DIR`` (a pipeline directory, see lavit/pipeline.py) or the
-stage outputs ``--tokenizer DIR --lm DIR`` (e.g. runs/tokenizer_tiny/model, runs/lm_tiny/model).
+stage outputs ``--tokenizer DIR --lm DIR --diffusion DIR`` (those the command needs, e.g.
+runs/tokenizer_tiny/model, runs/lm_tiny/model, runs/diffusion_tiny/model).
 
 User errors (bad config key, missing file, unloadable image or checkpoint) print one line
 naming the problem and the fix, and exit with code 2.
@@ -107,19 +110,29 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))
 
 
-def _pipeline(args: argparse.Namespace):
+def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
+    """The pipeline from --model, or from the stage folders; ``needs`` names the stages the
+    command uses (lm, diffusion), so a missing one fails before anything runs."""
     from lavit.pipeline import LaVITPipeline
 
-    if args.model and (args.lm or args.tokenizer):
-        raise UsageError("give either --model DIR or --tokenizer DIR --lm DIR, not both")
+    stages = {"lm": args.lm, "diffusion": getattr(args, "diffusion", None)}
+    if args.model and (args.tokenizer or any(stages.values())):
+        raise UsageError("give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion), not both")
     if args.model:
-        return LaVITPipeline.from_pretrained(args.model, args.device)
-    if not (args.lm and args.tokenizer):
+        pipe = LaVITPipeline.from_pretrained(args.model, args.device)
+        missing = [n for n in needs if (pipe.lm is None if n == "lm" else n not in pipe.decoders)]
+        if missing:
+            raise UsageError(f"{args.model} has no {missing[0]}/ stage, which 'lavit {args.command}' needs")
+        return pipe
+    missing = [n for n in ("tokenizer", *needs) if not (args.tokenizer if n == "tokenizer" else stages[n])]
+    if missing:
+        flags = " ".join(f"--{n} DIR" for n in ("tokenizer", *needs))
         raise UsageError(
-            "no model given: pass --model DIR (a pipeline directory) or --tokenizer DIR --lm DIR "
+            f"no model given: pass --model DIR (a pipeline directory) or {flags} "
             "(e.g. --tokenizer runs/tokenizer_tiny/model --lm runs/lm_tiny/model)"
         )
-    return LaVITPipeline.from_parts(args.tokenizer, args.lm, device=args.device)
+    decoders = {n: stages[n] for n in needs if n != "lm"}
+    return LaVITPipeline.from_parts(args.tokenizer, args.lm if "lm" in needs else None, device=args.device, **decoders)
 
 
 def _decoding(default, args: argparse.Namespace):
@@ -201,10 +214,85 @@ def cmd_generate_tokens(args: argparse.Namespace) -> None:
     )
 
 
+def _save_pngs(out: Path, images: list, names: list[str]) -> list[Path]:
+    """Write all PNGs into a temporary sibling, then move them in: nothing half-written."""
+    import shutil
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".lavit-", dir=out))
+    try:
+        for im, name in zip(images, names, strict=True):
+            im.save(tmp / name, format="PNG")
+        paths = []
+        for name in names:
+            (tmp / name).replace(out / name)
+            paths.append(out / name)
+        return paths
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _decoder_sampling(pipe, args: argparse.Namespace):
+    sampling = pipe.cfg.diffusion_sampling
+    if args.steps is not None:
+        sampling = dataclasses.replace(sampling, steps=args.steps)
+    return sampling
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from lavit.data.image_io import load_image
+
+    _check_images(args.images)
+    originals = [load_image(p) for p in args.images]  # fail on a bad file before any model work
+    pipe = _pipeline(args, needs=(args.decoder,))
+    with _bad_input():
+        recons = pipe.reconstruct(
+            originals, decoder=args.decoder, seed=args.seed, sampling=_decoder_sampling(pipe, args)
+        )
+    pairs = []
+    for orig, rec in zip(originals, recons, strict=True):
+        side = rec.height
+        pair = Image.new("RGB", (2 * rec.width, side), "white")
+        pair.paste(orig.resize((rec.width, side), Image.Resampling.BICUBIC), (0, 0))
+        pair.paste(rec, (rec.width, 0))
+        pairs.append(pair)
+    names = [f"{Path(p).stem}_reconstruction.png" for p in args.images]
+    for path in _save_pngs(Path(args.out), pairs, names):
+        print(path)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    if any(not p.strip() for p in args.prompts):
+        raise UsageError('empty prompt: give the text to draw, e.g. lavit generate "a red circle"')
+    if args.num_images < 1:
+        raise UsageError(f"--num-images must be at least 1, got {args.num_images}")
+    pipe = _pipeline(args, needs=("lm", args.decoder))
+    with _bad_input():
+        images = pipe.generate_image(
+            args.prompts,
+            guidance_scale_for_llm=args.guidance_scale,
+            decoder=args.decoder,
+            ratio=args.ratio,
+            seed=args.seed,
+            num_images=args.num_images,
+            decoder_sampling=_decoder_sampling(pipe, args),
+        )
+    names = [f"{i // args.num_images:03d}_{i % args.num_images}.png" for i in range(len(images))]
+    paths = _save_pngs(Path(args.out), images, names)
+    records = [{"prompt": args.prompts[i // args.num_images], "file": p.name} for i, p in enumerate(paths)]
+    atomic_write(Path(args.out) / "prompts.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    for r in records:
+        print(f"{Path(args.out) / r['file']}: {r['prompt']}")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="pipeline directory (pipeline.yaml, tokenizer/, lm/)")
     p.add_argument("--tokenizer", default=None, help="trained tokenizer directory (with --lm)")
     p.add_argument("--lm", default=None, help="trained LM directory (with --tokenizer)")
+    p.add_argument("--diffusion", default=None, help="trained diffusion detokenizer directory (with --tokenizer)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -262,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="most codes per image (default: the pipeline's, 200)")
     _model_args(p)
     p.set_defaults(func=cmd_generate_tokens)
+
+    p = sub.add_parser("generate", help="generate images from text prompts (PNG files)")
+    p.add_argument("prompts", nargs="+", help="text prompts")
+    p.add_argument("--out", required=True, help="output folder: NNN_J.png per prompt NNN and image J, prompts.json")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--guidance-scale", type=float, default=None, help="the LM's CFG scale (default 4.0)")
+    p.add_argument("--ratio", default=None, help="aspect ratio width:height, e.g. 4:3 (default 1:1)")
+    p.add_argument("--decoder", default="diffusion", choices=["diffusion"], help="which detokenizer renders the codes")
+    p.add_argument("--steps", type=int, default=None, help="decoder sampling steps (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="image j uses seed + j")
+    _model_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("reconstruct", help="images -> codes -> images, written side by side with the originals")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output folder: <name>_reconstruction.png per image")
+    p.add_argument("--decoder", default="diffusion", choices=["diffusion"], help="which detokenizer renders the codes")
+    p.add_argument("--steps", type=int, default=None, help="decoder sampling steps (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0)
+    _model_args(p)
+    p.set_defaults(func=cmd_reconstruct)
     return parser
 
 

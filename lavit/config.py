@@ -447,19 +447,3 @@ class LMRunConfig:
     eval_scenes: int = 200
     caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=36))
     vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=10))
-
-
-@dataclass
-class PipelineConfig:
-    """Inference defaults of a :class:`lavit.pipeline.LaVITPipeline`, saved as pipeline.yaml.
-
-    The prompts must be the ones the LM was trained with; decoding defaults are LaVIT's."""
-
-    caption_prompt: str = CAPTION_PROMPT
-    vqa_prompt: str = VQA_PROMPT
-    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=2))
-    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=5, max_new_tokens=10))
-    image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
-
-    def __post_init__(self) -> None:
-        check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")

@@ -4,15 +4,20 @@
     pipe.caption(["cat.png"])                                         # -> ["a cat on a sofa"]
     pipe.answer(["cat.png"], ["What animal is this?"])                # -> ["cat"]
     codes = pipe.generate_tokens(["a red circle"], num_images=2, seed=0)
+    images = pipe.generate_image(["a red circle"], ratio="4:3", seed=0)   # PIL images
+    images = pipe.reconstruct(["cat.png"])                            # image -> codes -> image
 
 A pipeline directory holds one model directory per stage and the inference defaults:
 
     my-model/
-      pipeline.yaml     PipelineConfig: prompts, text decoding, image-token sampling
+      pipeline.yaml     PipelineConfig: prompts, text decoding, image-token and decoder sampling
       tokenizer/        the dynamic visual tokenizer (tokenizer/io.py)
       lm/               the unified LM, its vocabulary layout and text tokenizer (lavit/lm_io.py)
+      diffusion/        the diffusion detokenizer (detokenizer/diffusion/io.py), optional
 
-Images may be given as paths, PIL images or a (B, 3, H, W) float tensor in [0, 1].
+Only the tokenizer is required: reconstruction needs a decoder, not the LM. Decoders are found
+by name (``DECODERS``), so later ones plug in beside ``diffusion``. Images may be given as paths,
+PIL images or a (B, 3, H, W) float tensor in [0, 1].
 """
 
 from __future__ import annotations
@@ -20,16 +25,26 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from detokenizer.diffusion import DiffusionSamplingConfig, decode_codes, load_detokenizer, save_detokenizer
 from lavit.checkpoint import CheckpointError, atomic_dir
-from lavit.config import ImageSamplingConfig, PipelineConfig, TextDecodingConfig, from_yaml, to_yaml
+from lavit.config import (
+    CAPTION_PROMPT,
+    VQA_PROMPT,
+    ImageSamplingConfig,
+    TextDecodingConfig,
+    check,
+    from_yaml,
+    to_yaml,
+)
 from lavit.data.image_io import load_image
-from lavit.data.transforms import to_tensor
+from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import generate_image_tokens, generate_text
 from lavit.lm_io import load_lm, save_lm
 from lavit.model import UnifiedLM
@@ -40,43 +55,87 @@ PIPELINE_FILE = "pipeline.yaml"
 ImageInput = str | os.PathLike[str] | Image.Image
 Images = Sequence[ImageInput] | torch.Tensor
 
+# decoder name -> (load(dir, device), save(model, dir), decode(model, tokenizer, codes, sampling, size, generator))
+DECODERS = {"diffusion": (load_detokenizer, save_detokenizer, decode_codes)}
+
+
+@dataclass
+class PipelineConfig:
+    """Inference defaults of a :class:`LaVITPipeline`, saved as pipeline.yaml.
+
+    The prompts must be the ones the LM was trained with; decoding defaults are LaVIT's."""
+
+    caption_prompt: str = CAPTION_PROMPT
+    vqa_prompt: str = VQA_PROMPT
+    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=2))
+    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=5, max_new_tokens=10))
+    image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
+    diffusion_sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
+
+    def __post_init__(self) -> None:
+        check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")
+
 
 class LaVITPipeline:
-    """Tokenizer + unified LM (+ detokenizers, later) with LaVIT's inference defaults.
+    """Tokenizer + unified LM + detokenizers with LaVIT's inference defaults.
 
     Args:
         tokenizer: a trained dynamic visual tokenizer.
-        lm: the unified LM whose code block matches the tokenizer's codebook.
+        lm: the unified LM whose code block matches the tokenizer's codebook (None: no
+            captioning, VQA or generation; reconstruction still works).
         text_tokenizer: the LM's text tokenizer.
         cfg: prompts and decoding defaults (must match how the LM was trained).
+        decoders: name -> detokenizer trained on this tokenizer's codes.
     """
 
     def __init__(
         self,
         tokenizer: DynamicVisualTokenizer,
-        lm: UnifiedLM,
-        text_tokenizer: PreTrainedTokenizerBase,
+        lm: UnifiedLM | None = None,
+        text_tokenizer: PreTrainedTokenizerBase | None = None,
         cfg: PipelineConfig | None = None,
+        decoders: dict[str, torch.nn.Module] | None = None,
     ) -> None:
-        if lm.layout.num_codes != tokenizer.codebook_size:
+        if lm is not None and lm.layout.num_codes != tokenizer.codebook_size:
             raise CheckpointError(
                 f"the LM's vocabulary has {lm.layout.num_codes} image codes but the visual tokenizer's "
                 f"codebook has {tokenizer.codebook_size}: they were not trained together; load the "
                 "tokenizer the LM was trained on (its tokenizer_dir)"
             )
-        self.tokenizer, self.lm, self.text_tokenizer = tokenizer.eval(), lm.eval(), text_tokenizer
+        if (lm is None) != (text_tokenizer is None):
+            raise ValueError("give the LM and its text tokenizer together")
+        unknown = set(decoders or {}) - set(DECODERS)
+        if unknown:
+            raise ValueError(f"unknown decoder(s) {sorted(unknown)}: known are {sorted(DECODERS)}")
+        self.tokenizer, self.lm, self.text_tokenizer = tokenizer.eval(), lm, text_tokenizer
+        self.decoders = {name: d.eval() for name, d in (decoders or {}).items()}
         self.cfg = cfg or PipelineConfig()
-        self.builder = SequenceBuilder(text_tokenizer, lm.layout, lm.hf.config.max_position_embeddings)
+        self.builder = None
+        if lm is not None:
+            lm.eval()
+            self.builder = SequenceBuilder(text_tokenizer, lm.layout, lm.hf.config.max_position_embeddings)
 
     # --- loading and saving --------------------------------------------------------------------
 
     @classmethod
     def from_parts(
-        cls, tokenizer_dir: str | Path, lm_dir: str | Path, cfg: PipelineConfig | None = None, device: str = "cpu"
+        cls,
+        tokenizer_dir: str | Path,
+        lm_dir: str | Path | None = None,
+        cfg: PipelineConfig | None = None,
+        device: str = "cpu",
+        **decoder_dirs: str | Path | None,
     ) -> LaVITPipeline:
-        """Assemble from stage outputs, e.g. ``runs/tokenizer_tiny/model`` and ``runs/lm_tiny/model``."""
-        lm, text_tok = load_lm(lm_dir, device)
-        return cls(load_tokenizer(tokenizer_dir, device), lm, text_tok, cfg)
+        """Assemble from stage outputs, e.g. ``from_parts("runs/tokenizer_tiny/model",
+        "runs/lm_tiny/model", diffusion="runs/diffusion_tiny/model")``."""
+        lm = text_tok = None
+        if lm_dir is not None:
+            lm, text_tok = load_lm(lm_dir, device)
+        unknown = set(decoder_dirs) - set(DECODERS)
+        if unknown:
+            raise ValueError(f"unknown decoder(s) {sorted(unknown)}: known are {sorted(DECODERS)}")
+        decoders = {name: DECODERS[name][0](d, device) for name, d in decoder_dirs.items() if d is not None}
+        return cls(load_tokenizer(tokenizer_dir, device), lm, text_tok, cfg, decoders)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> LaVITPipeline:
@@ -86,28 +145,45 @@ class LaVITPipeline:
         if not cfg_path.is_file():
             what = "does not exist" if not directory.exists() else f"has no {PIPELINE_FILE}"
             raise CheckpointError(
-                f"{directory} {what}: a pipeline directory holds {PIPELINE_FILE}, tokenizer/ and lm/ "
-                "(write one with LaVITPipeline.save_pretrained, or pass the stage folders to from_parts)"
+                f"{directory} {what}: a pipeline directory holds {PIPELINE_FILE}, tokenizer/ and its other "
+                "stages (write one with LaVITPipeline.save_pretrained, or pass the stage folders to from_parts)"
             )
         cfg = from_yaml(cfg_path.read_text(), PipelineConfig, where=str(cfg_path))
-        return cls.from_parts(directory / "tokenizer", directory / "lm", cfg, device)
+        lm_dir = directory / "lm" if (directory / "lm").is_dir() else None
+        decoders = {name: directory / name for name in DECODERS if (directory / name).is_dir()}
+        return cls.from_parts(directory / "tokenizer", lm_dir, cfg, device, **decoders)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write every stage and the defaults atomically (a crash leaves the old copy intact)."""
         with atomic_dir(directory) as tmp:
             save_tokenizer(self.tokenizer, tmp / "tokenizer")
-            save_lm(self.lm, self.text_tokenizer, tmp / "lm")
+            if self.lm is not None:
+                save_lm(self.lm, self.text_tokenizer, tmp / "lm")
+            for name, model in self.decoders.items():
+                DECODERS[name][1](model, tmp / name)
             (tmp / PIPELINE_FILE).write_text(to_yaml(self.cfg))
         return Path(directory)
 
     def to(self, device: str | torch.device) -> LaVITPipeline:
-        self.tokenizer.to(device)
-        self.lm.to(device)
+        for module in [self.tokenizer, self.lm, *self.decoders.values()]:
+            if module is not None:
+                module.to(device)
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.lm.parameters()).device
+        return next(self.tokenizer.parameters()).device
+
+    def _need_lm(self, what: str) -> UnifiedLM:
+        if self.lm is None:
+            raise ValueError(f"{what} needs the LM: load the pipeline with an lm/ stage (from_parts(..., lm_dir))")
+        return self.lm
+
+    def _decoder(self, name: str) -> torch.nn.Module:
+        if name not in self.decoders:
+            have = ", ".join(sorted(self.decoders)) or "none"
+            raise ValueError(f"decoder {name!r} is not loaded (loaded: {have}); add its stage folder to the pipeline")
+        return self.decoders[name]
 
     # --- images -> codes -----------------------------------------------------------------------
 
@@ -139,12 +215,13 @@ class LaVITPipeline:
         batch = self.images_to_tensor(images)
         if batch.shape[0] != len(prompts):
             raise ValueError(f"{batch.shape[0]} images for {len(prompts)} prompts")
+        lm = self._need_lm("captioning and VQA")
         codes = self.tokenizer.encode(batch)
         features = None
-        if self.lm.cfg.understanding_input == "continuous":
+        if lm.cfg.understanding_input == "continuous":
             features = self.tokenizer.encode_features(batch)
         seqs = [self.builder.understanding_prompt(c, p) for c, p in zip(codes, prompts, strict=True)]
-        return generate_text(self.lm, self.builder, seqs, decoding, features=features)
+        return generate_text(lm, self.builder, seqs, decoding, features=features)
 
     def caption(
         self, images: Images, prompt: str | None = None, decoding: TextDecodingConfig | None = None
@@ -200,6 +277,7 @@ class LaVITPipeline:
         Returns:
             ``len(prompts) * num_images`` LongTensors of codes, prompt-major.
         """
+        lm = self._need_lm("image-token generation")
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
         sampling = sampling or self.cfg.image_sampling
@@ -209,7 +287,7 @@ class LaVITPipeline:
         device = self.device
         generators = [torch.Generator(device=device).manual_seed(seed + j) for j in range(len(built) * num_images)]
         return generate_image_tokens(
-            self.lm,
+            lm,
             self.builder,
             built,
             sampling,
@@ -217,3 +295,69 @@ class LaVITPipeline:
             negative_prompt=negative_prompt,
             generator=generators,
         )
+
+    # --- pixels --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(
+        self,
+        codes: list[torch.Tensor],
+        *,
+        decoder: str = "diffusion",
+        ratio: str | float | None = None,
+        size: tuple[int, int] | None = None,
+        seed: int = 0,
+        sampling: DiffusionSamplingConfig | None = None,
+    ) -> list[Image.Image]:
+        """Code sequences -> PIL images; image ``j`` is rendered with seed ``seed + j``."""
+        model = self._decoder(decoder)
+        sampling = sampling or self.cfg.diffusion_sampling
+        if ratio is not None:
+            sampling = dataclasses.replace(sampling, ratio=str(ratio))
+        device = next(model.parameters()).device
+        generators = [torch.Generator(device=device).manual_seed(seed + j) for j in range(len(codes))]
+        images = DECODERS[decoder][2](
+            model, self.tokenizer, [c.to(device) for c in codes], sampling, size=size, generator=generators
+        )
+        return [to_pil(im) for im in images]
+
+    def generate_image(
+        self,
+        prompts: Sequence[str | Sequence[str | ImageInput | torch.Tensor] | None],
+        *,
+        guidance_scale_for_llm: float | None = None,
+        decoder: str = "diffusion",
+        ratio: str | float | None = None,
+        seed: int = 0,
+        num_images: int = 1,
+        negative_prompt: str | None = None,
+        sampling: ImageSamplingConfig | None = None,
+        decoder_sampling: DiffusionSamplingConfig | None = None,
+    ) -> list[Image.Image]:
+        """Text (or multimodal) prompts -> image codes from the LM -> pixels from ``decoder``.
+
+        Returns ``len(prompts) * num_images`` PIL images, prompt-major.
+        """
+        self._decoder(decoder)  # fail before the LM runs
+        codes = self.generate_tokens(
+            prompts,
+            num_images=num_images,
+            guidance_scale=guidance_scale_for_llm,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            sampling=sampling,
+        )
+        return self.decode(codes, decoder=decoder, ratio=ratio, seed=seed, sampling=decoder_sampling)
+
+    def reconstruct(
+        self,
+        images: Images,
+        *,
+        decoder: str = "diffusion",
+        seed: int = 0,
+        sampling: DiffusionSamplingConfig | None = None,
+    ) -> list[Image.Image]:
+        """Images -> their codes -> images again (square, at the decoder's resolution)."""
+        self._decoder(decoder)
+        res = self._decoder(decoder).cfg.resolution
+        return self.decode(self.encode(images), decoder=decoder, size=(res, res), seed=seed, sampling=sampling)

@@ -81,3 +81,19 @@ def lm_dirs(tmp_path_factory, tokenizer_dir):
         fit(LMTask(cfg), cfg.train)
         dirs[mode] = out / "model"
     return dirs
+
+
+@pytest.fixture(scope="session")
+def diffusion_dir(tmp_path_factory, tokenizer_dir):
+    """A debug diffusion detokenizer trained a few steps on the debug tokenizer's codes."""
+    from detokenizer.diffusion import DiffusionRunConfig
+    from lavit.train.tasks.diffusion import DiffusionTask
+
+    out = tmp_path_factory.mktemp("diffusion")
+    cfg = load_config(
+        CONFIGS / "train" / "diffusion_debug.yaml",
+        DiffusionRunConfig,
+        [f"tokenizer_dir={tokenizer_dir}", f"train.out_dir={out}", "train.progress=false", "train.steps=4"],
+    )
+    fit(DiffusionTask(cfg), cfg.train)
+    return out / "model"

@@ -3,15 +3,17 @@ for both understanding inputs, save -> load round trip, seeding, and bad input."
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from detokenizer.diffusion import DiffusionSamplingConfig
 from lavit.checkpoint import CheckpointError
 from lavit.cli import main
-from lavit.config import ConfigError, ImageSamplingConfig, PipelineConfig, TextDecodingConfig
+from lavit.config import ConfigError, ImageSamplingConfig, TextDecodingConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.lm_io import load_lm
-from lavit.pipeline import LaVITPipeline
+from lavit.pipeline import LaVITPipeline, PipelineConfig
 from tokenizer import load_tokenizer
 
 
@@ -28,14 +30,17 @@ def images(tmp_path_factory):
     return paths
 
 
+CFG = PipelineConfig(
+    caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=8),
+    vqa_decoding=TextDecodingConfig(num_beams=3, max_new_tokens=4),
+    image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=16),
+    diffusion_sampling=DiffusionSamplingConfig(steps=2),
+)
+
+
 @pytest.fixture(scope="module", params=["discrete", "continuous"])
-def pipe(request, tokenizer_dir, lm_dirs):
-    cfg = PipelineConfig(
-        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=8),
-        vqa_decoding=TextDecodingConfig(num_beams=3, max_new_tokens=4),
-        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=24),
-    )
-    return LaVITPipeline.from_parts(tokenizer_dir, lm_dirs[request.param], cfg)
+def pipe(request, tokenizer_dir, lm_dirs, diffusion_dir):
+    return LaVITPipeline.from_parts(tokenizer_dir, lm_dirs[request.param], CFG, diffusion=diffusion_dir)
 
 
 def test_understanding_batch_equals_each_alone(pipe, images):
@@ -62,6 +67,15 @@ def test_generate_tokens_is_seeded_and_batch_independent(pipe, images):
     assert lo <= multi[0].numel() <= hi
 
 
+def test_images_from_text_and_from_their_own_codes(pipe, images):
+    out = pipe.generate_image(["a red circle.", "a blue square."], ratio="4:3", seed=1)
+    assert len(out) == 2 and all(im.size == (36, 28) for im in out)  # the debug bucket nearest 4:3
+    recon = pipe.reconstruct(images[:2], seed=0)
+    assert [im.size for im in recon] == [(32, 32)] * 2
+    again = pipe.reconstruct(images[1:2], seed=1)  # image j is seeded seed + j
+    assert np.array_equal(np.asarray(again[0]), np.asarray(recon[1]))
+
+
 def test_save_and_load_round_trip(pipe, images, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     again = LaVITPipeline.from_pretrained(tmp_path / "pipe")
@@ -71,6 +85,12 @@ def test_save_and_load_round_trip(pipe, images, tmp_path):
         torch.equal(a, b)
         for a, b in zip(again.generate_tokens(["a red circle."]), pipe.generate_tokens(["a red circle."]), strict=True)
     )
+    assert sorted(again.decoders) == ["diffusion"]
+    assert np.array_equal(np.asarray(again.reconstruct(images[:1])[0]), np.asarray(pipe.reconstruct(images[:1])[0]))
+    # reconstruction needs no LM
+    only = LaVITPipeline(pipe.tokenizer, decoders=pipe.decoders, cfg=pipe.cfg)
+    with pytest.raises(ValueError, match="captioning and VQA needs the LM"):
+        only.caption(images[:1])
 
 
 def test_bad_input(tokenizer_dir, lm_dirs, images, tmp_path):
@@ -127,3 +147,37 @@ def test_cli_caption_vqa_and_generate_tokens(tokenizer_dir, lm_dirs, images, tmp
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_generate_and_reconstruct(tokenizer_dir, lm_dirs, diffusion_dir, images, tmp_path, capsys):
+    from PIL import Image
+
+    pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], CFG, diffusion=diffusion_dir)
+    pipe.save_pretrained(tmp_path / "model")
+    model = ["--model", str(tmp_path / "model")]
+    assert main(["generate", "a red circle.", "a blue square.", "--out", str(tmp_path / "gen"), *model]) == 0
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["000_0.png", "001_0.png", "prompts.json"]
+    assert main(["reconstruct", *images[:2], "--out", str(tmp_path / "rec"), "--steps", "1", *model]) == 0
+    pair = Image.open(tmp_path / "rec" / "scene0_reconstruction.png")
+    assert pair.size == (64, 32)
+    # the tokenizer and decoder alone are enough to reconstruct
+    parts = ["--tokenizer", str(tokenizer_dir), "--diffusion", str(diffusion_dir)]
+    assert main(["reconstruct", images[2], "--out", str(tmp_path / "rec"), "--steps", "1", *parts]) == 0
+    capsys.readouterr()
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    cases = [
+        (["reconstruct", str(bad), "--out", str(tmp_path / "bad"), *model], "notes.png"),
+        (
+            ["reconstruct", images[0], "--out", str(tmp_path / "bad"), "--tokenizer", str(tokenizer_dir)],
+            "--diffusion DIR",
+        ),
+        (["generate", " ", "--out", str(tmp_path / "bad"), *model], "empty prompt"),
+        (["generate", "a red circle.", "--ratio", "wide", "--out", str(tmp_path / "bad"), *model], "bad aspect ratio"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
