@@ -120,7 +120,7 @@ def test_latent_space_from_a_local_vae(tmp_path):
     vae.save_pretrained(tmp_path / "vae")
     cfg = debug_cfg("space=latent", f"vae_path={tmp_path / 'vae'}")
     model = DiffusionDetokenizer(cfg).eval()
-    assert model.channels == 4 and model.vae_factor == 2 and model.multiple == 4
+    assert model.channels == 4 and model.space_factor == 2 and model.multiple == 4
     images = torch.rand(2, 3, 32, 32)
     assert model.to_space(images).shape == (2, 4, 16, 16)
     out = denoise(model, cond_for(model, 2), DiffusionSamplingConfig(steps=2), (32, 32), None)

@@ -1,12 +1,20 @@
 """The analytic scene parser: exact recovery on clean renders, tolerance to mild degradation."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes import Scene, Shape, render, scene_for_index
-from lavit.data.shapes_parser import label_components, parse_scene, scene_recovered
+from lavit.data.shapes_parser import (
+    attributes_kept,
+    label_components,
+    parse_scene,
+    prompt_satisfied,
+    scene_recovered,
+)
 
 
 def _accuracy(resolution, n, degrade=None):
@@ -86,3 +94,29 @@ def test_label_components_counts_blobs():
 def test_rejects_non_rgb_arrays():
     with pytest.raises(ValueError, match="RGB"):
         parse_scene(np.zeros((8, 8)))
+
+
+def test_reconstruction_and_prompt_criteria():
+    cfg = ShapesWorldConfig(resolution=64)
+    scenes = [scene_for_index(cfg, "val", i) for i in range(100)]
+    for scene in scenes:  # clean renders satisfy both
+        parsed = parse_scene(render(scene, 64))
+        assert attributes_kept(scene, parsed) and prompt_satisfied(scene, parsed)
+    # Two shapes: swapping their cells keeps the attributes but breaks the layout.
+    two = next(s for s in scenes if len(s.shapes) == 2)
+    a, b = two.shapes
+    swapped = Scene(
+        shapes=(replace(a, row=b.row, col=b.col, cx=b.cx, cy=b.cy), replace(b, row=a.row, col=a.col, cx=a.cx, cy=a.cy)),
+        background=two.background,
+    )
+    parsed = parse_scene(render(swapped, 64))
+    assert attributes_kept(two, parsed) and not prompt_satisfied(two, parsed)
+    # A different colour fails both; a lone shape in another cell fails the prompt only.
+    recoloured = Scene(shapes=(replace(a, colour="red" if a.colour != "red" else "blue"), b), background=0.5)
+    assert not attributes_kept(two, parse_scene(render(recoloured, 64)))
+    one = next(s for s in scenes if len(s.shapes) == 1)
+    (s,) = one.shapes
+    row, col = (s.row + 1) % 3, s.col
+    moved = Scene(shapes=(replace(s, row=row, col=col, cx=(col + 0.5) / 3, cy=(row + 0.5) / 3),), background=0.5)
+    parsed = parse_scene(render(moved, 64))
+    assert attributes_kept(one, parsed) and not prompt_satisfied(one, parsed)

@@ -57,6 +57,7 @@ class DiffusionConfig:
     max_codes: int = 64  # the longest code sequence (the tokenizer's patch count)
     resolution: int = 64  # output side of the square bucket, in pixels
     space: str = "pixel"  # "pixel" or "latent"
+    patch_size: int = 1  # pixel space: denoise patch_size^2 pixel patches stacked on channels
     vae_path: str | None = None  # local diffusers AutoencoderKL folder (space: latent)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -66,6 +67,12 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         check(self.space in ("pixel", "latent"), "space", self.space, "use pixel or latent")
+        check(
+            self.patch_size >= 1 and (self.space == "pixel" or self.patch_size == 1),
+            "patch_size",
+            self.patch_size,
+            "use a positive patch size, and 1 in latent space (the VAE sets the scale there)",
+        )
         check(
             self.space == "pixel" or bool(self.vae_path),
             "vae_path",

@@ -5,7 +5,7 @@
       --UNet2DConditionModel(x_t, t, cross-attention=sequence, class embedding=pooled)--> eps / v
 
 The denoiser is ``diffusers.UNet2DConditionModel``, in pixel space (tiny presets: images in
-[-1, 1]) or in the latent space of a frozen ``AutoencoderKL`` loaded from a local folder.
+[-1, 1], as patch_size x patch_size patches stacked on channels) or in the latent space of a frozen ``AutoencoderKL`` loaded from a local folder.
 Classifier-free guidance uses a learned null condition (sequence and pooled vector).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
@@ -70,13 +71,15 @@ class DiffusionDetokenizer(nn.Module):
         self.cfg = cfg
         self.conditioner = Conditioner(cfg)
         self.vae = None
-        channels, down = 3, 1
+        # Pixel space is denoised as non-overlapping patch_size^2 patches stacked on channels
+        # (pixel unshuffle), which makes a 64 px UNet as cheap as a 16 px one.
+        channels, down = 3 * cfg.patch_size**2, cfg.patch_size
         if cfg.space == "latent":
             self.vae = vae if vae is not None else load_vae(cfg.vae_path)
             self.vae.requires_grad_(False).eval()
             channels = self.vae.config.latent_channels
             down = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.channels, self.vae_factor = channels, down
+        self.channels, self.space_factor = channels, down
         u = cfg.unet
         self.unet = UNet2DConditionModel(
             sample_size=cfg.resolution // down,
@@ -136,7 +139,7 @@ class DiffusionDetokenizer(nn.Module):
         """(B, 3, H, W) in [0, 1] -> what the UNet denoises (pixels in [-1, 1] or scaled latents)."""
         x = images * 2 - 1
         if self.vae is None:
-            return x
+            return F.pixel_unshuffle(x, self.space_factor)
         with torch.no_grad():
             return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
 
@@ -144,6 +147,8 @@ class DiffusionDetokenizer(nn.Module):
         """Inverse of :meth:`to_space`: -> (B, 3, H, W) in [0, 1]."""
         if self.vae is not None:
             x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        else:
+            x = F.pixel_shuffle(x, self.space_factor)
         return ((x + 1) / 2).clamp(0, 1)
 
     # --- sizes ---------------------------------------------------------------------------------

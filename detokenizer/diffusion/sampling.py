@@ -84,7 +84,7 @@ def denoise(
     h, w = model.size_for(size=size)
     sched = sampling_scheduler(sampling.scheduler, model.cfg)
     sched.set_timesteps(sampling.steps, device=device)
-    shape = (b, model.channels, h // model.vae_factor, w // model.vae_factor)
+    shape = (b, model.channels, h // model.space_factor, w // model.space_factor)
     x = initial_noise(shape, generator, device, cond.dtype) * sched.init_noise_sigma
     guided = sampling.guidance_scale != 1.0
     if guided:

@@ -24,6 +24,7 @@ already costs 10-20%, so judge generated images at 64 px or more.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -270,3 +271,28 @@ def attributes_kept(scene: Scene, parsed: list[ParsedShape]) -> bool:
     """True when the parsed shapes have the scene's colours and kinds (counted), wherever they are
     and whatever their size: the reconstruction criterion for a detokenizer."""
     return Counter((s.colour, s.kind) for s in scene.shapes) == Counter((p.colour, p.kind) for p in parsed)
+
+
+def prompt_satisfied(scene: Scene, parsed: list[ParsedShape]) -> bool:
+    """Text-to-image correctness for a prompt describing ``scene``: the same shapes by colour and
+    kind (so the count too), laid out alike: every pair in the same relative position (left of /
+    right of / above / below, as :func:`lavit.data.shapes.relation`), and a lone shape in its cell.
+    Sizes are not judged. Shapes that repeat a colour and kind may match in any order."""
+    if not attributes_kept(scene, parsed):
+        return False
+    shapes = list(scene.shapes)
+    if len(shapes) == 1:
+        return (parsed[0].row, parsed[0].col) == (shapes[0].row, shapes[0].col)
+
+    def rel(a, b) -> tuple[int, int]:
+        # relation() in comparable form: column order if columns differ, else row order
+        return (0, (a.col > b.col) - (a.col < b.col)) if a.col != b.col else (1, (a.row > b.row) - (a.row < b.row))
+
+    for order in itertools.permutations(parsed):
+        if all((p.colour, p.kind) == (s.colour, s.kind) for p, s in zip(order, shapes, strict=True)) and all(
+            rel(order[i], order[j]) == rel(shapes[i], shapes[j])
+            for i in range(len(shapes))
+            for j in range(i + 1, len(shapes))
+        ):
+            return True
+    return False
