@@ -143,6 +143,9 @@ class TokenizerConfig:
     decoder_depth: int = 2
     mlp_ratio: float = 4.0
     pixel_loss_weight: float = 0.0  # > 0 adds a pixel reconstruction head (from-scratch option)
+    # Pixel-loss weight map 1 + s * |pixel - the image's median colour|: on mostly-background
+    # images plain MSE lets the codes ignore small objects; this makes them count.
+    pixel_saliency: float = 0.0
     attention_backend: str = "sdpa"  # or "xformers" (CUDA, optional extra)
 
     def __post_init__(self) -> None:

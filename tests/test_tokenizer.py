@@ -8,7 +8,7 @@ import torch
 
 from lavit.config import ConfigError, TokenizerConfig, load_config
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
-from tokenizer.model import compact
+from tokenizer.model import compact, patchify, unpatchify
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -212,3 +212,24 @@ def test_lavit_preset_on_meta_device():
     assert count(tok.merger) == 12 * (16 * w**2 + 21 * w) + 3 * w == 380_992_128
     x = torch.empty(2, 3, 224, 224, device="meta")
     assert tok.encoder(x).shape == (2, 256, 1408)
+
+
+def test_pixel_head_decoding_and_saliency_weighted_loss():
+    x = images(2)
+    assert torch.equal(unpatchify(patchify(x, 8), 8, 32), x)
+    torch.manual_seed(0)
+    t = DynamicVisualTokenizer(debug_cfg("pixel_loss_weight=1.0", "pixel_saliency=20")).eval()
+    out = t.decode_pixels(t.encode(x))
+    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="no pixel head"):
+        DynamicVisualTokenizer(debug_cfg()).eval().decode_pixels([torch.tensor([1])])
+    # A grey image with one red square: the same error costs more on the square than elsewhere.
+    img = torch.full((1, 3, 32, 32), 0.5)
+    img[:, :, 8:16, 8:16] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    target = patchify(img, 8)
+    on_object, on_background = target.clone(), target.clone()
+    on_object[0, 5] += 0.1  # patch (1, 1) holds the square
+    on_background[0, 0] += 0.1
+    assert t.pixel_loss(on_object, img) > 5 * t.pixel_loss(on_background, img)
+    plain = DynamicVisualTokenizer(debug_cfg("pixel_loss_weight=1.0"))
+    torch.testing.assert_close(plain.pixel_loss(on_object, img), plain.pixel_loss(on_background, img))

@@ -218,7 +218,7 @@ class DynamicVisualTokenizer(nn.Module):
         keep_loss = ((keep_frac - sel.target_keep) ** 2).mean()
         loss = (1 - cos) + sel.keep_loss_weight * keep_loss + vq_loss
         if pixels is not None:
-            pix_loss = F.mse_loss(pixels.float(), patchify(images, self.cfg.encoder.patch_size))
+            pix_loss = self.pixel_loss(pixels.float(), images)
             loss = loss + self.cfg.pixel_loss_weight * pix_loss
             logs["pixel_mse"] = pix_loss.detach()
         logs.update(
@@ -228,6 +228,16 @@ class DynamicVisualTokenizer(nn.Module):
             vq_loss=vq_loss.detach(),
         )
         return TokenizerOutput(loss=loss, logs=logs, codes=codes, keep=keep.detach() > 0.5)
+
+    def pixel_loss(self, pixels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """MSE of the pixel head's (B, N, 3 p^2) patches, weighted by saliency when configured."""
+        target = patchify(images, self.cfg.encoder.patch_size)
+        if self.cfg.pixel_saliency <= 0:
+            return F.mse_loss(pixels, target)
+        background = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
+        dev = (images - background).abs().amax(dim=1, keepdim=True).expand_as(images)
+        weight = 1 + self.cfg.pixel_saliency * patchify(dev, self.cfg.encoder.patch_size)
+        return (weight * (pixels - target) ** 2).sum() / weight.sum()
 
     # ----------------------------------------------------------------------------------------
     # Inference
@@ -297,6 +307,17 @@ class DynamicVisualTokenizer(nn.Module):
         return emb * mask.unsqueeze(-1), mask
 
     @torch.no_grad()
+    def decode_pixels(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """The pixel head's image from codes alone: B code tensors -> (B, 3, S, S) in [0, 1]
+        (tokenizers trained with ``pixel_loss_weight > 0`` only)."""
+        emb, mask = self.code_embeddings(codes)
+        _, pixels = self.decoder(emb, mask)
+        if pixels is None:
+            raise ValueError("this tokenizer has no pixel head (it was trained with pixel_loss_weight=0)")
+        enc = self.cfg.encoder
+        return unpatchify(pixels.float(), enc.patch_size, enc.image_size).clamp(0, 1)
+
+    @torch.no_grad()
     def decode_features(self, codes: list[torch.Tensor]) -> torch.Tensor:
         """Rebuild the (standardised) encoder features from codes: B code tensors -> (B, N, Ce)."""
         emb, mask = self.code_embeddings(codes)
@@ -316,3 +337,10 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     b, c, h, w = images.shape
     x = images.view(b, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, side: int) -> torch.Tensor:
+    """Inverse of :func:`patchify` for square images: (B, N, 3 * patch * patch) -> (B, 3, side, side)."""
+    b, g = patches.shape[0], side // patch
+    x = patches.reshape(b, g, g, 3, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, side, side)

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from lavit.config import TokenizerRunConfig
 from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.transforms import to_tensor
+from lavit.data.shapes_parser import attributes_kept, parse_scene
+from lavit.data.transforms import to_pil, to_tensor
 from lavit.layers import CrossBlock
 from tokenizer import DynamicVisualTokenizer, save_tokenizer
 from tokenizer.model import code_stats, patchify
@@ -61,7 +62,9 @@ class TokenizerTask:
     @torch.no_grad()
     def evaluate(self, model: DynamicVisualTokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
         """Held-out (val) scenes: codebook usage and perplexity over all their codes, mean kept
-        fraction, and cosine similarity of the features rebuilt from codes (deterministic)."""
+        fraction, cosine similarity of the features rebuilt from codes (deterministic), and with
+        a pixel head the share of scenes whose shapes (colour and kind) the ShapesWorld parser
+        finds in the image rebuilt from the codes alone."""
         if not bool(model.quantizer._codebook.initted):
             return {"quantized": 0.0}  # no quantized step yet: no codes (encoding must not initialise them)
         self.calibrate_keep(model)
@@ -70,6 +73,7 @@ class TokenizerTask:
         device = next(model.parameters()).device
         data = ShapesImages(world, self.cfg.model.encoder.image_size)
         all_codes, kept, cos, rebuilt_all, pixels_all = [], [], [], [], []
+        scenes_kept = 0
         sq_err = sq_tot = 0.0
         for start in range(0, n, batch_size):
             images = torch.stack([data[i] for i in range(start, min(start + batch_size, n))]).to(device)
@@ -82,6 +86,9 @@ class TokenizerTask:
             sq_err += float(((rebuilt - target) ** 2).sum())
             sq_tot += float(((target - target.mean(dim=(0, 1))) ** 2).sum())
             rebuilt_all.append(rebuilt.cpu())
+            if self.cfg.model.pixel_loss_weight > 0:  # does the image survive the codes? (the parser judges)
+                for i, img in zip(range(start, start + len(codes)), model.decode_pixels(codes), strict=True):
+                    scenes_kept += attributes_kept(world.scene(i), parse_scene(to_pil(img)))
             pixels_all.append(patchify(images, self.cfg.model.encoder.patch_size).cpu())
         stats = code_stats(torch.cat(all_codes), model.codebook_size)
         lengths = torch.tensor([c.numel() for c in all_codes], dtype=torch.float)
@@ -99,6 +106,7 @@ class TokenizerTask:
             "tokens_min": float(lengths.min()),
             "tokens_max": float(lengths.max()),
             "recon_cos": float(torch.cat(cos).mean()),
+            **({"pixel_scene_kept": scenes_kept / n} if self.cfg.model.pixel_loss_weight > 0 else {}),
             "quantized": 1.0,
         }
 
