@@ -111,6 +111,9 @@ class SelectorConfig:
     # Deterministic inference rule: "threshold" (margin above a threshold calibrated on training
     # images; variable length) or "topk" (the round(target_keep * N) best patches per image).
     inference: str = "threshold"
+    # > 0 adds a cross-entropy teaching the selector to keep the round(target_keep * N) patches
+    # that differ most from the image's median colour (the content of a mostly-background image).
+    saliency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check(0.0 < self.target_keep <= 1.0, "selector.target_keep", self.target_keep, "use a fraction in (0, 1]")

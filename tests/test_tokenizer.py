@@ -233,3 +233,21 @@ def test_pixel_head_decoding_and_saliency_weighted_loss():
     assert t.pixel_loss(on_object, img) > 5 * t.pixel_loss(on_background, img)
     plain = DynamicVisualTokenizer(debug_cfg("pixel_loss_weight=1.0"))
     torch.testing.assert_close(plain.pixel_loss(on_object, img), plain.pixel_loss(on_background, img))
+
+
+def test_selector_saliency_loss_teaches_keeping_the_content_patches():
+    t = DynamicVisualTokenizer(debug_cfg("selector.target_keep=0.25", "selector.saliency_weight=1.0"))
+    img = torch.full((1, 3, 32, 32), 0.5)
+    img[:, :, 8:16, 8:24] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]  # patches 5 and 6
+    img[:, :, 24:32, 0:8] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]  # patch 12
+    sal = t.patch_saliency(img)
+    assert set(sal[0].topk(3).indices.tolist()) == {5, 6, 12}
+    good = torch.zeros(1, 16, 2)
+    good[0, [5, 6, 12], 0] = 4.0  # keep the content patches
+    good[0, :, 1] = 2.0
+    bad = good.flip(1)
+    assert t.selector_saliency_loss(good, img) < t.selector_saliency_loss(bad, img)
+    # the training forward adds it and logs it
+    t.train()
+    out = t(img.expand(2, -1, -1, -1), quantize=False)
+    assert "selector_saliency_loss" in out.logs and torch.isfinite(out.loss)

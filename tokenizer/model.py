@@ -202,7 +202,13 @@ class DynamicVisualTokenizer(nn.Module):
             if self.training
             else (lambda lg: self._infer_keep(lg).to(lg.dtype))
         )
-        target, keep, merged, mask = self._merged(images, keep_fn)
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep_and_remember(logits: torch.Tensor) -> torch.Tensor:
+            seen["logits"] = logits
+            return keep_fn(logits)
+
+        target, keep, merged, mask = self._merged(images, keep_and_remember)
         logs: dict[str, torch.Tensor] = {}
         codes = None
         if quantize:
@@ -217,6 +223,10 @@ class DynamicVisualTokenizer(nn.Module):
         keep_frac = keep.mean(dim=1)  # (B,) straight-through
         keep_loss = ((keep_frac - sel.target_keep) ** 2).mean()
         loss = (1 - cos) + sel.keep_loss_weight * keep_loss + vq_loss
+        if sel.saliency_weight > 0:
+            sal_loss = self.selector_saliency_loss(seen["logits"], images)
+            loss = loss + sel.saliency_weight * sal_loss
+            logs["selector_saliency_loss"] = sal_loss.detach()
         if pixels is not None:
             pix_loss = self.pixel_loss(pixels.float(), images)
             loss = loss + self.cfg.pixel_loss_weight * pix_loss
@@ -228,6 +238,20 @@ class DynamicVisualTokenizer(nn.Module):
             vq_loss=vq_loss.detach(),
         )
         return TokenizerOutput(loss=loss, logs=logs, codes=codes, keep=keep.detach() > 0.5)
+
+    def patch_saliency(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N): each patch's mean |pixel - the image's median colour| (max over RGB)."""
+        background = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
+        dev = (images - background).abs().amax(dim=1, keepdim=True)  # (B, 1, H, W)
+        return patchify(dev, self.cfg.encoder.patch_size).mean(dim=-1)
+
+    def selector_saliency_loss(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the [keep, drop] logits against keeping the most salient
+        round(target_keep * N) patches of each image."""
+        sal = self.patch_saliency(images)
+        k = max(1, round(self.cfg.selector.target_keep * sal.shape[1]))
+        keep = torch.zeros_like(sal, dtype=torch.long).scatter(1, sal.topk(k, dim=1).indices, 1)
+        return F.cross_entropy(logits.float().flatten(0, 1), (1 - keep).flatten())  # class 0 = keep
 
     def pixel_loss(self, pixels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """MSE of the pixel head's (B, N, 3 p^2) patches, weighted by saliency when configured."""
