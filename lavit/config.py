@@ -149,6 +149,7 @@ class TokenizerConfig:
     # Pixel-loss weight map 1 + s * |pixel - the image's median colour|: on mostly-background
     # images plain MSE lets the codes ignore small objects; this makes them count.
     pixel_saliency: float = 0.0
+    position_embedding: bool = False  # learned per-patch position added before the selector
     attention_backend: str = "sdpa"  # or "xformers" (CUDA, optional extra)
 
     def __post_init__(self) -> None:

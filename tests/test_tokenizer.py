@@ -251,3 +251,19 @@ def test_selector_saliency_loss_teaches_keeping_the_content_patches():
     t.train()
     out = t(img.expand(2, -1, -1, -1), quantize=False)
     assert "selector_saliency_loss" in out.logs and torch.isfinite(out.loss)
+
+
+def test_position_embedding_option_is_trained_and_saved(tmp_path):
+    torch.manual_seed(0)
+    t = DynamicVisualTokenizer(debug_cfg("position_embedding=true"))
+    assert t.patch_pos.shape == (1, 16, t.cfg.width) and t.patch_pos.requires_grad
+    t.calibrate(images(8))
+    t.train()(images(2), quantize=False).loss.backward()
+    assert t.patch_pos.grad is not None and t.patch_pos.grad.abs().sum() > 0
+    with torch.no_grad():
+        t.patch_pos.normal_()
+    t.eval()
+    save_tokenizer(t, tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    torch.testing.assert_close(again.patch_pos, t.patch_pos)
+    assert DynamicVisualTokenizer(debug_cfg()).patch_pos is None

@@ -62,6 +62,9 @@ class DynamicVisualTokenizer(nn.Module):
         self.encoder = VisionEncoder(enc)
         width, n = cfg.width, enc.num_patches
         self.proj_in = nn.Linear(self.encoder.dim, width) if self.encoder.dim != width else nn.Identity()
+        # Optional learned position per patch, added before selection so a kept code can carry
+        # where its patch was (a frozen random encoder's features hardly do).
+        self.patch_pos = nn.Parameter(torch.zeros(1, n, width)) if cfg.position_embedding else None
         self.selector = TokenSelector(width)
         self.merger = TokenMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio, cfg.attention_backend)
         q = cfg.quantizer
@@ -143,7 +146,7 @@ class DynamicVisualTokenizer(nn.Module):
         count still varies from image to image.
         """
         self.check_images(images)
-        margin = self._margin(self.selector(self.proj_in(self.encoder(images))))
+        margin = self._margin(self.selector(self._project(self.encoder(images))))
         q = torch.quantile(margin.flatten().float(), 1.0 - self.cfg.selector.target_keep)
         self.keep_threshold.fill_(float(q))
         return float(q)
@@ -167,11 +170,15 @@ class DynamicVisualTokenizer(nn.Module):
         """Encoder features -> the reconstruction target space."""
         return (feats.float() - self.feat_mean) / self.feat_std
 
+    def _project(self, feats: torch.Tensor) -> torch.Tensor:
+        h = self.proj_in(feats)
+        return h if self.patch_pos is None else h + self.patch_pos.to(h.dtype)
+
     def _merged(self, images: torch.Tensor, keep_fn):
         """Encoder -> selector -> merger. Returns (target feats (B,N,Ce), keep (B,N) float,
         merged (B,L,W), mask (B,L))."""
         target = self.encoder(images)
-        h = self.proj_in(target)
+        h = self._project(target)
         logits = self.selector(h)
         keep = keep_fn(logits)
         merged = self.merger(h, keep)
