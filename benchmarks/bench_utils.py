@@ -1,7 +1,10 @@
-"""Shared helpers of the benchmark scripts: device naming and synchronised timing."""
+"""Shared helpers of the benchmark scripts: common arguments, device naming, synchronised timing
+and the JSON report."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -28,3 +31,23 @@ def best_time(fn: Callable[[], object], device: str, repeats: int, warmup: int =
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --repeats, the same for every model benchmark."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=3)
+
+
+def print_report(benchmark: str, device: str, results: list[dict], **settings: object) -> None:
+    """Print the benchmark's JSON: what ran where, the settings, then one record per case."""
+    report = {
+        "benchmark": benchmark,
+        "device": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **settings,
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))

@@ -1,7 +1,8 @@
 """Diffusion detokenizer sampling speed: seconds per image vs sampler steps, printed as JSON.
 
 Batched classifier-free guidance (g = 3, one UNet forward of 2B per step), DDIM, random
-weights (speed does not depend on them), code sequences of 32 codes.
+weights (speed does not depend on them), code sequences of half the preset's max_codes (a tokenizer
+keeping half its patches: 32 for tiny).
 
     python benchmarks/diffusion.py                          # tiny preset, steps 10/25/50, batch 1 and 8
     python benchmarks/diffusion.py --device cuda --dtype bfloat16 --configs tiny
@@ -10,11 +11,10 @@ weights (speed does not depend on them), code sequences of 32 codes.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from bench_utils import best_time, device_name
+from bench_utils import add_device_args, best_time, print_report
 
 from detokenizer.diffusion import DiffusionConfig, DiffusionDetokenizer, DiffusionSamplingConfig, denoise
 from lavit.config import load_config
@@ -23,10 +23,11 @@ PRESETS = Path(__file__).resolve().parent.parent / "configs" / "diffusion"
 CONFIGS = ("debug", "tiny")  # configs/diffusion/<name>.yaml
 
 
-def bench(name: str, batch: int, steps: int, device: str, dtype: torch.dtype, repeats: int, codes: int = 32):
+def bench(name: str, batch: int, steps: int, device: str, dtype: torch.dtype, repeats: int):
     torch.manual_seed(0)
     cfg = load_config(PRESETS / f"{name}.yaml", DiffusionConfig)
     model = DiffusionDetokenizer(cfg).to(device=device, dtype=dtype).eval()
+    codes = max(1, cfg.max_codes // 2)
     emb = torch.randn(batch, codes, cfg.code_dim, device=device, dtype=dtype)
     mask = torch.ones(batch, codes, dtype=torch.bool, device=device)
     sampling = DiffusionSamplingConfig(scheduler="ddim", steps=steps, guidance_scale=3.0)
@@ -41,6 +42,7 @@ def bench(name: str, batch: int, steps: int, device: str, dtype: torch.dtype, re
         "config": name,
         "params": sum(p.numel() for p in model.parameters()),
         "resolution": list(size),
+        "codes": codes,
         "batch": batch,
         "steps": steps,
         "seconds": round(seconds, 4),
@@ -53,27 +55,14 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["tiny"], choices=CONFIGS)
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--steps", nargs="+", type=int, default=[10, 25, 50])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=3)
+    add_device_args(p)
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     results = [
         bench(c, b, s, args.device, dtype, args.repeats) for c in args.configs for b in args.batches for s in args.steps
     ]
-    print(
-        json.dumps(
-            {
-                "benchmark": "diffusion_detokenizer_sampling",
-                "device": device_name(args.device),
-                "torch_threads": torch.get_num_threads(),
-                "dtype": args.dtype,
-                "scheduler": "ddim",
-                "guidance_scale": 3.0,
-                "results": results,
-            },
-            indent=2,
-        )
+    print_report(
+        "diffusion_detokenizer_sampling", args.device, results, dtype=args.dtype, scheduler="ddim", guidance_scale=3.0
     )
 
 

@@ -12,11 +12,10 @@ prompt, 64 image tokens, g = 4, top-k 50, random weights (speed does not depend 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from bench_utils import best_time, device_name
+from bench_utils import add_device_args, best_time, print_report
 from transformers import LogitsProcessorList
 
 from lavit.config import ImageSamplingConfig, LMConfig, load_config
@@ -80,9 +79,7 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=3)
+    add_device_args(p)
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     results = [
@@ -90,19 +87,7 @@ def main() -> None:
         for c in args.configs
         for b in args.batches
     ]
-    print(
-        json.dumps(
-            {
-                "benchmark": "image_token_generation",
-                "device": device_name(args.device),
-                "torch_threads": torch.get_num_threads(),
-                "dtype": args.dtype,
-                "guidance_scale": args.guidance,
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    print_report("image_token_generation", args.device, results, dtype=args.dtype, guidance_scale=args.guidance)
 
 
 if __name__ == "__main__":

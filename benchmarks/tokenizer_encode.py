@@ -12,11 +12,10 @@ throughput does not depend on the weights. Its ~1.8B fp32 parameters need ~7 GB 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from bench_utils import best_time, device_name
+from bench_utils import best_time, print_report
 
 from lavit.config import TokenizerConfig, load_config
 from tokenizer import DynamicVisualTokenizer
@@ -57,18 +56,7 @@ def main() -> None:
         for preset in args.presets:
             iters = args.iters if preset != "lavit" or args.device != "cpu" else 1
             results.append(bench(preset, args.batch, args.device, args.warmup, iters))
-    print(
-        json.dumps(
-            {
-                "benchmark": "tokenizer_encode",
-                "device": device_name(args.device),
-                "torch_threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    print_report("tokenizer_encode", args.device, results)
 
 
 if __name__ == "__main__":

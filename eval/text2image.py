@@ -27,7 +27,7 @@ from lavit.pipeline import LaVITPipeline
 from lavit.viz import image_grid
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="pipeline directory (or the three stage folders below)")
     p.add_argument("--tokenizer", default=None)
@@ -35,19 +35,18 @@ def main() -> None:
     p.add_argument("--diffusion", default=None)
     p.add_argument("--decoder", default="diffusion")
     p.add_argument("--num", type=int, default=100, help="held-out (val) scenes whose prompts are drawn")
-    p.add_argument("--resolution", type=int, default=64, help="ShapesWorld resolution the prompts come from")
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=None, help="the LM's CFG scale (default: the pipeline's)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     if args.model:
         pipe = LaVITPipeline.from_pretrained(args.model, args.device)
     else:
         pipe = LaVITPipeline.from_parts(args.tokenizer, args.lm, device=args.device, diffusion=args.diffusion)
-    world = ShapesWorld(ShapesWorldConfig(resolution=args.resolution), "val")
+    world = ShapesWorld(ShapesWorldConfig(), "val")  # prompts and scenes do not depend on resolution
     t0 = time.perf_counter()
     rows, images = [], []
     for start in range(0, args.num, args.batch):
@@ -84,6 +83,7 @@ def main() -> None:
     grid = image_grid(images[:24], labels, columns=6, label_lines=5)
     atomic_write(out / "grid.png", lambda tmp: grid.save(tmp, format="PNG"))
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+    return report
 
 
 if __name__ == "__main__":

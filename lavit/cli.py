@@ -115,7 +115,7 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
     command uses (lm, diffusion), so a missing one fails before anything runs."""
     from lavit.pipeline import LaVITPipeline
 
-    stages = {"lm": args.lm, "diffusion": getattr(args, "diffusion", None)}
+    stages = {"lm": args.lm, "diffusion": args.diffusion}
     if args.model and (args.tokenizer or any(stages.values())):
         raise UsageError("give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion), not both")
     if args.model:
@@ -185,11 +185,15 @@ def cmd_vqa(args: argparse.Namespace) -> None:
     _emit(records, args, lambda r: f"Q: {r['question']}\nA: {r['answer']}")
 
 
-def cmd_generate_tokens(args: argparse.Namespace) -> None:
+def _check_prompts(args: argparse.Namespace) -> None:
     if any(not p.strip() for p in args.prompts):
-        raise UsageError('empty prompt: give the text to draw, e.g. lavit generate-tokens "a red circle"')
+        raise UsageError(f'empty prompt: give the text to draw, e.g. lavit {args.command} "a red circle"')
     if args.num_images < 1:
         raise UsageError(f"--num-images must be at least 1, got {args.num_images}")
+
+
+def cmd_generate_tokens(args: argparse.Namespace) -> None:
+    _check_prompts(args)
     pipe = _pipeline(args)
     sampling = pipe.cfg.image_sampling
     if args.max_tokens is not None:
@@ -215,22 +219,10 @@ def cmd_generate_tokens(args: argparse.Namespace) -> None:
 
 
 def _save_pngs(out: Path, images: list, names: list[str]) -> list[Path]:
-    """Write all PNGs into a temporary sibling, then move them in: nothing half-written."""
-    import shutil
-    import tempfile
-
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".lavit-", dir=out))
-    try:
-        for im, name in zip(images, names, strict=True):
-            im.save(tmp / name, format="PNG")
-        paths = []
-        for name in names:
-            (tmp / name).replace(out / name)
-            paths.append(out / name)
-        return paths
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    paths = [out / name for name in names]
+    for im, path in zip(images, paths, strict=True):
+        atomic_write(path, lambda tmp, im=im: im.save(tmp, format="PNG"))
+    return paths
 
 
 def _decoder_sampling(pipe, args: argparse.Namespace):
@@ -265,10 +257,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    if any(not p.strip() for p in args.prompts):
-        raise UsageError('empty prompt: give the text to draw, e.g. lavit generate "a red circle"')
-    if args.num_images < 1:
-        raise UsageError(f"--num-images must be at least 1, got {args.num_images}")
+    _check_prompts(args)
     pipe = _pipeline(args, needs=("lm", args.decoder))
     with _bad_input():
         images = pipe.generate_image(
@@ -294,12 +283,30 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", default=None, help="trained LM directory (with --tokenizer)")
     p.add_argument("--diffusion", default=None, help="trained diffusion detokenizer directory (with --tokenizer)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def _text_decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--beams", type=int, default=None, help="beam count (1 = greedy; default: the pipeline's)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the pipeline's")
+
+
+# lavit.pipeline.DECODERS' names (not imported here: it pulls in diffusers; a test keeps them equal).
+DECODER_NAMES = ("diffusion",)
+
+
+def _decoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", default="diffusion", choices=DECODER_NAMES, help="which detokenizer renders the codes")
+    p.add_argument("--steps", type=int, default=None, help="decoder sampling steps (default: the pipeline's)")
+
+
+def _image_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompts", nargs="+", help="text prompts")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="the LM's CFG scale (default: the pipeline's, 4.0)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="image j (prompt-major) is sampled with seed + j")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,33 +348,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vqa)
 
     p = sub.add_parser("generate-tokens", help="sample image codes for text prompts, saved as JSON")
-    p.add_argument("prompts", nargs="+", help="text prompts")
     p.add_argument("--out", required=True, help="output JSON file: [{prompt, seed, codes}, ...]")
-    p.add_argument("--num-images", type=int, default=1, help="code sequences per prompt")
-    p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the pipeline's, 4.0)")
+    _image_prompt_args(p)
     p.add_argument("--negative-prompt", default=None, help="unconditional context (default: the lone <img>)")
-    p.add_argument("--seed", type=int, default=0, help="image j is sampled with seed + j")
     p.add_argument("--max-tokens", type=int, default=None, help="most codes per image (default: the pipeline's, 200)")
     _model_args(p)
     p.set_defaults(func=cmd_generate_tokens)
 
     p = sub.add_parser("generate", help="generate images from text prompts (PNG files)")
-    p.add_argument("prompts", nargs="+", help="text prompts")
     p.add_argument("--out", required=True, help="output folder: NNN_J.png per prompt NNN and image J, prompts.json")
-    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--guidance-scale", type=float, default=None, help="the LM's CFG scale (default 4.0)")
+    _image_prompt_args(p)
     p.add_argument("--ratio", default=None, help="aspect ratio width:height, e.g. 4:3 (default 1:1)")
-    p.add_argument("--decoder", default="diffusion", choices=["diffusion"], help="which detokenizer renders the codes")
-    p.add_argument("--steps", type=int, default=None, help="decoder sampling steps (default: the pipeline's)")
-    p.add_argument("--seed", type=int, default=0, help="image j uses seed + j")
+    _decoder_args(p)
     _model_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("reconstruct", help="images -> codes -> images, written side by side with the originals")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder: <name>_reconstruction.png per image")
-    p.add_argument("--decoder", default="diffusion", choices=["diffusion"], help="which detokenizer renders the codes")
-    p.add_argument("--steps", type=int, default=None, help="decoder sampling steps (default: the pipeline's)")
+    _decoder_args(p)
     p.add_argument("--seed", type=int, default=0)
     _model_args(p)
     p.set_defaults(func=cmd_reconstruct)

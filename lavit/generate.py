@@ -25,6 +25,12 @@ Prompt = str | list[str | torch.Tensor] | None
 Generators = torch.Generator | list[torch.Generator] | None
 
 
+def seeded_generators(n: int, seed: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per output, the j-th seeded ``seed + j``: an output is then the same
+    whatever else shares its batch."""
+    return [torch.Generator(device=device).manual_seed(seed + j) for j in range(n)]
+
+
 def sample_logits(
     logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: Generators
 ) -> torch.Tensor:

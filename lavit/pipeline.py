@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -45,7 +46,7 @@ from lavit.config import (
 )
 from lavit.data.image_io import load_image
 from lavit.data.transforms import to_pil, to_tensor
-from lavit.generate import generate_image_tokens, generate_text
+from lavit.generate import generate_image_tokens, generate_text, seeded_generators
 from lavit.lm_io import load_lm, save_lm
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder
@@ -55,8 +56,22 @@ PIPELINE_FILE = "pipeline.yaml"
 ImageInput = str | os.PathLike[str] | Image.Image
 Images = Sequence[ImageInput] | torch.Tensor
 
-# decoder name -> (load(dir, device), save(model, dir), decode(model, tokenizer, codes, sampling, size, generator))
-DECODERS = {"diffusion": (load_detokenizer, save_detokenizer, decode_codes)}
+
+class Decoder(NamedTuple):
+    """How the pipeline handles one kind of detokenizer."""
+
+    load: Callable  # (directory, device) -> model
+    save: Callable  # (model, directory) -> None
+    decode: Callable  # (model, tokenizer, codes, sampling, *, size, generator) -> (B, 3, H, W) in [0, 1]
+
+
+DECODERS = {"diffusion": Decoder(load_detokenizer, save_detokenizer, decode_codes)}
+
+
+def _check_decoder_names(names) -> None:
+    unknown = set(names) - set(DECODERS)
+    if unknown:
+        raise ValueError(f"unknown decoder(s) {sorted(unknown)}: use one of {sorted(DECODERS)}")
 
 
 @dataclass
@@ -104,9 +119,7 @@ class LaVITPipeline:
             )
         if (lm is None) != (text_tokenizer is None):
             raise ValueError("give the LM and its text tokenizer together")
-        unknown = set(decoders or {}) - set(DECODERS)
-        if unknown:
-            raise ValueError(f"unknown decoder(s) {sorted(unknown)}: known are {sorted(DECODERS)}")
+        _check_decoder_names(decoders or {})
         self.tokenizer, self.lm, self.text_tokenizer = tokenizer.eval(), lm, text_tokenizer
         self.decoders = {name: d.eval() for name, d in (decoders or {}).items()}
         self.cfg = cfg or PipelineConfig()
@@ -131,10 +144,8 @@ class LaVITPipeline:
         lm = text_tok = None
         if lm_dir is not None:
             lm, text_tok = load_lm(lm_dir, device)
-        unknown = set(decoder_dirs) - set(DECODERS)
-        if unknown:
-            raise ValueError(f"unknown decoder(s) {sorted(unknown)}: known are {sorted(DECODERS)}")
-        decoders = {name: DECODERS[name][0](d, device) for name, d in decoder_dirs.items() if d is not None}
+        _check_decoder_names(decoder_dirs)
+        decoders = {name: DECODERS[name].load(d, device) for name, d in decoder_dirs.items() if d is not None}
         return cls(load_tokenizer(tokenizer_dir, device), lm, text_tok, cfg, decoders)
 
     @classmethod
@@ -160,7 +171,7 @@ class LaVITPipeline:
             if self.lm is not None:
                 save_lm(self.lm, self.text_tokenizer, tmp / "lm")
             for name, model in self.decoders.items():
-                DECODERS[name][1](model, tmp / name)
+                DECODERS[name].save(model, tmp / name)
             (tmp / PIPELINE_FILE).write_text(to_yaml(self.cfg))
         return Path(directory)
 
@@ -227,9 +238,9 @@ class LaVITPipeline:
         self, images: Images, prompt: str | None = None, decoding: TextDecodingConfig | None = None
     ) -> list[str]:
         """One caption per image (LaVIT: 2 beams, up to 36 new tokens)."""
-        n = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else len(images)
+        batch = self.images_to_tensor(images)
         prompt = self.cfg.caption_prompt if prompt is None else prompt
-        return self._understand(images, [prompt] * n, decoding or self.cfg.caption_decoding)
+        return self._understand(batch, [prompt] * len(batch), decoding or self.cfg.caption_decoding)
 
     def answer(
         self,
@@ -284,8 +295,7 @@ class LaVITPipeline:
         if guidance_scale is not None:
             sampling = dataclasses.replace(sampling, guidance_scale=guidance_scale)
         built = [self._prompt(p) for p in prompts]
-        device = self.device
-        generators = [torch.Generator(device=device).manual_seed(seed + j) for j in range(len(built) * num_images)]
+        generators = seeded_generators(len(built) * num_images, seed, self.device)
         return generate_image_tokens(
             lm,
             self.builder,
@@ -315,9 +325,13 @@ class LaVITPipeline:
         if ratio is not None:
             sampling = dataclasses.replace(sampling, ratio=str(ratio))
         device = next(model.parameters()).device
-        generators = [torch.Generator(device=device).manual_seed(seed + j) for j in range(len(codes))]
-        images = DECODERS[decoder][2](
-            model, self.tokenizer, [c.to(device) for c in codes], sampling, size=size, generator=generators
+        images = DECODERS[decoder].decode(
+            model,
+            self.tokenizer,
+            [c.to(device) for c in codes],
+            sampling,
+            size=size,
+            generator=seeded_generators(len(codes), seed, device),
         )
         return [to_pil(im) for im in images]
 
@@ -358,6 +372,5 @@ class LaVITPipeline:
         sampling: DiffusionSamplingConfig | None = None,
     ) -> list[Image.Image]:
         """Images -> their codes -> images again (square, at the decoder's resolution)."""
-        self._decoder(decoder)
         res = self._decoder(decoder).cfg.resolution
         return self.decode(self.encode(images), decoder=decoder, size=(res, res), seed=seed, sampling=sampling)

@@ -10,7 +10,7 @@ import torch
 from detokenizer.diffusion import DiffusionSamplingConfig
 from lavit.checkpoint import CheckpointError
 from lavit.cli import main
-from lavit.config import ConfigError, ImageSamplingConfig, TextDecodingConfig
+from lavit.config import ConfigError, ImageSamplingConfig, ShapesWorldConfig, TextDecodingConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.lm_io import load_lm
 from lavit.pipeline import LaVITPipeline, PipelineConfig
@@ -19,7 +19,6 @@ from tokenizer import load_tokenizer
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from lavit.config import ShapesWorldConfig
 
     world = ShapesWorld(ShapesWorldConfig(resolution=32), "val")
     folder = tmp_path_factory.mktemp("images")
@@ -53,6 +52,7 @@ def test_understanding_batch_equals_each_alone(pipe, images):
     assert answers[1] == pipe.answer([images[1]], ["how many shapes are there?"])[0]
     tensor = pipe.images_to_tensor(images)
     assert pipe.caption(tensor) == caps
+    assert pipe.caption(tensor[1]) == [caps[1]]  # one (3, H, W) image
 
 
 def test_generate_tokens_is_seeded_and_batch_independent(pipe, images):
@@ -152,6 +152,11 @@ def test_cli_caption_vqa_and_generate_tokens(tokenizer_dir, lm_dirs, images, tmp
 def test_cli_generate_and_reconstruct(tokenizer_dir, lm_dirs, diffusion_dir, images, tmp_path, capsys):
     from PIL import Image
 
+    from lavit.cli import DECODER_NAMES
+    from lavit.pipeline import DECODERS
+
+    assert set(DECODER_NAMES) == set(DECODERS)
+
     pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], CFG, diffusion=diffusion_dir)
     pipe.save_pretrained(tmp_path / "model")
     model = ["--model", str(tmp_path / "model")]
@@ -181,3 +186,24 @@ def test_cli_generate_and_reconstruct(tokenizer_dir, lm_dirs, diffusion_dir, ima
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_text2image_eval_script(tokenizer_dir, lm_dirs, diffusion_dir, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "eval" / "text2image.py"
+    spec = importlib.util.spec_from_file_location("text2image", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], CFG, diffusion=diffusion_dir).save_pretrained(
+        tmp_path / "model"
+    )
+    out = tmp_path / "t2i"
+    report = module.main(["--model", str(tmp_path / "model"), "--num", "3", "--batch", "2", "--out", str(out)])
+    assert report["num_prompts"] == 3 and [r["index"] for r in report["rows"]] == [0, 1, 2]
+    world = ShapesWorld(ShapesWorldConfig(), "val")
+    assert [r["prompt"] for r in report["rows"]] == [world.words(i)[2] for i in range(3)]
+    satisfied = sum(r["satisfied"] for r in report["rows"])
+    assert report["scene_accuracy"] == satisfied / 3 and report["attribute_accuracy"] >= report["scene_accuracy"]
+    assert json.loads((out / "report.json").read_text())["num_prompts"] == 3 and (out / "grid.png").is_file()

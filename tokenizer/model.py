@@ -247,10 +247,8 @@ class DynamicVisualTokenizer(nn.Module):
         return TokenizerOutput(loss=loss, logs=logs, codes=codes, keep=keep.detach() > 0.5)
 
     def patch_saliency(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, N): each patch's mean |pixel - the image's median colour| (max over RGB)."""
-        background = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
-        dev = (images - background).abs().amax(dim=1, keepdim=True)  # (B, 1, H, W)
-        return patchify(dev, self.cfg.encoder.patch_size).mean(dim=-1)
+        """(B, 3, H, W) -> (B, N): each patch's mean :func:`pixel_saliency`."""
+        return patchify(pixel_saliency(images), self.cfg.encoder.patch_size).mean(dim=-1)
 
     def selector_saliency_loss(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the [keep, drop] logits against keeping the most salient
@@ -265,9 +263,8 @@ class DynamicVisualTokenizer(nn.Module):
         target = patchify(images, self.cfg.encoder.patch_size)
         if self.cfg.pixel_saliency <= 0:
             return F.mse_loss(pixels, target)
-        background = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
-        dev = (images - background).abs().amax(dim=1, keepdim=True).expand_as(images)
-        weight = 1 + self.cfg.pixel_saliency * patchify(dev, self.cfg.encoder.patch_size)
+        sal = pixel_saliency(images).expand_as(images)  # the same weight for each channel of a pixel
+        weight = 1 + self.cfg.pixel_saliency * patchify(sal, self.cfg.encoder.patch_size)
         return (weight * (pixels - target) ** 2).sum() / weight.sum()
 
     # ----------------------------------------------------------------------------------------
@@ -361,6 +358,13 @@ def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Ten
     p = counts / counts.sum().clamp_min(1)
     perplexity = torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
     return {"code_usage": (counts > 0).float().mean(), "perplexity": perplexity}
+
+
+def pixel_saliency(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W): |pixel - the image's median colour|, max over RGB. On a
+    mostly-background image the median is the background, so this marks the objects."""
+    background = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
+    return (images - background).abs().amax(dim=1, keepdim=True)
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ class Conditioner(nn.Module):
         if length > self.pos.shape[0]:
             raise ValueError(
                 f"{length} codes exceed the detokenizer's max_codes={self.pos.shape[0]}: "
-                "were these codes made by another tokenizer?"
+                "were these codes made by another tokenizer? Use the tokenizer this detokenizer was trained on"
             )
         ctx = self.inp(emb) + self.pos[:length]
         x = self.queries.expand(b, -1, -1)

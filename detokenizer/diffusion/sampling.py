@@ -118,7 +118,8 @@ def decode_codes(
     if model.cfg.code_dim != tokenizer.cfg.width:
         raise ValueError(
             f"the detokenizer reads {model.cfg.code_dim}-wide code embeddings but the tokenizer's are "
-            f"{tokenizer.cfg.width}: they were not trained together"
+            f"{tokenizer.cfg.width}: they were not trained together; load the detokenizer trained on this "
+            "tokenizer's codes (lavit train diffusion with its tokenizer_dir)"
         )
     emb, mask = tokenizer.code_embeddings(codes)
     param = next(model.parameters())

@@ -16,9 +16,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lavit.checkpoint import atomic_write
+from lavit.config import ConfigError, ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from tokenizer import DynamicVisualTokenizer
+
+
+def train_world(data: ShapesWorldConfig, num_scenes: int) -> ShapesWorld:
+    """The ShapesWorld train split, checked to hold ``num_scenes`` scenes."""
+    world = ShapesWorld(data, "train")
+    if num_scenes > len(world):
+        raise ConfigError(
+            f"num_scenes={num_scenes} exceeds the ShapesWorld train split ({len(world)} scenes); "
+            f"lower num_scenes or raise data.train_size"
+        )
+    return world
 
 
 def fingerprint(tokenizer_dir: str | Path, world: ShapesWorld, image_size: int) -> str:
@@ -48,9 +60,10 @@ def cached_codes(
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
             same = (f.metadata() or {}).get("fingerprint") == key
-        saved = load_file(path)
-        if same and len(saved["lengths"]) >= n:
-            return list(torch.split(saved["flat"], saved["lengths"].tolist()))[:n]
+        if same:
+            saved = load_file(path)
+            if len(saved["lengths"]) >= n:
+                return list(torch.split(saved["flat"], saved["lengths"].tolist()))[:n]
     device = next(tokenizer.parameters()).device
     codes: list[torch.Tensor] = []
     for start in range(0, n, batch_size):

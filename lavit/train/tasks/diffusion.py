@@ -21,7 +21,8 @@ from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
 from lavit.data.transforms import to_pil, to_tensor
-from lavit.train.codes_cache import cached_codes
+from lavit.generate import seeded_generators
+from lavit.train.codes_cache import cached_codes, train_world
 from lavit.viz import image_grid
 from tokenizer import load_tokenizer
 
@@ -41,9 +42,7 @@ class DiffusionTask:
                 raise ConfigError(
                     f"{key}={want} but the tokenizer at {cfg.tokenizer_dir} needs {have}; set {key}={have}"
                 )
-        self.world = ShapesWorld(cfg.data, "train")
-        if cfg.num_scenes > len(self.world):
-            raise ConfigError(f"num_scenes={cfg.num_scenes} exceeds the ShapesWorld train split ({len(self.world)})")
+        self.world = train_world(cfg.data, cfg.num_scenes)
         path = cfg.codes_cache or self.out / "codes_train.safetensors"
         self.codes = cached_codes(self.tokenizer, cfg.tokenizer_dir, self.world, cfg.num_scenes, path)
         self.noise = noise_scheduler(cfg.model)
@@ -91,7 +90,7 @@ class DiffusionTask:
             idx = range(start, min(start + batch_size, n))
             images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
             codes = self.tokenizer.encode(images)
-            gens = [torch.Generator(device=device).manual_seed(i) for i in idx]
+            gens = seeded_generators(len(idx), start, device)  # scene i is seeded i
             out = decode_codes(model, self.tokenizer, codes, cfg.sampling, size=(res, res), generator=gens).cpu()
             truth = torch.stack([to_tensor(val.image(i), res) for i in idx])
             sq_err += ((out - truth) ** 2).flatten(1).mean(1).tolist()

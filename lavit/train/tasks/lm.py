@@ -26,7 +26,7 @@ from lavit.lm_io import save_lm
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, collate
 from lavit.text_tokenizer import load_text_tokenizer, train_bpe
-from lavit.train.codes_cache import cached_codes
+from lavit.train.codes_cache import cached_codes, train_world
 from tokenizer import load_tokenizer
 
 VIEWS = 4  # items per scene: each scene is drawn as several (task, text) views
@@ -53,9 +53,7 @@ class LMTask:
                 f"lm.feature_dim={cfg.lm.feature_dim} must equal the tokenizer width "
                 f"{self.tokenizer.cfg.width} for continuous understanding input"
             )
-        self.world = ShapesWorld(cfg.data, "train")
-        if cfg.num_scenes > len(self.world):
-            raise ConfigError(f"num_scenes={cfg.num_scenes} exceeds the ShapesWorld train split ({len(self.world)})")
+        self.world = train_world(cfg.data, cfg.num_scenes)
         self.text_tok = self._text_tokenizer()
         self.layout = None  # known once the model is built
         self.codes = self._codes()
