@@ -24,8 +24,11 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
 
 
 def bench(preset: str, batch: int, device: str, warmup: int, iters: int) -> dict:
-    # Random codebook (no k-means): an untrained codebook cannot encode otherwise.
-    cfg = load_config(CONFIGS / f"{preset}.yaml", TokenizerConfig, ["quantizer.kmeans_init=false"])
+    # Random encoder and codebook (no k-means): speed does not depend on the weights, and an
+    # untrained codebook cannot encode otherwise.
+    cfg = load_config(
+        CONFIGS / f"{preset}.yaml", TokenizerConfig, ["quantizer.kmeans_init=false", "encoder.weights=null"]
+    )
     torch.manual_seed(0)
     tok = DynamicVisualTokenizer(cfg).to(device).eval()
     size = cfg.encoder.image_size

@@ -86,6 +86,7 @@ def cmd_shapes(args: argparse.Namespace) -> None:
 
 # stage -> (run-config schema, task class), imported only when that stage is trained.
 STAGES = {
+    "encoder": ("lavit.config:EncoderRunConfig", "lavit.train.tasks.encoder:EncoderTask"),
     "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
     "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
     "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),

@@ -294,6 +294,17 @@ class TokenizerRunConfig:
     calibration_images: int = 256  # train images for the target feature statistics
 
 
+@dataclass
+class EncoderRunConfig:
+    """``lavit train encoder``: pretrain the tokenizer's ViT on ShapesWorld patch labels (the
+    from-scratch stand-in for LaVIT's EVA-CLIP, whose job is to make features semantic)."""
+
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_images: int = 500  # held-out (val) images for the per-patch label accuracy
+
+
 def check(ok: bool, key: str, value: Any, fix: str) -> None:
     """Raise a ConfigError naming ``key`` and ``value`` and saying how to fix it, unless ``ok``."""
     if not ok:

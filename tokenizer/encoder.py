@@ -6,6 +6,8 @@ LaVIT reads EVA-CLIP ViT-g/14 this way (CLS dropped, no final norm). timm's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from torch import nn
@@ -34,6 +36,12 @@ class VisionEncoder(nn.Module):
         if not hasattr(self.vit, "forward_intermediates"):
             raise ConfigError(f"encoder.name={cfg.name!r} has no forward_intermediates; use a timm ViT or EVA model")
         if cfg.weights:
+            if not Path(cfg.weights).is_file():
+                raise ConfigError(
+                    f"encoder.weights={cfg.weights!r}: no such file. Pretrain it first (the tiny preset's: "
+                    "lavit train encoder --config configs/train/encoder_tiny.yaml), point it at a local "
+                    "safetensors file, or set encoder.weights=null for a random encoder"
+                )
             load_weights(self.vit, cfg.weights)
         self.dim = self.vit.embed_dim
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)

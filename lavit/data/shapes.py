@@ -205,3 +205,26 @@ def render(scene: Scene, resolution: int, supersample: int = 4) -> Image.Image:
     if supersample == 1:
         return img
     return img.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+def patch_labels(scene: Scene, resolution: int, patch: int, min_cover: float = 0.1) -> np.ndarray:
+    """Per patch of a ``resolution``-sided render, the shape that covers it: (3, G, G) int64 of
+    1 + the index of its colour / kind / size in COLOURS / KINDS / SIZES, 0 where no shape's box
+    covers at least ``min_cover`` of the patch (G = resolution // patch). Where boxes overlap a
+    patch the larger overlap wins. Targets of the tiny preset's encoder pretraining."""
+    grid = resolution // patch
+    labels = np.zeros((3, grid, grid), dtype=np.int64)
+    best = np.full((grid, grid), min_cover * patch * patch)
+    edges = np.arange(grid + 1) * patch
+    for shape in scene.shapes:
+        x0, y0, x1, y1 = shape.box(resolution)
+        cover_x = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)  # (G,)
+        cover_y = np.clip(np.minimum(edges[1:], y1) - np.maximum(edges[:-1], y0), 0, None)
+        cover = cover_y[:, None] * cover_x[None, :]  # (G rows, G cols)
+        wins = cover >= best
+        best = np.where(wins, cover, best)
+        for channel, index in enumerate(
+            (list(COLOURS).index(shape.colour), KINDS.index(shape.kind), list(SIZES).index(shape.size))
+        ):
+            labels[channel][wins] = 1 + index
+    return labels

@@ -6,10 +6,12 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from lavit.config import TokenizerRunConfig
+from lavit.data.shapes import COLOURS, KINDS, Scene
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene
 from lavit.data.transforms import to_pil, to_tensor
@@ -62,9 +64,10 @@ class TokenizerTask:
     @torch.no_grad()
     def evaluate(self, model: DynamicVisualTokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
         """Held-out (val) scenes: codebook usage and perplexity over all their codes, mean kept
-        fraction, cosine similarity of the features rebuilt from codes (deterministic), and with
-        a pixel head the share of scenes whose shapes (colour and kind) the ShapesWorld parser
-        finds in the image rebuilt from the codes alone."""
+        fraction, cosine similarity of the features rebuilt from codes (deterministic), what a
+        linear probe reads from the bag of codes (:func:`code_probe`), and with a pixel head the
+        share of scenes whose shapes (colour and kind) the ShapesWorld parser finds in the image
+        rebuilt from the codes alone."""
         if not bool(model.quantizer._codebook.initted):
             return {"quantized": 0.0}  # no quantized step yet: no codes (encoding must not initialise them)
         self.calibrate_keep(model)
@@ -106,6 +109,7 @@ class TokenizerTask:
             "tokens_min": float(lengths.min()),
             "tokens_max": float(lengths.max()),
             "recon_cos": float(torch.cat(cos).mean()),
+            **code_probe(all_codes, [world.scene(i) for i in range(n)], model.codebook_size),
             **({"pixel_scene_kept": scenes_kept / n} if self.cfg.model.pixel_loss_weight > 0 else {}),
             "quantized": 1.0,
         }
@@ -120,6 +124,42 @@ class TokenizerTask:
     def save(self, model: DynamicVisualTokenizer, directory: Path) -> None:
         self.calibrate_keep(model)
         save_tokenizer(model, directory)
+
+
+def code_probe(codes: list[torch.Tensor], scenes: list[Scene], codebook_size: int, train_share: float = 0.5) -> dict:
+    """What codes say about the scene: a linear multi-label probe on the bag of codes (code
+    counts) predicts which colours, and which (colour, kind) pairs, a scene holds. Fitted on the
+    first ``train_share`` of the scenes; the score is the share of the rest whose whole set is
+    right. Order-free, so a lower bound on what a sequence model (the LM) can read."""
+    colours, pairs = list(COLOURS), [(c, k) for c in COLOURS for k in KINDS]
+    y_col, y_pair = torch.zeros(len(scenes), len(colours)), torch.zeros(len(scenes), len(pairs))
+    for i, scene in enumerate(scenes):
+        for s in scene.shapes:
+            y_col[i, colours.index(s.colour)] = 1
+            y_pair[i, pairs.index((s.colour, s.kind))] = 1
+    bags = torch.stack([torch.bincount(c.cpu(), minlength=codebook_size).float() for c in codes])
+    n_train = int(train_share * len(scenes))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return {
+            "probe_colour_set_acc": _set_accuracy(bags, y_col, n_train),
+            "probe_colour_kind_set_acc": _set_accuracy(bags, y_pair, n_train),
+        }
+
+
+@torch.enable_grad()
+def _set_accuracy(x: torch.Tensor, y: torch.Tensor, n_train: int, steps: int = 500) -> float:
+    """Fit a linear multi-label probe on the first ``n_train`` rows (full-batch Adam, a fixed
+    number of steps whatever ``n_train``); exact-set accuracy on the rest."""
+    probe = torch.nn.Linear(x.shape[1], y.shape[1])
+    opt = torch.optim.Adam(probe.parameters(), 3e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(probe(x[:n_train]), y[:n_train])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(((probe(x[n_train:]) > 0) == (y[n_train:] > 0)).all(1).float().mean())
 
 
 def pixel_probe_psnr(features: torch.Tensor, pixels: torch.Tensor, ridge: float = 1e-2) -> float:
