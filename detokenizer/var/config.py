@@ -1,0 +1,63 @@
+"""Config schemas of the next-scale VAR decoder (YAML files in configs/var/ mirror them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lavit.config import check
+
+
+@dataclass
+class VQVAEConfig:
+    """Multi-scale residual VQ-VAE: diffusers Encoder/Decoder around our quantizer.
+
+    The latent side is ``resolution / 2**(len(block_out_channels) - 1)``; the scale schedule must
+    rise strictly from 1 or more to exactly that side (VAR at 256 px / 16x16 latents:
+    1,2,3,4,5,6,8,10,13,16).
+    """
+
+    resolution: int = 64
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    mid_attention: bool = False
+    latent_channels: int = 32  # Cvae: the codebook vectors' width (VAR: 32)
+    codebook_size: int = 512  # VAR: 4096
+    scales: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 11, 16])
+    num_phi: int = 4  # phi convs shared across scales by nearest tick (VAR: 4)
+    phi_ratio: float = 0.5  # h -> (1 - r) h + r conv(h)
+    commitment_weight: float = 0.25  # VAR's beta
+    dead_code_threshold: float = 0.05  # EMA uses per step below this -> code restarted from the batch
+    usage_decay: float = 0.99
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 2 ** (len(self.block_out_channels) - 1)
+
+    def __post_init__(self) -> None:
+        down = 2 ** (len(self.block_out_channels) - 1)
+        check(
+            self.resolution % down == 0,
+            "resolution",
+            self.resolution,
+            f"must be a multiple of {down} (the encoder halves it {len(self.block_out_channels) - 1} times)",
+        )
+        side = self.resolution // down
+        check(
+            len(self.scales) > 0
+            and self.scales[0] >= 1
+            and all(a < b for a, b in zip(self.scales, self.scales[1:], strict=False))
+            and self.scales[-1] == side,
+            "scales",
+            self.scales,
+            f"must rise strictly from >= 1 and end at the latent side {side} "
+            f"(resolution {self.resolution} / {down}), e.g. {sorted({1, max(1, side // 4), max(1, side // 2), side})}",
+        )
+        check(
+            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+            "norm_num_groups",
+            self.norm_num_groups,
+            f"must divide every entry of block_out_channels {self.block_out_channels}",
+        )
+        check(self.num_phi >= 1, "num_phi", self.num_phi, "use 1 or more")
+        check(0.0 <= self.phi_ratio <= 1.0, "phi_ratio", self.phi_ratio, "must lie in [0, 1]")

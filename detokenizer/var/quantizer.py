@@ -1,0 +1,182 @@
+"""VAR's multi-scale residual quantizer (Tian et al., NeurIPS 2024), written out.
+
+Encoding a latent ``f`` (B, C, h, w): ``r = f``, ``f_hat = 0``; for each scale side ``p_k``
+the residual is area-downsampled to ``p_k x p_k``, each position takes its nearest code, the
+code map is bicubic-upsampled back to ``h x w`` and passed through a phi conv
+(``(1 - r) h + r conv(h)``, ``num_phi`` of them shared across scales by nearest tick), then
+``f_hat += h`` and ``r -= h``. Decoding reads ``f_hat`` once.
+
+The next-scale transformer's input for scale ``k + 1`` is the cumulative ``f_hat`` after scales
+``<= k``, area-downsampled to ``p_{k+1}``: :meth:`MultiScaleQuantizer.step` builds it, and both
+teacher forcing (:meth:`~MultiScaleQuantizer.teacher_forcing_inputs`) and sampling call it, so
+the two cannot drift apart.
+
+Training: straight-through estimator; the codebook and phi convs learn from
+``mse(f_hat, sg(f))``, the encoder from ``beta * mse(sg(f_hat), f)`` (VAR's losses); codes whose
+EMA use falls below ``dead_code_threshold`` restart from random latent vectors of the batch
+(VAR's users report collapse at the smallest scales: per-scale usage is returned for logging).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Phi(nn.Conv2d):
+    """``h -> (1 - ratio) * h + ratio * conv3x3(h)``."""
+
+    def __init__(self, dim: int, ratio: float) -> None:
+        super().__init__(dim, dim, kernel_size=3, padding=1)
+        self.ratio = ratio
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mul(1 - self.ratio) + super().forward(h).mul(self.ratio)
+
+
+def phi_index(k: int, num_scales: int, num_phi: int) -> int:
+    """The phi conv shared by scale ``k`` of ``num_scales``: the nearest of ``num_phi`` evenly
+    spaced ticks in (0, 1) to ``k / (num_scales - 1)`` (VAR's PhiPartiallyShared)."""
+    if num_phi == 1:
+        return 0
+    ticks = torch.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
+    at = k / max(num_scales - 1, 1)
+    return int((ticks - at).abs().argmin())
+
+
+class MultiScaleQuantizer(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        scales: list[int],
+        num_phi: int = 4,
+        phi_ratio: float = 0.5,
+        commitment_weight: float = 0.25,
+        dead_code_threshold: float = 0.0,
+        usage_decay: float = 0.99,
+    ) -> None:
+        super().__init__()
+        self.dim, self.codebook_size, self.scales = dim, codebook_size, list(scales)
+        self.commitment_weight = commitment_weight
+        self.dead_code_threshold, self.usage_decay = dead_code_threshold, usage_decay
+        self.codebook = nn.Embedding(codebook_size, dim)
+        nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)
+        self.phis = nn.ModuleList(Phi(dim, phi_ratio) for _ in range(num_phi))
+        self.register_buffer("usage", torch.ones(codebook_size))  # EMA of uses per step
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scales)
+
+    @property
+    def side(self) -> int:
+        return self.scales[-1]
+
+    def tokens_per_scale(self) -> list[int]:
+        return [p * p for p in self.scales]
+
+    # ----------------------------------------------------------------------------------------
+    # Shared pieces
+    # ----------------------------------------------------------------------------------------
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, p, p) -> (B, p, p) indices of the nearest codes (squared L2)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
+        book = self.codebook.weight.float()
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)[None]
+        return dist.argmin(dim=1).view(z.shape[0], z.shape[2], z.shape[3])
+
+    def embed_up(self, indices: torch.Tensor, k: int) -> torch.Tensor:
+        """Scale ``k``'s (B, p_k, p_k) indices -> its (B, C, side, side) contribution ``h``."""
+        h = self.codebook(indices).permute(0, 3, 1, 2)  # (B, C, p, p)
+        if self.scales[k] != self.side:
+            h = F.interpolate(h, size=(self.side, self.side), mode="bicubic")
+        return self.phis[phi_index(k, self.num_scales, len(self.phis))](h)
+
+    def step(self, f_hat: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add scale ``k``'s codes to the cumulative ``f_hat``; return it and the next scale's
+        transformer input ``(B, p_{k+1}^2, C)`` (None after the last scale). Used by teacher
+        forcing and by sampling alike."""
+        f_hat = f_hat + self.embed_up(indices, k)
+        if k + 1 == self.num_scales:
+            return f_hat, None
+        p = self.scales[k + 1]
+        nxt = F.interpolate(f_hat, size=(p, p), mode="area")
+        return f_hat, nxt.flatten(2).transpose(1, 2)
+
+    # ----------------------------------------------------------------------------------------
+    # Encoding / decoding
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, dict]:
+        """Quantize a latent. f: (B, C, side, side).
+
+        Returns:
+            f_hat with straight-through gradients to ``f``; per scale the (B, p_k, p_k) indices;
+            the VQ loss (codebook + beta * commitment, averaged over scales); logs (per-scale
+            code usage in this batch, and how many dead codes were restarted).
+        """
+        if f.shape[1] != self.dim or tuple(f.shape[2:]) != (self.side, self.side):
+            raise ValueError(
+                f"latent must be (B, {self.dim}, {self.side}, {self.side}) for this quantizer, got {tuple(f.shape)}"
+            )
+        f_nograd = f.detach()
+        rest = f_nograd.clone()
+        f_hat = torch.zeros_like(f_nograd)
+        indices: list[torch.Tensor] = []
+        loss = f.new_zeros(())
+        for k, p in enumerate(self.scales):
+            z = rest if p == self.side else F.interpolate(rest, size=(p, p), mode="area")
+            idx = self.nearest(z)
+            h = self.embed_up(idx, k)
+            f_hat = f_hat + h
+            rest = rest - h.detach()
+            indices.append(idx)
+            loss = loss + F.mse_loss(f_hat, f_nograd) + self.commitment_weight * F.mse_loss(f_hat.detach(), f)
+        loss = loss / self.num_scales
+        logs = {
+            f"usage_scale{p}": torch.tensor(idx.unique().numel() / self.codebook_size)
+            for p, idx in zip(self.scales, indices, strict=True)
+        }
+        if self.training and torch.is_grad_enabled():
+            logs["dead_codes_restarted"] = torch.tensor(float(self._restart_dead_codes(indices, f_nograd)))
+        return f + (f_hat - f).detach(), indices, loss, logs  # value f_hat, gradient to f only
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, indices: list[torch.Tensor], f: torch.Tensor) -> int:
+        counts = torch.zeros(self.codebook_size, device=f.device)
+        for idx in indices:
+            counts += torch.bincount(idx.flatten(), minlength=self.codebook_size).float()
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        dead = self.usage < self.dead_code_threshold
+        n = int(dead.sum())
+        if n == 0:
+            return 0
+        pool = f.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        pick = torch.randint(0, pool.shape[0], (n,), device=f.device)
+        self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
+        self.usage[dead] = 1.0
+        return n
+
+    def indices_to_fhat(self, indices: list[torch.Tensor]) -> torch.Tensor:
+        """Per-scale indices (all scales) -> the (B, C, side, side) ``f_hat`` the decoder reads."""
+        if len(indices) != self.num_scales:
+            raise ValueError(f"need indices for all {self.num_scales} scales, got {len(indices)}")
+        b = indices[0].shape[0]
+        f_hat = self.codebook.weight.new_zeros(b, self.dim, self.side, self.side)
+        for k, idx in enumerate(indices):
+            f_hat, _ = self.step(f_hat, idx, k)
+        return f_hat
+
+    def teacher_forcing_inputs(self, indices: list[torch.Tensor]) -> torch.Tensor:
+        """Per-scale ground-truth indices -> the transformer's inputs for scales 1..K-1,
+        concatenated: (B, sum_{k>=1} p_k^2, C). Scale 0's input is the condition."""
+        b = indices[0].shape[0]
+        f_hat = self.codebook.weight.new_zeros(b, self.dim, self.side, self.side)
+        inputs = []
+        for k, idx in enumerate(indices[:-1]):
+            f_hat, nxt = self.step(f_hat, idx, k)
+            inputs.append(nxt)
+        return torch.cat(inputs, dim=1)

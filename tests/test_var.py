@@ -1,0 +1,124 @@
+"""VAR decoder: the multi-scale residual quantizer and VQ-VAE (DESIGN.md section 7)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detokenizer.var import MultiScaleQuantizer, MultiScaleVQVAE, VQVAEConfig
+from detokenizer.var.quantizer import phi_index
+from lavit.config import ConfigError, load_config
+
+SCALES = [1, 2, 3, 4]
+
+
+def make_quantizer(**kw) -> MultiScaleQuantizer:
+    torch.manual_seed(0)
+    q = MultiScaleQuantizer(dim=8, codebook_size=32, scales=SCALES, **kw)
+    q.codebook.weight.data.normal_()  # spread codes so every scale picks several
+    return q
+
+
+def test_decoding_the_tokens_rebuilds_the_encoders_own_fhat():
+    q = make_quantizer().eval()
+    f = torch.randn(3, 8, 4, 4)
+    f_hat, indices, _, _ = q(f)
+    assert [tuple(i.shape) for i in indices] == [(3, p, p) for p in SCALES]
+    torch.testing.assert_close(q.indices_to_fhat(indices), f_hat)
+
+
+def test_phi_convs_are_shared_by_nearest_tick():
+    # VAR's 10 scales over 4 phis: ticks linspace(1/12, 11/12, 4); scale k sits at k/9 (ties
+    # at 2/9 and 7/9 go to the lower tick, as np.argmin does in VAR).
+    assert [phi_index(k, 10, 4) for k in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert {phi_index(k, 3, 1) for k in range(3)} == {0}
+
+
+def test_residual_scales_reduce_the_error():
+    q = make_quantizer().eval()
+    f = torch.randn(4, 8, 4, 4)
+    _, indices, _, _ = q(f)
+    errors = []
+    for k in range(len(SCALES)):
+        partial = torch.zeros_like(f)
+        for j in range(k + 1):
+            partial, _ = q.step(partial, indices[j], j)
+        errors.append(float(F.mse_loss(partial.detach(), f)))
+    assert errors[-1] < errors[0], errors
+
+
+def test_teacher_forcing_inputs_are_the_cumulative_fhat_downsampled_to_the_next_scale():
+    q = make_quantizer()
+    f = torch.randn(2, 8, 4, 4)
+    _, indices, _, _ = q.eval()(f)
+    got = q.teacher_forcing_inputs(indices)
+    assert got.shape == (2, sum(p * p for p in SCALES[1:]), 8)
+    # Reference written independently of step(): sum of phi(upsample(embed)) over scales <= k.
+    want, cum = [], torch.zeros(2, 8, 4, 4)
+    for k, idx in enumerate(indices[:-1]):
+        h = q.codebook.weight[idx].permute(0, 3, 1, 2)
+        h = F.interpolate(h, size=(4, 4), mode="bicubic") if SCALES[k] != 4 else h
+        phi = q.phis[phi_index(k, len(SCALES), len(q.phis))]
+        cum = cum + phi(h)
+        p = SCALES[k + 1]
+        want.append(F.interpolate(cum, size=(p, p), mode="area").flatten(2).transpose(1, 2))
+    torch.testing.assert_close(got, torch.cat(want, dim=1))
+
+
+def test_straight_through_value_is_fhat_and_gradient_reaches_the_input():
+    q = make_quantizer().eval()
+    f = torch.randn(2, 8, 4, 4, requires_grad=True)
+    out, indices, loss, _ = q(f)
+    torch.testing.assert_close(out.detach(), q.indices_to_fhat(indices).detach())
+    out.sum().backward(retain_graph=True)
+    torch.testing.assert_close(f.grad, torch.ones_like(f))
+    q.zero_grad()
+    loss.backward()
+    assert q.codebook.weight.grad.abs().sum() > 0 and q.phis[0].weight.grad is not None
+
+
+def test_dead_codes_restart_from_the_batch():
+    q = make_quantizer(dead_code_threshold=0.5, usage_decay=0.0).train()
+    f = torch.randn(2, 8, 4, 4)
+    _, indices, _, logs = q(f)
+    used = torch.cat([i.flatten() for i in indices]).unique()
+    assert logs["dead_codes_restarted"] == 32 - used.numel()
+    pool = f.permute(0, 2, 3, 1).reshape(-1, 8)
+    unused = torch.tensor([c for c in range(32) if c not in used.tolist()])
+    for c in unused[:3]:
+        assert (q.codebook.weight.data[c] - pool).abs().sum(1).min() < 1e-6, "restarted codes are batch vectors"
+
+
+def test_per_scale_usage_is_logged():
+    _, _, _, logs = make_quantizer().eval()(torch.randn(2, 8, 4, 4))
+    assert set(logs) == {f"usage_scale{p}" for p in SCALES}
+    assert all(0 < float(v) <= 1 for v in logs.values())
+
+
+@pytest.mark.parametrize("scales", [[1, 2, 8], [2, 1, 16], [1, 2, 4, 16, 16], [0, 16]])
+def test_scale_schedule_inconsistent_with_the_latent_size_fails_at_build_time(scales):
+    with pytest.raises(ConfigError, match="scales"):
+        load_config(None, VQVAEConfig, [f"scales={scales}"])
+
+
+def test_vqvae_shapes_and_round_trip():
+    cfg = load_config(
+        None,
+        VQVAEConfig,
+        [
+            "resolution=32",
+            "block_out_channels=[16,16,16]",
+            "norm_num_groups=8",
+            "latent_channels=8",
+            "scales=[1,2,4,8]",
+        ],
+    )
+    torch.manual_seed(0)
+    model = MultiScaleVQVAE(cfg).eval()
+    images = torch.rand(2, 3, 32, 32)
+    out = model(images)
+    assert out.images.shape == images.shape and out.loss.ndim == 0
+    indices = model.encode(images)
+    assert [tuple(i.shape) for i in indices] == [(2, p, p) for p in (1, 2, 4, 8)]
+    torch.testing.assert_close(model.decode(indices), ((out.images + 1) / 2).clamp(0, 1))
+    with pytest.raises(ValueError, match="32, 32"):
+        model.encode(torch.rand(1, 3, 16, 16))
