@@ -90,6 +90,7 @@ STAGES = {
     "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
     "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
     "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),
+    "var-vqvae": ("detokenizer.var.config:VQVAERunConfig", "lavit.train.tasks.var_vqvae:VQVAETask"),
 }
 
 

@@ -122,3 +122,36 @@ def test_vqvae_shapes_and_round_trip():
     torch.testing.assert_close(model.decode(indices), ((out.images + 1) / 2).clamp(0, 1))
     with pytest.raises(ValueError, match="32, 32"):
         model.encode(torch.rand(1, 3, 16, 16))
+
+
+def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tmp_path):
+    from detokenizer.var.config import VQVAERunConfig
+    from detokenizer.var.io import load_vqvae
+    from lavit.train.tasks.var_vqvae import VQVAETask
+    from lavit.train.trainer import fit
+
+    cfg = load_config(
+        None,
+        VQVAERunConfig,
+        [
+            "model.resolution=32",
+            "model.block_out_channels=[16,16,16]",
+            "model.norm_num_groups=8",
+            "model.latent_channels=8",
+            "model.codebook_size=64",
+            "model.scales=[1,2,4,8]",
+            "data.resolution=32",
+            f"train.out_dir={tmp_path}",
+            "train.progress=false",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "eval_images=4",
+        ],
+    )
+    metrics = fit(VQVAETask(cfg), cfg.train)
+    assert set(metrics) == {"psnr", "scene_kept"} | {f"usage_scale{p}" for p in (1, 2, 4, 8)}
+    model = load_vqvae(tmp_path / "model")
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model.decode(model.encode(images)), model.decode(model.encode(images)))  # deterministic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lavit.config import check
+from lavit.config import ShapesWorldConfig, TrainConfig, check
 
 
 @dataclass
@@ -61,3 +61,13 @@ class VQVAEConfig:
         )
         check(self.num_phi >= 1, "num_phi", self.num_phi, "use 1 or more")
         check(0.0 <= self.phi_ratio <= 1.0, "phi_ratio", self.phi_ratio, "must lie in [0, 1]")
+
+
+@dataclass
+class VQVAERunConfig:
+    """``lavit train var-vqvae``: the multi-scale VQ-VAE on ShapesWorld images."""
+
+    model: VQVAEConfig = field(default_factory=VQVAEConfig)
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_images: int = 200  # held-out (val) images: PSNR, per-scale code usage, scenes kept

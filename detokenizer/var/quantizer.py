@@ -20,6 +20,7 @@ EMA use falls below ``dead_code_threshold`` restart from random latent vectors o
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -152,12 +153,14 @@ class MultiScaleQuantizer(nn.Module):
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
         dead = self.usage < self.dead_code_threshold
         n = int(dead.sum())
-        if n == 0:
-            return 0
-        pool = f.permute(0, 2, 3, 1).reshape(-1, self.dim)
-        pick = torch.randint(0, pool.shape[0], (n,), device=f.device)
-        self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
-        self.usage[dead] = 1.0
+        if n:
+            pool = f.permute(0, 2, 3, 1).reshape(-1, self.dim)
+            pick = torch.randint(0, pool.shape[0], (n,), device=f.device)
+            self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
+            self.usage[dead] = 1.0
+        if dist.is_available() and dist.is_initialized():  # every rank, every step: keep rank 0's
+            dist.broadcast(self.codebook.weight.data, src=0)
+            dist.broadcast(self.usage, src=0)
         return n
 
     def indices_to_fhat(self, indices: list[torch.Tensor]) -> torch.Tensor:
