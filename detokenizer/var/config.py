@@ -71,3 +71,37 @@ class VQVAERunConfig:
     data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_images: int = 200  # held-out (val) images: PSNR, per-scale code usage, scenes kept
+
+
+@dataclass
+class VARConfig:
+    """The next-scale transformer over a multi-scale VQ-VAE's token maps."""
+
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # Width of the condition sequence it cross-attends to: the tokenizer's code embeddings
+    # (LaVIT codes), or an LLM's hidden states (VARGPT).
+    cond_dim: int = 128
+    cond_drop_prob: float = 0.1  # condition replaced by the learned null one (for CFG)
+    attention_backend: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
+        check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
+
+
+@dataclass
+class VARSamplingConfig:
+    """VAR's defaults: guidance ramped linearly over scales, top-k 900 then top-p 0.96 (at 4,096 codes)."""
+
+    guidance_scale: float = 3.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.96
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count")
+        check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+        check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")

@@ -1,0 +1,212 @@
+"""VAR's next-scale transformer, conditioned on a *sequence* (DESIGN.md section 7).
+
+Sequence layout: scale 0 is one start token made from the pooled condition; scale k >= 1 holds
+the ``p_k^2`` positions of the cumulative ``f_hat`` after scales < k, area-downsampled to
+``p_k`` (:meth:`MultiScaleQuantizer.step`), embedded by a linear map. Each position gets a
+learned position embedding and its scale's level embedding. Attention is block-causal (a token
+sees its own scale and every earlier one); blocks are AdaLN-modulated by the pooled condition
+(zero-initialised gates) and cross-attend to the condition sequence. At inference the
+condition and the learned null condition run as one doubled batch, with guidance ramped
+linearly over scales, and each scale's keys/values are cached for the next.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detokenizer.var.config import VARConfig, VARSamplingConfig, VQVAEConfig
+from detokenizer.var.quantizer import MultiScaleQuantizer
+from lavit.generate import Generators, sample_logits
+from lavit.layers import MLP, Attention, attention
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with an optional KV cache (a dict this layer appends to)."""
+
+    def __init__(self, dim: int, heads: int, backend: str) -> None:
+        super().__init__()
+        self.heads, self.backend = heads, backend
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: dict | None) -> torch.Tensor:
+        b, length, c = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        y = attention(q, k, v, mask, self.backend)
+        return self.out(y.transpose(1, 2).reshape(b, length, c))
+
+
+class AdaLNBlock(nn.Module):
+    def __init__(self, cfg: VARConfig) -> None:
+        super().__init__()
+        w = cfg.width
+        self.norm1 = nn.LayerNorm(w, elementwise_affine=False)
+        self.attn = SelfAttention(w, cfg.heads, cfg.attention_backend)
+        self.norm2 = nn.LayerNorm(w)
+        self.cross = Attention(w, cfg.heads, context_dim=cfg.cond_dim, backend=cfg.attention_backend)
+        self.norm3 = nn.LayerNorm(w, elementwise_affine=False)
+        self.mlp = MLP(w, cfg.mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x, pooled, cond, cond_mask, mask=None, cache=None) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(pooled)[:, None].chunk(6, dim=-1)
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, mask, cache)
+        x = x + self.cross(self.norm2(x), cond, cond_mask[:, None, None, :])
+        return x + gate2 * self.mlp(self.norm3(x) * (1 + scale2) + shift2)
+
+
+class NextScaleTransformer(nn.Module):
+    def __init__(self, cfg: VARConfig, vq: VQVAEConfig) -> None:
+        super().__init__()
+        self.cfg, self.scales = cfg, list(vq.scales)
+        w, lengths = cfg.width, [p * p for p in vq.scales]
+        self.cond_pool = nn.Linear(cfg.cond_dim, w)
+        self.null = nn.Parameter(torch.randn(1, 1, cfg.cond_dim) * 0.02)  # the null condition sequence
+        self.word_embed = nn.Linear(vq.latent_channels, w)
+        self.pos = nn.Parameter(torch.randn(1, sum(lengths), w) * 0.02)
+        self.level = nn.Embedding(len(lengths), w)
+        levels = torch.cat([torch.full((n,), k) for k, n in enumerate(lengths)])
+        self.register_buffer("levels", levels, persistent=False)
+        # Block-causal: position i may attend to j iff j's scale <= i's scale.
+        self.register_buffer("mask", levels[:, None] >= levels[None, :], persistent=False)
+        starts = torch.tensor([0, *lengths]).cumsum(0)
+        self.spans = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
+        self.head_norm = nn.LayerNorm(w, elementwise_affine=False)
+        self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
+        self.head = nn.Linear(w, vq.codebook_size)
+
+    # ----------------------------------------------------------------------------------------
+    # Condition
+    # ----------------------------------------------------------------------------------------
+
+    def null_condition(self, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned null condition laid out as a (batch, length) sequence: one real position."""
+        cond = torch.zeros(batch, length, self.cfg.cond_dim, device=self.null.device, dtype=self.null.dtype)
+        cond[:, :1] = self.null
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=self.null.device)
+        mask[:, 0] = True
+        return cond, mask
+
+    def drop_condition(self, cond, mask, drop: torch.Tensor):
+        """Rows where ``drop`` is True get the null condition."""
+        null, null_mask = self.null_condition(cond.shape[0], cond.shape[1])
+        return torch.where(drop[:, None, None], null.to(cond.dtype), cond), torch.where(drop[:, None], null_mask, mask)
+
+    def pooled(self, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask[..., None].to(cond.dtype)
+        return self.cond_pool((cond * m).sum(1) / m.sum(1).clamp_min(1))
+
+    # ----------------------------------------------------------------------------------------
+    # Training (teacher forcing)
+    # ----------------------------------------------------------------------------------------
+
+    def embed(
+        self, pooled: torch.Tensor | None, scale_inputs: torch.Tensor | None, start: int, end: int
+    ) -> torch.Tensor:
+        """Token embeddings of sequence positions [start, end): the start token from ``pooled``
+        when start == 0, then the (B, n, Cvae) next-scale inputs."""
+        parts = []
+        if start == 0:
+            parts.append(pooled[:, None])
+        if scale_inputs is not None:
+            parts.append(self.word_embed(scale_inputs))
+        x = torch.cat(parts, dim=1)
+        return x + self.pos[:, start:end] + self.level(self.levels[start:end])[None]
+
+    def logits(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.head_ada(pooled)[:, None].chunk(2, dim=-1)
+        return self.head(self.head_norm(x) * (1 + scale) + shift)
+
+    def forward(
+        self,
+        cond: torch.Tensor,
+        cond_mask: torch.Tensor,
+        indices: list[torch.Tensor],
+        quantizer: MultiScaleQuantizer,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher forcing: (B, Lc, cond_dim) condition + its (B, Lc) mask and the ground-truth
+        per-scale token maps -> (B, L, codebook_size) logits for every position of every scale."""
+        if drop is not None:
+            cond, cond_mask = self.drop_condition(cond, cond_mask, drop)
+        pooled = self.pooled(cond, cond_mask)
+        x = self.embed(pooled, quantizer.teacher_forcing_inputs(indices), 0, self.spans[-1][1])
+        for block in self.blocks:
+            x = block(x, pooled, cond, cond_mask, self.mask[None, None])
+        return self.logits(x, pooled)
+
+    def loss(self, logits: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
+        target = torch.cat([i.flatten(1) for i in indices], dim=1)
+        return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+
+    # ----------------------------------------------------------------------------------------
+    # Sampling
+    # ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        cond_mask: torch.Tensor,
+        quantizer: MultiScaleQuantizer,
+        cfg: VARSamplingConfig,
+        generator: Generators = None,
+        forced: list[torch.Tensor] | None = None,
+        return_logits: bool = False,
+    ):
+        """Scale by scale with a KV cache; [cond; null] as one batch when guidance != 1.
+
+        Args:
+            forced: per-scale token maps to use instead of sampling (tests: teacher forcing
+                must match what inference builds).
+            return_logits: also return the guided logits of every scale.
+
+        Returns:
+            the per-scale (B, p_k, p_k) token maps and the final f_hat (B, Cvae, s, s)
+            (+ the per-scale guided logits when asked).
+        """
+        b = cond.shape[0]
+        guided = cfg.guidance_scale != 1.0
+        if guided:
+            null, null_mask = self.null_condition(b, cond.shape[1])
+            cond, cond_mask = torch.cat([cond, null.to(cond.dtype)]), torch.cat([cond_mask, null_mask])
+        pooled = self.pooled(cond, cond_mask)
+        caches = [{} for _ in self.blocks]
+        f_hat = quantizer.codebook.weight.new_zeros(b, quantizer.dim, quantizer.side, quantizer.side)
+        x = self.embed(pooled, None, 0, 1)
+        tokens, all_logits = [], []
+        num = len(self.scales)
+        for k, p in enumerate(self.scales):
+            for block, cache in zip(self.blocks, caches, strict=True):
+                x = block(x, pooled, cond, cond_mask, None, cache)
+            logits = self.logits(x, pooled).float()  # (B or 2B, p^2, V)
+            if guided:
+                t = cfg.guidance_scale * k / max(num - 1, 1)
+                logits = (1 + t) * logits[:b] - t * logits[b:]
+            all_logits.append(logits)
+            if forced is not None:
+                idx = forced[k].reshape(b, p * p)
+            elif isinstance(generator, list):
+                idx = torch.stack(
+                    [
+                        sample_logits(row, cfg.temperature, cfg.top_k, cfg.top_p, g)
+                        for row, g in zip(logits, generator, strict=True)
+                    ]
+                )
+            else:
+                idx = sample_logits(logits.flatten(0, 1), cfg.temperature, cfg.top_k, cfg.top_p, generator).view(b, -1)
+            tokens.append(idx.view(b, p, p))
+            f_hat, nxt = quantizer.step(f_hat, tokens[-1], k)
+            if nxt is not None:
+                start, end = self.spans[k + 1]
+                x = self.embed(None, nxt, start, end)
+                x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
+        return (tokens, f_hat, all_logits) if return_logits else (tokens, f_hat)
