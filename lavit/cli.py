@@ -91,6 +91,7 @@ STAGES = {
     "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
     "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),
     "var-vqvae": ("detokenizer.var.config:VQVAERunConfig", "lavit.train.tasks.var_vqvae:VQVAETask"),
+    "var": ("detokenizer.var.config:VARRunConfig", "lavit.train.tasks.var:VARTask"),
 }
 
 

@@ -125,32 +125,9 @@ def test_vqvae_shapes_and_round_trip():
 
 
 def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tmp_path):
-    from detokenizer.var.config import VQVAERunConfig
     from detokenizer.var.io import load_vqvae
-    from lavit.train.tasks.var_vqvae import VQVAETask
-    from lavit.train.trainer import fit
 
-    cfg = load_config(
-        None,
-        VQVAERunConfig,
-        [
-            "model.resolution=32",
-            "model.block_out_channels=[16,16,16]",
-            "model.norm_num_groups=8",
-            "model.latent_channels=8",
-            "model.codebook_size=64",
-            "model.scales=[1,2,4,8]",
-            "data.resolution=32",
-            f"train.out_dir={tmp_path}",
-            "train.progress=false",
-            "train.steps=3",
-            "train.batch_size=4",
-            "train.log_every=1",
-            "train.eval_every=0",
-            "eval_images=4",
-        ],
-    )
-    metrics = fit(VQVAETask(cfg), cfg.train)
+    metrics = train_debug_vqvae(tmp_path)
     assert set(metrics) == {"psnr", "scene_kept"} | {f"usage_scale{p}" for p in (1, 2, 4, 8)}
     model = load_vqvae(tmp_path / "model")
     images = torch.rand(2, 3, 32, 32)
@@ -216,9 +193,8 @@ def test_kv_cached_sampling_gives_the_logits_of_recomputing_all_scales(guidance)
     cond, mask = condition()
     _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
     # Inference fed the same tokens builds the same inputs as teacher forcing, scale by scale.
-    tokens, f_hat, logits = model.sample(
-        cond, mask, q, VARSamplingConfig(guidance_scale=guidance), forced=indices, return_logits=True
-    )
+    out = model.sample(cond, mask, q, VARSamplingConfig(guidance_scale=guidance), forced=indices)
+    logits, f_hat = out.logits, out.f_hat
     full_cond = model(cond, mask, indices, q)
     null, null_mask = model.null_condition(2, cond.shape[1])
     full_null = model(null, null_mask, indices, q)
@@ -236,10 +212,10 @@ def test_sampling_is_seeded_per_image_and_matches_golden_values():
     model, q = make_var()
     cond, mask = condition()
     cfg = VARSamplingConfig(guidance_scale=2.0, top_k=8, top_p=0.9)
-    a, _ = model.sample(cond, mask, q, cfg, seeded_generators(2, 0))
-    b, _ = model.sample(cond, mask, q, cfg, seeded_generators(2, 0))
+    a = model.sample(cond, mask, q, cfg, seeded_generators(2, 0)).tokens
+    b = model.sample(cond, mask, q, cfg, seeded_generators(2, 0)).tokens
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    alone, _ = model.sample(cond[1:], mask[1:], q, cfg, seeded_generators(1, 1))
+    alone = model.sample(cond[1:], mask[1:], q, cfg, seeded_generators(1, 1)).tokens
     assert all(torch.equal(x[1:], y) for x, y in zip(a, alone, strict=True)), "image 1 independent of the batch"
     assert [t.flatten().tolist() for t in a[:2]] == GOLDEN_FIRST_SCALES
 
@@ -252,6 +228,70 @@ def test_condition_dropout_uses_the_null_sequence():
     null, null_mask = model.null_condition(2, cond.shape[1])
     torch.testing.assert_close(dropped[0], model(null, null_mask, indices, q)[0])
     torch.testing.assert_close(dropped[1], model(cond, mask, indices, q)[1])
+
+
+def train_debug_vqvae(out_dir):
+    from detokenizer.var.config import VQVAERunConfig
+    from lavit.train.tasks.var_vqvae import VQVAETask
+    from lavit.train.trainer import fit
+
+    cfg = load_config(
+        None,
+        VQVAERunConfig,
+        [
+            "model.resolution=32",
+            "model.block_out_channels=[16,16,16]",
+            "model.norm_num_groups=8",
+            "model.latent_channels=8",
+            "model.codebook_size=64",
+            "model.scales=[1,2,4,8]",
+            "data.resolution=32",
+            f"train.out_dir={out_dir}",
+            "train.progress=false",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "eval_images=4",
+        ],
+    )
+    return fit(VQVAETask(cfg), cfg.train)
+
+
+def test_var_training_stage_reconstructs_from_codes_and_saves_one_loadable_decoder(tmp_path, tokenizer_dir):
+    from detokenizer.var.config import VARRunConfig, VARSamplingConfig
+    from detokenizer.var.decoder import decode_codes_var, load_var_decoder
+    from lavit.train.tasks.var import VARTask
+    from lavit.train.trainer import fit
+    from tokenizer import load_tokenizer
+
+    train_debug_vqvae(tmp_path / "vq")
+    overrides = [
+        f"vqvae_dir={tmp_path / 'vq' / 'model'}",
+        f"tokenizer_dir={tokenizer_dir}",
+        f"train.out_dir={tmp_path / 'var'}",
+        "train.progress=false",
+        "train.steps=3",
+        "train.batch_size=4",
+        "train.eval_every=0",
+        "data.resolution=32",
+        "num_scenes=16",
+        "eval_scenes=4",
+        "model.width=32",
+        "model.depth=1",
+        "model.heads=2",
+        "model.cond_dim=32",
+    ]
+    cfg = load_config(None, VARRunConfig, overrides)
+    metrics = fit(VARTask(cfg), cfg.train)
+    assert set(metrics) == {"recon_scene_kept", "recon_scene_recovered"}
+    assert (tmp_path / "var" / "recon_step3.png").is_file()
+    decoder, tok = load_var_decoder(tmp_path / "var" / "model"), load_tokenizer(tokenizer_dir)
+    codes = tok.encode(torch.rand(2, 3, 32, 32))
+    images = decode_codes_var(decoder, tok, codes, VARSamplingConfig(), torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
+    with pytest.raises(ConfigError, match="model.cond_dim"):
+        VARTask(load_config(None, VARRunConfig, [*overrides, "model.cond_dim=48"]))
 
 
 # Scales 1x1 and 2x2 of both images (seeds 0, 1), recorded on torch 2.14.1 CPU.

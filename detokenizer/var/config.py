@@ -105,3 +105,27 @@ class VARSamplingConfig:
         check(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
         check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
+
+
+@dataclass
+class VARDecoderConfig:
+    """The VAR decoder as one unit: the frozen VQ-VAE and the transformer over its tokens."""
+
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    transformer: VARConfig = field(default_factory=VARConfig)
+
+
+@dataclass
+class VARRunConfig:
+    """``lavit train var``: the next-scale transformer on a trained VQ-VAE's token maps,
+    conditioned on a frozen tokenizer's code embeddings."""
+
+    model: VARConfig = field(default_factory=VARConfig)
+    vqvae_dir: str = "runs/var_vqvae_tiny/model"
+    tokenizer_dir: str = "runs/tokenizer_tiny/model"
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    num_scenes: int = 20_000  # training scenes; their tokenizer codes are extracted once and cached
+    codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    eval_scenes: int = 200
+    sampling: VARSamplingConfig = field(default_factory=VARSamplingConfig)

@@ -12,6 +12,8 @@ linearly over scales, and each scale's keys/values are cached for the next.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,14 @@ from detokenizer.var.config import VARConfig, VARSamplingConfig, VQVAEConfig
 from detokenizer.var.quantizer import MultiScaleQuantizer
 from lavit.generate import Generators, sample_logits
 from lavit.layers import MLP, Attention, attention
+
+
+@dataclass
+class VARSample:
+    tokens: list[torch.Tensor]  # per scale (B, p_k, p_k)
+    f_hat: torch.Tensor  # (B, Cvae, s, s): what the VQ-VAE decoder reads
+    logits: list[torch.Tensor]  # per scale (B, p_k^2, V), after guidance
+    f_hats: list[torch.Tensor]  # cumulative f_hat after each scale (previews)
 
 
 class SelfAttention(nn.Module):
@@ -160,18 +170,15 @@ class NextScaleTransformer(nn.Module):
         cfg: VARSamplingConfig,
         generator: Generators = None,
         forced: list[torch.Tensor] | None = None,
-        return_logits: bool = False,
-    ):
+    ) -> VARSample:
         """Scale by scale with a KV cache; [cond; null] as one batch when guidance != 1.
 
         Args:
+            cond, cond_mask: (B, Lc, cond_dim) condition sequence and its (B, Lc) bool mask.
+            generator: one generator, or one per image (an image's tokens then do not depend
+                on the rest of the batch).
             forced: per-scale token maps to use instead of sampling (tests: teacher forcing
                 must match what inference builds).
-            return_logits: also return the guided logits of every scale.
-
-        Returns:
-            the per-scale (B, p_k, p_k) token maps and the final f_hat (B, Cvae, s, s)
-            (+ the per-scale guided logits when asked).
         """
         b = cond.shape[0]
         guided = cfg.guidance_scale != 1.0
@@ -182,7 +189,7 @@ class NextScaleTransformer(nn.Module):
         caches = [{} for _ in self.blocks]
         f_hat = quantizer.codebook.weight.new_zeros(b, quantizer.dim, quantizer.side, quantizer.side)
         x = self.embed(pooled, None, 0, 1)
-        tokens, all_logits = [], []
+        tokens, all_logits, f_hats = [], [], []
         num = len(self.scales)
         for k, p in enumerate(self.scales):
             for block, cache in zip(self.blocks, caches, strict=True):
@@ -205,8 +212,9 @@ class NextScaleTransformer(nn.Module):
                 idx = sample_logits(logits.flatten(0, 1), cfg.temperature, cfg.top_k, cfg.top_p, generator).view(b, -1)
             tokens.append(idx.view(b, p, p))
             f_hat, nxt = quantizer.step(f_hat, tokens[-1], k)
+            f_hats.append(f_hat)
             if nxt is not None:
                 start, end = self.spans[k + 1]
                 x = self.embed(None, nxt, start, end)
                 x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
-        return (tokens, f_hat, all_logits) if return_logits else (tokens, f_hat)
+        return VARSample(tokens=tokens, f_hat=f_hat, logits=all_logits, f_hats=f_hats)

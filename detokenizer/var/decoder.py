@@ -1,0 +1,81 @@
+"""The VAR decoder: codes -> the tokenizer's code embeddings -> next-scale transformer -> the
+multi-scale VQ-VAE's decoder -> pixels. Plugs into the pipeline beside the diffusion decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detokenizer.var.config import VARDecoderConfig, VARSamplingConfig
+from detokenizer.var.transformer import NextScaleTransformer
+from detokenizer.var.vqvae import MultiScaleVQVAE
+from lavit.checkpoint import load_model_dir, save_model_dir
+from lavit.generate import Generators
+
+
+class VARDecoder(nn.Module):
+    def __init__(self, cfg: VARDecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vqvae = MultiScaleVQVAE(cfg.vqvae).requires_grad_(False).eval()
+        self.transformer = NextScaleTransformer(cfg.transformer, cfg.vqvae)
+
+    def train(self, mode: bool = True) -> VARDecoder:
+        super().train(mode)
+        self.vqvae.eval()  # frozen: no dead-code restarts, no dropout
+        return self
+
+    @property
+    def resolution(self) -> int:
+        return self.cfg.vqvae.resolution
+
+    def forward(
+        self, images: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Training loss: cross-entropy of every scale's tokens of ``images`` (teacher forcing)
+        given the (B, L, D) code embeddings ``emb`` and their (B, L) mask."""
+        with torch.no_grad():
+            indices = self.vqvae.encode(images)
+        logits = self.transformer(emb, mask, indices, self.vqvae.quantizer, drop)
+        return self.transformer.loss(logits, indices)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        sampling: VARSamplingConfig,
+        generator: Generators = None,
+        previews: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, L, D) code embeddings -> (B, 3, R, R) images in [0, 1]; with ``previews`` also
+        the image decoded after each scale (a list of K such batches)."""
+        out = self.transformer.sample(emb, mask, self.vqvae.quantizer, sampling, generator)
+        images = self.vqvae.decode_fhat(out.f_hat)
+        if not previews:
+            return images
+        return images, [self.vqvae.decode_fhat(f) for f in out.f_hats]
+
+
+def decode_codes_var(
+    model: VARDecoder,
+    tokenizer,
+    codes: list[torch.Tensor],
+    sampling: VARSamplingConfig,
+    generator: Generators = None,
+) -> torch.Tensor:
+    """Variable-length code sequences (one per image) -> (B, 3, R, R) images in [0, 1]."""
+    emb, mask = tokenizer.code_embeddings(codes)
+    param = next(model.parameters())
+    return model.generate(emb.to(param.device, param.dtype), mask.to(param.device), sampling, generator)
+
+
+def save_var_decoder(model: VARDecoder, directory: str | Path) -> Path:
+    return save_model_dir(directory, model.cfg, {"var": model})
+
+
+def load_var_decoder(directory: str | Path, device: str = "cpu") -> VARDecoder:
+    _, modules = load_model_dir(directory, VARDecoderConfig, lambda c: {"var": VARDecoder(c)})
+    return modules["var"].to(device).eval()

@@ -1,0 +1,98 @@
+"""Stage 3b, part 2: the next-scale transformer (``lavit train var``), conditioned on a frozen
+tokenizer's code embeddings, predicting a frozen multi-scale VQ-VAE's token maps.
+
+The condition is dropped (the learned null sequence) with probability ``cond_drop_prob`` for
+classifier-free guidance. Evaluation reconstructs held-out scenes from their tokenizer codes
+and asks the ShapesWorld parser whether the shapes survived.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from detokenizer.var.config import VARDecoderConfig, VARRunConfig
+from detokenizer.var.decoder import VARDecoder, decode_codes_var, save_var_decoder
+from detokenizer.var.io import load_vqvae
+from lavit.config import ConfigError
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
+from lavit.data.transforms import to_pil, to_tensor
+from lavit.generate import seeded_generators
+from lavit.train.codes_cache import cached_codes, train_world
+from lavit.train.tasks.diffusion import SceneCodes
+from lavit.viz import image_grid
+from tokenizer import load_tokenizer
+
+
+class VARTask:
+    name = "var"
+    block_types: tuple[type[nn.Module], ...] = ()
+
+    def __init__(self, cfg: VARRunConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.train.out_dir)
+        self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        if cfg.model.cond_dim != self.tokenizer.cfg.width:
+            raise ConfigError(
+                f"model.cond_dim={cfg.model.cond_dim} but the tokenizer at {cfg.tokenizer_dir} has code "
+                f"embeddings of width {self.tokenizer.cfg.width}; set model.cond_dim={self.tokenizer.cfg.width}"
+            )
+        self.vqvae = load_vqvae(cfg.vqvae_dir)
+        self.world = train_world(cfg.data, cfg.num_scenes)
+        path = cfg.codes_cache or self.out / "codes_train.safetensors"
+        self.codes = cached_codes(self.tokenizer, cfg.tokenizer_dir, self.world, cfg.num_scenes, path)
+
+    def build_model(self) -> nn.Module:
+        model = VARDecoder(VARDecoderConfig(vqvae=self.vqvae.cfg, transformer=self.cfg.model))
+        model.vqvae.load_state_dict(self.vqvae.state_dict())
+        return model
+
+    def train_dataset(self) -> Dataset:
+        return SceneCodes(self.world, self.codes, self.vqvae.cfg.resolution)
+
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        return {"codes": [c for c, _ in items], "images": torch.stack([im for _, im in items])}
+
+    def training_step(self, model: nn.Module, batch: dict, step: int):
+        images = batch["images"]
+        self.tokenizer.to(images.device)
+        with torch.no_grad():
+            emb, mask = self.tokenizer.code_embeddings(batch["codes"])
+        drop = torch.rand(images.shape[0], device=images.device) < self.cfg.model.cond_drop_prob
+        loss = model(images, emb, mask, drop)
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, model: VARDecoder, step: int, batch_size: int = 50) -> dict[str, float]:
+        """Reconstruct held-out (val) scenes from their tokenizer codes: the share whose colours
+        and kinds the parser finds again (and whose full scene it recovers)."""
+        cfg = self.cfg
+        device = next(model.parameters()).device
+        self.tokenizer.to(device)
+        val = ShapesWorld(cfg.data, "val")
+        n = min(cfg.eval_scenes, len(val))
+        size, res = self.tokenizer.cfg.encoder.image_size, model.resolution
+        kept = recovered = 0
+        shown = []
+        for start in range(0, n, batch_size):
+            idx = range(start, min(start + batch_size, n))
+            images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
+            codes = self.tokenizer.encode(images)
+            out = decode_codes_var(
+                model, self.tokenizer, codes, cfg.sampling, seeded_generators(len(idx), start, device)
+            )
+            for i, img in zip(idx, out.cpu(), strict=True):
+                parsed = parse_scene(to_pil(img))
+                kept += attributes_kept(val.scene(i), parsed)
+                recovered += scene_recovered(val.scene(i), parsed)
+                if len(shown) < 16:
+                    shown += [val.image(i).resize((res, res)), to_pil(img)]
+        image_grid(shown, columns=4).save(self.out / f"recon_step{step}.png")
+        return {"recon_scene_kept": kept / n, "recon_scene_recovered": recovered / n}
+
+    def save(self, model: VARDecoder, directory: Path) -> None:
+        save_var_decoder(model, directory)
