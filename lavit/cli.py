@@ -11,8 +11,8 @@
     lavit reconstruct IMG... --out D   image -> codes -> image, side by side with the original
 
 The model commands take ``--model DIR`` (a pipeline directory, see lavit/pipeline.py) or the
-stage outputs ``--tokenizer DIR --lm DIR --diffusion DIR`` (those the command needs, e.g.
-runs/tokenizer_tiny/model, runs/lm_tiny/model, runs/diffusion_tiny/model).
+stage outputs ``--tokenizer DIR --lm DIR --diffusion DIR --var DIR`` (those the command needs,
+e.g. runs/tokenizer_tiny/model, runs/lm_tiny/model, runs/diffusion_tiny/model).
 
 User errors (bad config key, missing file, unloadable image or checkpoint) print one line
 naming the problem and the fix, and exit with code 2.
@@ -118,9 +118,11 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
     command uses (lm, diffusion), so a missing one fails before anything runs."""
     from lavit.pipeline import LaVITPipeline
 
-    stages = {"lm": args.lm, "diffusion": args.diffusion}
+    stages = {"lm": args.lm, "diffusion": args.diffusion, "var": args.var}
     if args.model and (args.tokenizer or any(stages.values())):
-        raise UsageError("give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion), not both")
+        raise UsageError(
+            "give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion, --var), not both"
+        )
     if args.model:
         pipe = LaVITPipeline.from_pretrained(args.model, args.device)
         missing = [n for n in needs if (pipe.lm is None if n == "lm" else n not in pipe.decoders)]
@@ -229,8 +231,10 @@ def _save_pngs(out: Path, images: list, names: list[str]) -> list[Path]:
 
 
 def _decoder_sampling(pipe, args: argparse.Namespace):
-    sampling = pipe.cfg.diffusion_sampling
+    sampling = getattr(pipe.cfg, f"{args.decoder}_sampling")
     if args.steps is not None:
+        if not hasattr(sampling, "steps"):
+            raise UsageError(f"--steps sets diffusion sampling steps; the {args.decoder} decoder has none")
         sampling = dataclasses.replace(sampling, steps=args.steps)
     return sampling
 
@@ -285,6 +289,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="trained tokenizer directory (with --lm)")
     p.add_argument("--lm", default=None, help="trained LM directory (with --tokenizer)")
     p.add_argument("--diffusion", default=None, help="trained diffusion detokenizer directory (with --tokenizer)")
+    p.add_argument("--var", default=None, help="trained VAR decoder directory (with --tokenizer)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
@@ -295,7 +300,7 @@ def _text_decoding_args(p: argparse.ArgumentParser) -> None:
 
 
 # lavit.pipeline.DECODERS' names (not imported here: it pulls in diffusers; a test keeps them equal).
-DECODER_NAMES = ("diffusion",)
+DECODER_NAMES = ("diffusion", "var")
 
 
 def _decoder_args(p: argparse.ArgumentParser) -> None:

@@ -34,6 +34,8 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from detokenizer.diffusion import DiffusionSamplingConfig, decode_codes, load_detokenizer, save_detokenizer
+from detokenizer.var.config import VARSamplingConfig
+from detokenizer.var.decoder import decode_codes_var, load_var_decoder, save_var_decoder
 from lavit.checkpoint import CheckpointError, atomic_dir
 from lavit.config import (
     CAPTION_PROMPT,
@@ -65,7 +67,10 @@ class Decoder(NamedTuple):
     decode: Callable  # (model, tokenizer, codes, sampling, *, size, generator) -> (B, 3, H, W) in [0, 1]
 
 
-DECODERS = {"diffusion": Decoder(load_detokenizer, save_detokenizer, decode_codes)}
+DECODERS = {
+    "diffusion": Decoder(load_detokenizer, save_detokenizer, decode_codes),
+    "var": Decoder(load_var_decoder, save_var_decoder, decode_codes_var),
+}
 
 
 def _check_decoder_names(names) -> None:
@@ -86,6 +91,7 @@ class PipelineConfig:
     vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=5, max_new_tokens=10))
     image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
     diffusion_sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
+    var_sampling: VARSamplingConfig = field(default_factory=VARSamplingConfig)
 
     def __post_init__(self) -> None:
         check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")
@@ -317,12 +323,16 @@ class LaVITPipeline:
         ratio: str | float | None = None,
         size: tuple[int, int] | None = None,
         seed: int = 0,
-        sampling: DiffusionSamplingConfig | None = None,
+        sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
     ) -> list[Image.Image]:
-        """Code sequences -> PIL images; image ``j`` is rendered with seed ``seed + j``."""
+        """Code sequences -> PIL images; image ``j`` is rendered with seed ``seed + j``.
+        ``sampling`` defaults to the pipeline's settings for ``decoder``; ``ratio`` picks an
+        aspect-ratio bucket (diffusion only: VAR renders its square resolution)."""
         model = self._decoder(decoder)
-        sampling = sampling or self.cfg.diffusion_sampling
+        sampling = sampling or getattr(self.cfg, f"{decoder}_sampling")
         if ratio is not None:
+            if not hasattr(sampling, "ratio"):
+                raise ValueError(f"the {decoder} decoder renders square images only; drop ratio={ratio!r}")
             sampling = dataclasses.replace(sampling, ratio=str(ratio))
         device = next(model.parameters()).device
         images = DECODERS[decoder].decode(
@@ -346,7 +356,7 @@ class LaVITPipeline:
         num_images: int = 1,
         negative_prompt: str | None = None,
         sampling: ImageSamplingConfig | None = None,
-        decoder_sampling: DiffusionSamplingConfig | None = None,
+        decoder_sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
     ) -> list[Image.Image]:
         """Text (or multimodal) prompts -> image codes from the LM -> pixels from ``decoder``.
 
@@ -369,8 +379,8 @@ class LaVITPipeline:
         *,
         decoder: str = "diffusion",
         seed: int = 0,
-        sampling: DiffusionSamplingConfig | None = None,
+        sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
     ) -> list[Image.Image]:
         """Images -> their codes -> images again (square, at the decoder's resolution)."""
-        res = self._decoder(decoder).cfg.resolution
+        res = self._decoder(decoder).resolution
         return self.decode(self.encode(images), decoder=decoder, size=(res, res), seed=seed, sampling=sampling)

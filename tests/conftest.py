@@ -97,3 +97,63 @@ def diffusion_dir(tmp_path_factory, tokenizer_dir):
     )
     fit(DiffusionTask(cfg), cfg.train)
     return out / "model"
+
+
+def train_debug_vqvae(out_dir):
+    from detokenizer.var.config import VQVAERunConfig
+    from lavit.train.tasks.var_vqvae import VQVAETask
+    from lavit.train.trainer import fit
+
+    cfg = load_config(
+        None,
+        VQVAERunConfig,
+        [
+            "model.resolution=32",
+            "model.block_out_channels=[16,16,16]",
+            "model.norm_num_groups=8",
+            "model.latent_channels=8",
+            "model.codebook_size=64",
+            "model.scales=[1,2,4,8]",
+            "data.resolution=32",
+            f"train.out_dir={out_dir}",
+            "train.progress=false",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "eval_images=4",
+        ],
+    )
+    return fit(VQVAETask(cfg), cfg.train)
+
+
+@pytest.fixture(scope="session")
+def var_dir(tmp_path_factory, tokenizer_dir):
+    """A debug VAR decoder (VQ-VAE + transformer) trained a few steps on the debug tokenizer's codes."""
+    from detokenizer.var.config import VARRunConfig
+    from lavit.train.tasks.var import VARTask
+
+    out = tmp_path_factory.mktemp("var")
+    train_debug_vqvae(out / "vq")
+    cfg = load_config(
+        None,
+        VARRunConfig,
+        [
+            f"vqvae_dir={out / 'vq' / 'model'}",
+            f"tokenizer_dir={tokenizer_dir}",
+            f"train.out_dir={out / 'var'}",
+            "train.progress=false",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.eval_every=0",
+            "data.resolution=32",
+            "num_scenes=16",
+            "eval_scenes=4",
+            "model.width=32",
+            "model.depth=1",
+            "model.heads=2",
+            "model.cond_dim=32",
+        ],
+    )
+    fit(VARTask(cfg), cfg.train)
+    return out / "var" / "model"

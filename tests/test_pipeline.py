@@ -188,6 +188,37 @@ def test_cli_generate_and_reconstruct(tokenizer_dir, lm_dirs, diffusion_dir, ima
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def test_var_decoder_plugs_in_beside_diffusion(
+    tokenizer_dir, lm_dirs, diffusion_dir, var_dir, images, tmp_path, capsys
+):
+    pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], CFG, diffusion=diffusion_dir, var=var_dir)
+    recon = pipe.reconstruct(images[:2], decoder="var", seed=0)
+    assert [im.size for im in recon] == [(32, 32)] * 2
+    again = pipe.reconstruct(images[1:2], decoder="var", seed=1)  # image j is seeded seed + j
+    # Same tokens; the CNN decoder's batch-size-dependent float sums may move a pixel by one level.
+    assert np.abs(np.asarray(again[0], dtype=int) - np.asarray(recon[1], dtype=int)).max() <= 1
+    out = pipe.generate_image(["a red circle."], decoder="var", seed=0)
+    assert len(out) == 1 and out[0].size == (32, 32)
+    with pytest.raises(ValueError, match="square images only"):
+        pipe.generate_image(["a red circle."], decoder="var", ratio="4:3")
+    pipe.save_pretrained(tmp_path / "model")
+    loaded = LaVITPipeline.from_pretrained(tmp_path / "model")
+    assert sorted(loaded.decoders) == ["diffusion", "var"]
+    assert np.array_equal(np.asarray(loaded.reconstruct(images[:1], decoder="var")[0]), np.asarray(recon[0]))
+
+    parts = ["--tokenizer", str(tokenizer_dir), "--var", str(var_dir), "--decoder", "var"]
+    assert main(["reconstruct", images[2], "--out", str(tmp_path / "rec"), *parts]) == 0
+    assert (
+        main(["generate", "a red circle.", "--out", str(tmp_path / "gen"), "--lm", str(lm_dirs["discrete"]), *parts])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["reconstruct", images[2], "--out", str(tmp_path / "bad"), "--steps", "2", *parts]) == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_text2image_eval_script(tokenizer_dir, lm_dirs, diffusion_dir, tmp_path):
     import importlib.util
     from pathlib import Path

@@ -125,6 +125,8 @@ def test_vqvae_shapes_and_round_trip():
 
 
 def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tmp_path):
+    from conftest import train_debug_vqvae
+
     from detokenizer.var.io import load_vqvae
 
     metrics = train_debug_vqvae(tmp_path)
@@ -230,35 +232,9 @@ def test_condition_dropout_uses_the_null_sequence():
     torch.testing.assert_close(dropped[1], model(cond, mask, indices, q)[1])
 
 
-def train_debug_vqvae(out_dir):
-    from detokenizer.var.config import VQVAERunConfig
-    from lavit.train.tasks.var_vqvae import VQVAETask
-    from lavit.train.trainer import fit
-
-    cfg = load_config(
-        None,
-        VQVAERunConfig,
-        [
-            "model.resolution=32",
-            "model.block_out_channels=[16,16,16]",
-            "model.norm_num_groups=8",
-            "model.latent_channels=8",
-            "model.codebook_size=64",
-            "model.scales=[1,2,4,8]",
-            "data.resolution=32",
-            f"train.out_dir={out_dir}",
-            "train.progress=false",
-            "train.steps=3",
-            "train.batch_size=4",
-            "train.log_every=1",
-            "train.eval_every=0",
-            "eval_images=4",
-        ],
-    )
-    return fit(VQVAETask(cfg), cfg.train)
-
-
 def test_var_training_stage_reconstructs_from_codes_and_saves_one_loadable_decoder(tmp_path, tokenizer_dir):
+    from conftest import train_debug_vqvae
+
     from detokenizer.var.config import VARRunConfig, VARSamplingConfig
     from detokenizer.var.decoder import decode_codes_var, load_var_decoder
     from lavit.train.tasks.var import VARTask
@@ -288,7 +264,7 @@ def test_var_training_stage_reconstructs_from_codes_and_saves_one_loadable_decod
     assert (tmp_path / "var" / "recon_step3.png").is_file()
     decoder, tok = load_var_decoder(tmp_path / "var" / "model"), load_tokenizer(tokenizer_dir)
     codes = tok.encode(torch.rand(2, 3, 32, 32))
-    images = decode_codes_var(decoder, tok, codes, VARSamplingConfig(), torch.Generator().manual_seed(0))
+    images = decode_codes_var(decoder, tok, codes, VARSamplingConfig(), generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
     with pytest.raises(ConfigError, match="model.cond_dim"):
         VARTask(load_config(None, VARRunConfig, [*overrides, "model.cond_dim=48"]))

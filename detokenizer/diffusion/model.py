@@ -114,6 +114,11 @@ class DiffusionDetokenizer(nn.Module):
             cond = torch.where(drop[:, None, None], self.conditioner.null.to(cond.dtype), cond)
         return cond
 
+    @property
+    def resolution(self) -> int:
+        """Side of the square bucket, in pixels."""
+        return self.cfg.resolution
+
     def null_condition(self, batch: int) -> torch.Tensor:
         return self.conditioner.null.expand(batch, -1, -1)
 

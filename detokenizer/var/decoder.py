@@ -64,9 +64,21 @@ def decode_codes_var(
     tokenizer,
     codes: list[torch.Tensor],
     sampling: VARSamplingConfig,
+    *,
+    size: tuple[int, int] | None = None,
     generator: Generators = None,
 ) -> torch.Tensor:
-    """Variable-length code sequences (one per image) -> (B, 3, R, R) images in [0, 1]."""
+    """Variable-length code sequences (one per image) -> (B, 3, R, R) images in [0, 1]. Empty or
+    out-of-range code sequences raise (through the tokenizer's ``pad_codes``)."""
+    res = model.resolution
+    if size is not None and tuple(size) != (res, res):
+        raise ValueError(f"the VAR decoder renders {res}x{res} images only, not {size[0]}x{size[1]}")
+    if model.cfg.transformer.cond_dim != tokenizer.cfg.width:
+        raise ValueError(
+            f"the VAR decoder reads {model.cfg.transformer.cond_dim}-wide code embeddings but the tokenizer's "
+            f"are {tokenizer.cfg.width}: load the decoder trained on this tokenizer's codes "
+            "(lavit train var with its tokenizer_dir)"
+        )
     emb, mask = tokenizer.code_embeddings(codes)
     param = next(model.parameters())
     return model.generate(emb.to(param.device, param.dtype), mask.to(param.device), sampling, generator)

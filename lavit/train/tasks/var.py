@@ -83,7 +83,7 @@ class VARTask:
             images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
             codes = self.tokenizer.encode(images)
             out = decode_codes_var(
-                model, self.tokenizer, codes, cfg.sampling, seeded_generators(len(idx), start, device)
+                model, self.tokenizer, codes, cfg.sampling, generator=seeded_generators(len(idx), start, device)
             )
             for i, img in zip(idx, out.cpu(), strict=True):
                 parsed = parse_scene(to_pil(img))
