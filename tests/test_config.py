@@ -78,6 +78,11 @@ SCHEMAS = {
     "train/tokenizer_*.yaml": "lavit.config:TokenizerRunConfig",
     "train/lm_*.yaml": "lavit.config:LMRunConfig",
     "train/diffusion_*.yaml": "detokenizer.diffusion.config:DiffusionRunConfig",
+    "train/encoder_*.yaml": "lavit.config:EncoderRunConfig",
+    "var/vqvae_*.yaml": "detokenizer.var.config:VQVAEConfig",
+    "var/tiny.yaml": "detokenizer.var.config:VARConfig",
+    "train/var_vqvae_*.yaml": "detokenizer.var.config:VQVAERunConfig",
+    "train/var_tiny.yaml": "detokenizer.var.config:VARRunConfig",
 }
 
 
