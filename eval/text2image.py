@@ -29,11 +29,12 @@ from lavit.viz import image_grid
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="pipeline directory (or the three stage folders below)")
+    p.add_argument("--model", default=None, help="pipeline directory (or the stage folders below)")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--lm", default=None)
     p.add_argument("--diffusion", default=None)
-    p.add_argument("--decoder", default="diffusion")
+    p.add_argument("--var", default=None)
+    p.add_argument("--decoder", default="diffusion", choices=["diffusion", "var"])
     p.add_argument("--num", type=int, default=100, help="held-out (val) scenes whose prompts are drawn")
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.model:
         pipe = LaVITPipeline.from_pretrained(args.model, args.device)
     else:
-        pipe = LaVITPipeline.from_parts(args.tokenizer, args.lm, device=args.device, diffusion=args.diffusion)
+        pipe = LaVITPipeline.from_parts(
+            args.tokenizer, args.lm, device=args.device, diffusion=args.diffusion, var=args.var
+        )
     world = ShapesWorld(ShapesWorldConfig(), "val")  # prompts and scenes do not depend on resolution
     t0 = time.perf_counter()
     rows, images = [], []
