@@ -124,36 +124,39 @@ def train_debug_vqvae(out_dir):
             "eval_images=4",
         ],
     )
-    return fit(VQVAETask(cfg), cfg.train)
+    return cfg, fit(VQVAETask(cfg), cfg.train)
+
+
+def debug_var_cfg(out: Path, tokenizer_dir: Path, *overrides: str):
+    """The debug VAR run config: a fresh debug VQ-VAE trained into ``out/vq``, the transformer into ``out/var``."""
+    from detokenizer.var.config import VARRunConfig
+
+    train_debug_vqvae(out / "vq")
+    base = [
+        f"vqvae_dir={out / 'vq' / 'model'}",
+        f"tokenizer_dir={tokenizer_dir}",
+        f"train.out_dir={out / 'var'}",
+        "train.progress=false",
+        "train.steps=3",
+        "train.batch_size=4",
+        "train.eval_every=0",
+        "data.resolution=32",
+        "num_scenes=16",
+        "eval_scenes=4",
+        "model.width=32",
+        "model.depth=1",
+        "model.heads=2",
+        "model.cond_dim=32",
+    ]
+    return load_config(None, VARRunConfig, base + list(overrides))
 
 
 @pytest.fixture(scope="session")
 def var_dir(tmp_path_factory, tokenizer_dir):
     """A debug VAR decoder (VQ-VAE + transformer) trained a few steps on the debug tokenizer's codes."""
-    from detokenizer.var.config import VARRunConfig
     from lavit.train.tasks.var import VARTask
 
     out = tmp_path_factory.mktemp("var")
-    train_debug_vqvae(out / "vq")
-    cfg = load_config(
-        None,
-        VARRunConfig,
-        [
-            f"vqvae_dir={out / 'vq' / 'model'}",
-            f"tokenizer_dir={tokenizer_dir}",
-            f"train.out_dir={out / 'var'}",
-            "train.progress=false",
-            "train.steps=3",
-            "train.batch_size=4",
-            "train.eval_every=0",
-            "data.resolution=32",
-            "num_scenes=16",
-            "eval_scenes=4",
-            "model.width=32",
-            "model.depth=1",
-            "model.heads=2",
-            "model.cond_dim=32",
-        ],
-    )
+    cfg = debug_var_cfg(out, tokenizer_dir)
     fit(VARTask(cfg), cfg.train)
     return out / "var" / "model"

@@ -328,6 +328,15 @@ class DynamicVisualTokenizer(nn.Module):
             padded[i, : c.numel()], mask[i, : c.numel()] = c.to(device), True
         return padded, mask
 
+    def check_reader(self, width: int, reader: str, stage: str) -> None:
+        """Raise unless a detokenizer reading ``width``-wide code embeddings fits this tokenizer."""
+        if width != self.cfg.width:
+            raise ValueError(
+                f"the {reader} reads {width}-wide code embeddings but this tokenizer's are {self.cfg.width}: "
+                f"they were not trained together; load the {reader} trained on this tokenizer's codes "
+                f"(lavit train {stage} with its tokenizer_dir)"
+            )
+
     def code_embeddings(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Codebook vectors for the detokenizers: B code tensors -> ((B, L, W), (B, L) bool)."""
         padded, mask = self.pad_codes(codes)

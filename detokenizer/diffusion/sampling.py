@@ -115,12 +115,7 @@ def decode_codes(
     ``size`` (height, width) overrides ``sampling.ratio``; empty or out-of-range code sequences
     raise (through :meth:`DynamicVisualTokenizer.pad_codes`).
     """
-    if model.cfg.code_dim != tokenizer.cfg.width:
-        raise ValueError(
-            f"the detokenizer reads {model.cfg.code_dim}-wide code embeddings but the tokenizer's are "
-            f"{tokenizer.cfg.width}: they were not trained together; load the detokenizer trained on this "
-            "tokenizer's codes (lavit train diffusion with its tokenizer_dir)"
-        )
+    tokenizer.check_reader(model.cfg.code_dim, "diffusion detokenizer", "diffusion")
     emb, mask = tokenizer.code_embeddings(codes)
     param = next(model.parameters())
     cond = model.condition(emb.to(param.device, param.dtype), mask.to(param.device))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from lavit.config import ShapesWorldConfig, TrainConfig, check
@@ -46,7 +47,7 @@ class VQVAEConfig:
         check(
             len(self.scales) > 0
             and self.scales[0] >= 1
-            and all(a < b for a, b in zip(self.scales, self.scales[1:], strict=False))
+            and all(a < b for a, b in itertools.pairwise(self.scales))
             and self.scales[-1] == side,
             "scales",
             self.scales,

@@ -73,12 +73,7 @@ def decode_codes_var(
     res = model.resolution
     if size is not None and tuple(size) != (res, res):
         raise ValueError(f"the VAR decoder renders {res}x{res} images only, not {size[0]}x{size[1]}")
-    if model.cfg.transformer.cond_dim != tokenizer.cfg.width:
-        raise ValueError(
-            f"the VAR decoder reads {model.cfg.transformer.cond_dim}-wide code embeddings but the tokenizer's "
-            f"are {tokenizer.cfg.width}: load the decoder trained on this tokenizer's codes "
-            "(lavit train var with its tokenizer_dir)"
-        )
+    tokenizer.check_reader(model.cfg.transformer.cond_dim, "VAR decoder", "var")
     emb, mask = tokenizer.code_embeddings(codes)
     param = next(model.parameters())
     return model.generate(emb.to(param.device, param.dtype), mask.to(param.device), sampling, generator)
