@@ -26,7 +26,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
-    "eval": ["pycocoevalcap>=1.2", "torchmetrics>=1.4", "scipy>=1.10"],
+    "eval": ["pycocoevalcap>=1.2", "torchmetrics>=1.4", "torch-fidelity>=0.3", "scipy>=1.10"],
     "xformers": ["xformers>=0.0.28"],
 }
 

@@ -217,24 +217,3 @@ def test_var_decoder_plugs_in_beside_diffusion(
     err = capsys.readouterr().err
     assert "--steps" in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()
-
-
-def test_text2image_eval_script(tokenizer_dir, lm_dirs, diffusion_dir, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "eval" / "text2image.py"
-    spec = importlib.util.spec_from_file_location("text2image", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], CFG, diffusion=diffusion_dir).save_pretrained(
-        tmp_path / "model"
-    )
-    out = tmp_path / "t2i"
-    report = module.main(["--model", str(tmp_path / "model"), "--num", "3", "--batch", "2", "--out", str(out)])
-    assert report["num_prompts"] == 3 and [r["index"] for r in report["rows"]] == [0, 1, 2]
-    world = ShapesWorld(ShapesWorldConfig(), "val")
-    assert [r["prompt"] for r in report["rows"]] == [world.words(i)[2] for i in range(3)]
-    satisfied = sum(r["satisfied"] for r in report["rows"])
-    assert report["scene_accuracy"] == satisfied / 3 and report["attribute_accuracy"] >= report["scene_accuracy"]
-    assert json.loads((out / "report.json").read_text())["num_prompts"] == 3 and (out / "grid.png").is_file()

@@ -10,6 +10,11 @@ records the failure in ``dataset.bad_images`` (path -> message) and returns the 
 sample, scanning forward and wrapping around. ``scan()`` checks every image up front and, in
 skip mode, drops the bad records. ``max_pixels`` is passed to :func:`load_image`. DataLoader
 workers each hold their own ``bad_images``; call ``scan()`` first for a global count.
+
+Sharding and resuming without decoding: ``key(i)`` is a stable id of record ``i`` (unique in
+the dataset) and ``image_path(i)`` its image file; neither opens the image. Keys are the
+question id for question datasets (VQAv2) and the ``image_id`` otherwise (see
+:meth:`_ImageRecordDataset.key` for the rule on repeats).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from lavit.data.sample import QA, Sample
 ON_BAD_IMAGE_CHOICES = ("raise", "skip")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VQA_IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
+# Image keys copied into a COCO-format sample's ``meta`` when present: NoCaps marks each image
+# in-, near- or out-domain (results are reported per domain) and gives its Open Images id.
+COCO_IMAGE_META_KEYS = ("domain", "open_images_id")
 
 
 class AnnotationError(ValueError):
@@ -45,6 +53,9 @@ class _Record:
     captions: list[str] = field(default_factory=list)
     qa: list[QA] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # The reader's id for the record (e.g. the question id); None means ``image_id``. The base
+    # class replaces it with the final, de-duplicated key.
+    key: str | None = None
 
 
 class _ImageRecordDataset(Dataset[Sample]):
@@ -60,6 +71,7 @@ class _ImageRecordDataset(Dataset[Sample]):
     def __init__(self, records: list[_Record], *, source: str, on_bad_image: str, max_pixels: int) -> None:
         if on_bad_image not in ON_BAD_IMAGE_CHOICES:
             raise ValueError(f"on_bad_image={on_bad_image!r} is not one of {ON_BAD_IMAGE_CHOICES}")
+        _assign_unique_keys(records)
         self._records = records
         self.source = source
         self.on_bad_image = on_bad_image
@@ -69,10 +81,49 @@ class _ImageRecordDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self._records)
 
-    def __getitem__(self, index: int) -> Sample:
+    def key(self, i: int) -> str:
+        """A stable id of record ``i``, unique within the dataset; the image is not opened.
+
+        The reader's id (the question id for question datasets, else the ``image_id``). When
+        the same id occurs more than once (e.g. a JSONL listing one image twice), the first
+        occurrence keeps it and the n-th occurrence, in file order, gets ``"<id>#<n>"``
+        (``"a.png"``, ``"a.png#2"``, ``"a.png#3"``; a suffix already taken is skipped). Keys
+        are fixed in ``__init__``: ``scan()`` may drop records and shift indices, but never
+        changes a record's key. In skip mode ``self[i]`` may return a later record; call
+        ``scan()`` first when indices and keys must line up with the samples.
+
+        Raises:
+            IndexError: ``i`` is out of range (negative indices count from the end).
+        """
+        key = self._record(i).key
+        assert key is not None  # set by _assign_unique_keys
+        return key
+
+    def image_path(self, i: int) -> Path:
+        """The image file of record ``i``, without opening it (it may not exist).
+
+        Raises:
+            IndexError: ``i`` is out of range (negative indices count from the end).
+        """
+        return self._record(i).image_path
+
+    def captions(self, i: int) -> list[str]:
+        """The reference captions of record ``i``, without opening its image."""
+        return self._record(i).captions
+
+    def qa(self, i: int) -> list[QA]:
+        """The questions (with reference answers) of record ``i``, without opening its image."""
+        return self._record(i).qa
+
+    def _record(self, index: int) -> _Record:
         n = len(self._records)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        return self._records[index]
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self._records)
+        self._record(index)  # range check
         # Skip mode: scan forward from `index`, wrapping around, for the next loadable image.
         for offset in range(n):
             record = self._records[(index + offset) % n]
@@ -118,6 +169,27 @@ class _ImageRecordDataset(Dataset[Sample]):
                 raise
             self.bad_images[key] = str(e)
             return None
+
+
+def _assign_unique_keys(records: list[_Record]) -> None:
+    """Set every ``record.key`` to its id (``key`` or ``image_id``), suffixing repeats with ``#n``."""
+    base = [record.key if record.key is not None else record.image_id for record in records]
+    taken = set(base)  # a repeat never takes a key some record holds as its own id
+    counts: dict[str, int] = {}
+    seen: set[str] = set()
+    for record, key in zip(records, base, strict=True):
+        if key not in seen:
+            seen.add(key)
+            record.key = key
+            continue
+        n = counts.get(key, 1)
+        candidate = key
+        while candidate in taken:
+            n += 1
+            candidate = f"{key}#{n}"
+        counts[key] = n
+        taken.add(candidate)
+        record.key = candidate
 
 
 class JsonlDataset(_ImageRecordDataset):
@@ -178,7 +250,10 @@ class CocoCaptionsDataset(_ImageRecordDataset):
     """COCO captions (``captions_train2014.json``): one sample per image with all its captions.
 
     Images keep the order of the ``images`` list; an image without annotations gets no
-    captions. ``image_id`` is ``str(COCO id)`` and ``meta`` is ``{"file_name": ...}``.
+    captions. ``image_id`` (and ``key``) is ``str(COCO id)`` and ``meta`` is
+    ``{"file_name": ...}`` plus the image keys in :data:`COCO_IMAGE_META_KEYS` that are present.
+    NoCaps (``nocaps_val_4500_captions.json``) is in this format: its ``meta["domain"]`` is
+    ``"in-domain"``, ``"near-domain"`` or ``"out-domain"``.
 
     Args:
         annotation_file: the COCO captions JSON.
@@ -195,41 +270,57 @@ class CocoCaptionsDataset(_ImageRecordDataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         ann_path = Path(annotation_file)
-        data = _load_json_object(ann_path, required=("images", "annotations"))
-        images = _entries(data, "images", ann_path, keys=("id", "file_name"))
-        annotations = _entries(data, "annotations", ann_path, keys=("image_id", "caption"))
-
-        captions: dict[Any, list[str]] = {}
-        for i, image in enumerate(images):
-            if image["id"] in captions:
-                raise AnnotationError(f"{ann_path}: images[{i}] repeats image id {image['id']!r}.")
-            captions[image["id"]] = []
-        for i, ann in enumerate(annotations):
-            if ann["image_id"] not in captions:
-                raise AnnotationError(
-                    f"{ann_path}: annotations[{i}] refers to image_id {ann['image_id']!r}, which is not "
-                    f"in 'images'. Is this the captions file that matches these images?"
-                )
-            if not isinstance(ann["caption"], str):
-                raise AnnotationError(f"{ann_path}: annotations[{i}]: 'caption' must be a string.")
-            captions[ann["image_id"]].append(ann["caption"])
         records = [
             _Record(
                 image_path=Path(image_root) / image["file_name"],
                 image_id=str(image["id"]),
-                captions=captions[image["id"]],
-                meta={"file_name": image["file_name"]},
+                captions=captions,
+                meta={"file_name": image["file_name"]} | {k: image[k] for k in COCO_IMAGE_META_KEYS if k in image},
             )
-            for image in images
+            for image, captions in _read_coco_captions(ann_path)
         ]
         super().__init__(records, source=str(ann_path), on_bad_image=on_bad_image, max_pixels=max_pixels)
+
+
+def _read_coco_captions(ann_path: Path) -> list[tuple[dict[str, Any], list[str]]]:
+    """Parse and validate a COCO captions JSON.
+
+    Returns:
+        ``(image entry, its captions in annotation order)`` per image, in ``images`` order.
+
+    Raises:
+        AnnotationError: naming the file and the entry (``images[i]`` / ``annotations[i]``).
+    """
+    data = _load_json_object(ann_path, required=("images", "annotations"))
+    images = _entries(data, "images", ann_path, keys=("id", "file_name"))
+    annotations = _entries(data, "annotations", ann_path, keys=("image_id", "caption"))
+
+    captions: dict[Any, list[str]] = {}
+    for i, image in enumerate(images):
+        if image["id"] in captions:
+            raise AnnotationError(f"{ann_path}: images[{i}] repeats image id {image['id']!r}.")
+        if not isinstance(image["file_name"], str):
+            raise AnnotationError(f"{ann_path}: images[{i}]: 'file_name' must be a string.")
+        captions[image["id"]] = []
+    for i, ann in enumerate(annotations):
+        if ann["image_id"] not in captions:
+            raise AnnotationError(
+                f"{ann_path}: annotations[{i}] refers to image_id {ann['image_id']!r}, which is not "
+                f"in 'images'. Is this the captions file that matches these images?"
+            )
+        if not isinstance(ann["caption"], str):
+            raise AnnotationError(f"{ann_path}: annotations[{i}]: 'caption' must be a string.")
+        captions[ann["image_id"]].append(ann["caption"])
+    return [(image, captions[image["id"]]) for image in images]
 
 
 class VQAv2Dataset(_ImageRecordDataset):
     """VQAv2 official questions (+ optional annotations): one sample per question.
 
     Each sample has ``qa=[QA(question, answers=<the 10 raw answers>, question_id)]``; with no
-    annotations file (test split) ``answers=[]``. ``meta`` holds ``multiple_choice_answer``,
+    annotations file (test split) ``answers=[]``. ``key`` is ``str(question_id)``. OK-VQA
+    (``OpenEnded_mscoco_val2014_questions.json`` + ``mscoco_val2014_annotations.json``) is in
+    this format and reads unchanged. ``meta`` holds ``multiple_choice_answer``,
     ``question_type`` and ``answer_type`` when annotations are given.
 
     Args:
@@ -272,6 +363,7 @@ class VQAv2Dataset(_ImageRecordDataset):
                     image_id=str(q["image_id"]),
                     qa=[QA(question=q["question"], answers=answers, question_id=str(q["question_id"]))],
                     meta=meta,
+                    key=str(q["question_id"]),
                 )
             )
         super().__init__(records, source=str(q_path), on_bad_image=on_bad_image, max_pixels=max_pixels)

@@ -1,0 +1,11 @@
+"""Zero-shot reconstruct evaluation (lavit/evaluation): `torchrun --nproc_per_node=N eval/reconstruct.py --config ...`.
+
+Runs as plain `python eval/reconstruct.py` too; see `--help` and configs/eval/.
+"""
+
+import sys
+
+from lavit.evaluation import main
+
+if __name__ == "__main__":
+    sys.exit(main("reconstruct"))

@@ -1,0 +1,116 @@
+"""Evaluation sets: every supported data format turned into one list of :class:`Item`.
+
+An item is what one prediction needs: a key, a lazy image loader, and the references (captions,
+a question with its answers, a prompt, a ShapesWorld scene). Building the list reads only the
+annotation files, never an image, so ranks can shard and skip finished items cheaply.
+
+Formats (``data.format``): ShapesWorld's held-out scenes for every task; COCO / Flickr30k
+Karpathy splits, NoCaps and COCO captions files for captioning; VQAv2, OK-VQA, VizWiz and GQA
+for VQA; COCO captions as text-to-image prompts; an image folder for reconstruction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from PIL import Image
+
+from lavit.config import ConfigError
+from lavit.data.benchmark_readers import CocoPromptsDataset, GQADataset, KarpathyCaptionsDataset, VizWizDataset
+from lavit.data.image_io import load_image
+from lavit.data.readers import CocoCaptionsDataset, ImageFolderDataset, VQAv2Dataset
+from lavit.data.shapes import Scene
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.evaluation.config import EvalDataConfig
+
+
+@dataclass
+class Item:
+    """One thing to predict. ``image()`` decodes lazily (and may raise ImageLoadError)."""
+
+    key: str
+    image: Callable[[], Image.Image] | None = None
+    captions: list[str] = field(default_factory=list)
+    question: str | None = None
+    answers: list[str] = field(default_factory=list)
+    prompt: str | None = None
+    scene: Scene | None = None  # ShapesWorld only: the ground truth the parser is checked against
+    reference: Callable[[], Image.Image] | None = None  # text2image: the real image for FID
+
+
+def build_items(task: str, data: EvalDataConfig) -> list[Item]:
+    """The items of ``task`` from the set described by ``data`` (first ``data.limit`` of them)."""
+    items = _shapes_items(task, data) if data.format == "shapes" else _file_items(task, data)
+    return items[: data.limit] if data.limit is not None else items
+
+
+def _shapes_items(task: str, data: EvalDataConfig) -> list[Item]:
+    world = ShapesWorld(data.shapes, data.split)
+    # Only as many scenes as the limit can use (VQA has several questions per scene).
+    n = len(world) if data.limit is None else min(len(world), data.limit)
+    items = []
+    for i in range(n):
+        key, image, scene = f"shapes-{data.split}-{i}", partial(world.image, i), world.scene(i)
+        captions, qas, prompt = world.words(i)
+        if task == "vqa":
+            items += [
+                Item(f"{key}-q{j}", image, question=qa.question, answers=qa.answers, scene=scene)
+                for j, qa in enumerate(qas)
+            ]
+        elif task == "text2image":
+            items.append(Item(key, prompt=prompt, scene=scene, reference=image))
+        else:  # caption, reconstruct
+            items.append(Item(key, image, captions=captions, scene=scene))
+    return items
+
+
+def _need(data: EvalDataConfig, *names: str) -> None:
+    for name in names:
+        if getattr(data, name) is None:
+            raise ConfigError(f"data.format={data.format} needs data.{name} (a local path); set data.{name}=PATH")
+
+
+def _file_items(task: str, data: EvalDataConfig) -> list[Item]:
+    fmt = data.format
+    if fmt == "coco_prompts":
+        _need(data, "annotations")
+        prompts = CocoPromptsDataset(data.annotations, data.image_root)
+        items = []
+        for i in range(len(prompts)):
+            p = prompts[i]
+            ref = partial(load_image, p.reference_image) if p.reference_image is not None else None
+            items.append(Item(p.key, prompt=p.text, reference=ref))
+        return items
+
+    if fmt in ("coco_karpathy", "flickr30k"):
+        _need(data, "annotations", "image_root")
+        ds = KarpathyCaptionsDataset(data.annotations, data.image_root, split=data.split)
+    elif fmt in ("nocaps", "coco"):
+        _need(data, "annotations", "image_root")
+        ds = CocoCaptionsDataset(data.annotations, data.image_root)
+    elif fmt in ("vqav2", "okvqa"):
+        _need(data, "questions", "image_root")  # no annotations (test-dev): predictions only
+        ds = VQAv2Dataset(data.questions, data.annotations, image_root=data.image_root)
+    elif fmt == "vizwiz":
+        _need(data, "annotations", "image_root")
+        ds = VizWizDataset(data.annotations, data.image_root)
+    elif fmt == "gqa":
+        _need(data, "questions", "image_root")
+        ds = GQADataset(data.questions, data.image_root)
+    elif fmt == "image_folder":
+        _need(data, "image_root")
+        ds = ImageFolderDataset(data.image_root)
+    else:
+        raise ConfigError(f"unknown data.format {fmt!r}")
+
+    items = []
+    for i in range(len(ds)):
+        image = partial(load_image, ds.image_path(i))
+        if task == "vqa":
+            (qa,) = ds.qa(i)  # question datasets hold one question per record
+            items.append(Item(ds.key(i), image, question=qa.question, answers=qa.answers))
+        else:
+            items.append(Item(ds.key(i), image, captions=ds.captions(i)))
+    return items

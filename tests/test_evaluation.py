@@ -1,0 +1,212 @@
+"""eval/: sharding (2 gloo processes = 1 process), resume after a kill, bad input, configs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from detokenizer.diffusion import DiffusionSamplingConfig
+from lavit.config import ConfigError, ImageSamplingConfig, TextDecodingConfig, load_config
+from lavit.evaluation import EvalConfig, build_task, evaluate, main, summarize
+from lavit.evaluation.runner import ResumeError, read_predictions
+from lavit.pipeline import LaVITPipeline, PipelineConfig
+from lavit.train.distributed import DistInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+ONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer_dir, lm_dirs, diffusion_dir):
+    cfg = PipelineConfig(
+        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=6),
+        vqa_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=3),
+        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=12),
+        diffusion_sampling=DiffusionSamplingConfig(steps=2),
+    )
+    out = tmp_path_factory.mktemp("pipeline") / "model"
+    LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], cfg, diffusion=diffusion_dir).save_pretrained(out)
+    return out
+
+
+def shapes_cfg(task: str, out: Path, model: Path, *overrides: str) -> EvalConfig:
+    return load_config(
+        None,
+        EvalConfig,
+        [
+            f"task={task}",
+            f"model={model}",
+            f"out_dir={out}",
+            "data.limit=5",
+            "batch_size=2",
+            "metrics.caption_metrics=[bleu4,rouge_l,cider]",
+            *overrides,
+        ],  # fmt: skip
+    )
+
+
+def predictions(out: Path) -> dict[str, dict]:
+    return {r["key"]: r for p in sorted((out / "predictions").glob("*.jsonl")) for r in read_predictions(p)}
+
+
+def scores(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("world_size", "seconds_this_run")}
+
+
+@pytest.mark.parametrize("task", ["vqa", "text2image"])
+def test_two_gloo_processes_equal_one(task, model_dir, tmp_path):
+    cfg = shapes_cfg(task, tmp_path / "one", model_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process below: float sums must add up in the same order
+    try:
+        one = evaluate(cfg, build_task(cfg), ONE)
+    finally:
+        torch.set_num_threads(threads)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(ROOT / "eval" / f"{task}.py"), "--no-progress",
+        f"model={model_dir}", f"out_dir={tmp_path / 'two'}", "data.limit=5", "batch_size=2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert two["world_size"] == 2 and len(list((tmp_path / "two" / "predictions").glob("*.jsonl"))) == 2
+    drop = ("image",)  # image paths are relative; the images themselves are compared below
+    p1, p2 = predictions(tmp_path / "one"), predictions(tmp_path / "two")
+    assert {k: {f: v for f, v in r.items() if f not in drop} for k, r in p1.items()} == {
+        k: {f: v for f, v in r.items() if f not in drop} for k, r in p2.items()
+    }
+    if task == "text2image":
+        for r in p1.values():
+            a, b = Image.open(tmp_path / "one" / r["image"]), Image.open(tmp_path / "two" / r["image"])
+            assert a.tobytes() == b.tobytes()
+    assert scores(one) == scores(two)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_report(model_dir, tmp_path):
+    full_cfg = shapes_cfg("caption", tmp_path / "full", model_dir)
+    full = evaluate(full_cfg, build_task(full_cfg), ONE)
+
+    cfg = shapes_cfg("caption", tmp_path / "cut", model_dir)
+    task = build_task(cfg)
+    real, calls = task.predict, []
+
+    def dies_on_third_batch(pipe, indices, seed):
+        calls.append(indices)
+        if len(calls) == 3:
+            raise Killed
+        return real(pipe, indices, seed)
+
+    task.predict = dies_on_third_batch
+    with pytest.raises(Killed):
+        evaluate(cfg, task, ONE)
+    path = tmp_path / "cut" / "predictions" / "rank0.jsonl"
+    assert len(read_predictions(path)) == 4
+    # A kill mid-write: half of the next batch's first line (dropped, then redone).
+    with path.open("a") as f:
+        f.write('{"caption": "half a li')
+    resumed = build_task(cfg)
+    real2, calls2 = resumed.predict, []
+    resumed.predict = lambda pipe, indices, seed: calls2.append(indices) or real2(pipe, indices, seed)
+    report = evaluate(cfg, resumed, ONE)
+    assert calls2 == [[4]]  # only the unfinished batch runs again
+    assert scores(report) == scores(full)
+    assert predictions(tmp_path / "cut") == predictions(tmp_path / "full")
+    # A finished run reruns without loading the model and reports the same again.
+    assert scores(evaluate(cfg, build_task(cfg), ONE)) == scores(full)
+
+
+def test_resume_refuses_another_world_size_or_settings(model_dir, tmp_path):
+    cfg = shapes_cfg("caption", tmp_path / "run", model_dir, "data.limit=2")
+    evaluate(cfg, build_task(cfg), ONE)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**run, "world_size": 2}))
+    with pytest.raises(ResumeError, match="2 processes.*--nproc_per_node=2"):
+        evaluate(cfg, build_task(cfg), ONE)
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+    other = shapes_cfg("caption", tmp_path / "run", model_dir, "data.limit=2", "prompt=Describe this.")
+    with pytest.raises(ResumeError, match="config.prompt"):
+        evaluate(other, build_task(other), ONE)
+
+
+def coco_fixture(tmp_path: Path, missing: str = "b.png") -> Path:
+    from lavit.config import ShapesWorldConfig
+    from lavit.data.shapes_dataset import ShapesWorld
+
+    world = ShapesWorld(ShapesWorldConfig(resolution=32), "val")
+    names = ["a.png", "b.png", "c.png"]
+    for i, name in enumerate(names):
+        if name != missing:
+            world.image(i).save(tmp_path / name)
+    ann = {
+        "images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+        "annotations": [{"image_id": i, "caption": f"a caption number {i}"} for i in range(3)],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(ann))
+    return tmp_path / "captions.json"
+
+
+def test_missing_images_are_counted_and_the_run_goes_on(model_dir, tmp_path, capsys):
+    ann = coco_fixture(tmp_path)
+    args = [
+        "--no-progress", f"model={model_dir}", f"out_dir={tmp_path / 'out'}", "data.format=coco",
+        f"data.annotations={ann}", f"data.image_root={tmp_path}", "batch_size=2", "metrics.caption_tokenizer=python",
+        "metrics.caption_metrics=[bleu4,cider]",
+    ]  # fmt: skip
+    assert main("caption", args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["missing_images"] == 1 and report["scored"] == 2 and "cider" in report
+    assert "b.png" in predictions(tmp_path / "out")["1"]["error"]
+    assert "| caption | coco |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_bad_input_one_line_errors(model_dir, tmp_path, capsys):
+    ann = coco_fixture(tmp_path)
+    bad = json.loads(ann.read_text())
+    del bad["annotations"][1]["caption"]
+    ann.write_text(json.dumps(bad))
+    base = ["--no-progress", f"model={model_dir}", f"out_dir={tmp_path / 'out'}", f"data.image_root={tmp_path}"]
+    assert main("caption", [*base, "data.format=coco", f"data.annotations={ann}"]) == 2
+    err = capsys.readouterr().err
+    assert "captions.json" in err and "annotations[1]" in err and err.count("\n") == 1, err
+    assert main("vqa", [*base, "data.format=vqav2"]) == 2
+    assert "data.questions" in capsys.readouterr().err
+    assert main("caption", [*base, "data.format=gqa"]) == 2
+    assert "data.format" in capsys.readouterr().err
+    assert main("caption", ["--no-progress", f"model={tmp_path / 'nope'}", f"out_dir={tmp_path / 'o2'}"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "o2" / "report.json").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_eval_config_loads(path):
+    script = {"caption": "caption", "vqa": "vqa", "text2image": "text2image", "reconstruct": "reconstruct"}
+    first = path.read_text().splitlines()[0]
+    task = next(t for t in script if f"eval/{t}.py" in first)
+    cfg = load_config(path, EvalConfig, [f"task={task}", "model=some/dir"])
+    assert cfg.task == task
+
+
+def test_eval_config_checks_format_against_task():
+    with pytest.raises(ConfigError, match="data.format"):
+        load_config(None, EvalConfig, ["task=vqa", "model=x", "data.format=coco_karpathy"])
+
+
+def test_summary_table(tmp_path):
+    a = {"task": "caption", "format": "shapes", "items": 5, "cider": 12.345, "model": "m", "world_size": 1}
+    b = {"task": "vqa", "format": "shapes", "items": 9, "vqa_accuracy": 50.0}
+    for name, r in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    table = summarize([tmp_path / "a.json", tmp_path / "b.json"])
+    assert table.splitlines()[0] == "| task | format | items | cider | vqa_accuracy |"
+    assert "| caption | shapes | 5 | 12.35 |  |" in table
