@@ -19,7 +19,7 @@ from detokenizer.diffusion import (
     save_detokenizer,
 )
 from detokenizer.diffusion.model import parse_ratio
-from detokenizer.diffusion.sampling import sampling_scheduler
+from detokenizer.diffusion.sampling import noise_scheduler, sampling_scheduler, training_target
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
 from lavit.train.tasks.diffusion import DiffusionTask
@@ -135,6 +135,22 @@ def test_latent_space_from_a_local_vae(tmp_path):
         DiffusionDetokenizer(cfg)
     with pytest.raises(ConfigError, match="latent space needs vae_path"):
         debug_cfg("space=latent")
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_the_samplers_read(kind):
+    # A UNet that outputs exactly the training target lets the scheduler recover x0 exactly.
+    cfg = debug_cfg(f"prediction_type={kind}")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.tensor([600, 600])
+    noisy = noise_scheduler(cfg).add_noise(x0, noise, t)
+    target = training_target(noise_scheduler(cfg), x0, noise, t)
+    for name in ("ddim", "ddpm"):
+        sched = sampling_scheduler(name, cfg)
+        sched.set_timesteps(5)
+        got = sched.step(target, 600, noisy, generator=g).pred_original_sample
+        torch.testing.assert_close(got, x0, atol=1e-4, rtol=0, msg=f"{name} with {kind}")
 
 
 def test_training_stage_and_bad_input(tmp_path, tokenizer_dir):

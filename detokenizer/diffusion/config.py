@@ -49,6 +49,9 @@ class UNetConfig:
         )
 
 
+PREDICTION_TARGETS = ("epsilon", "v_prediction", "sample")  # what the UNet predicts
+
+
 @dataclass
 class DiffusionConfig:
     """The detokenizer: conditioner + UNet, in pixel space or an AutoencoderKL's latent space."""
@@ -61,7 +64,7 @@ class DiffusionConfig:
     vae_path: str | None = None  # local diffusers AutoencoderKL folder (space: latent)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
-    prediction_type: str = "epsilon"  # or "v_prediction"
+    prediction_type: str = "epsilon"  # "epsilon", "v_prediction" or "sample" (the clean image x0)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
 
@@ -80,10 +83,10 @@ class DiffusionConfig:
             "latent space needs vae_path: a local folder with a diffusers AutoencoderKL (config.json + weights)",
         )
         check(
-            self.prediction_type in ("epsilon", "v_prediction"),
+            self.prediction_type in PREDICTION_TARGETS,
             "prediction_type",
             self.prediction_type,
-            "use epsilon or v_prediction",
+            f"use one of {', '.join(PREDICTION_TARGETS)}",
         )
 
 

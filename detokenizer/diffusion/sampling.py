@@ -41,6 +41,18 @@ def noise_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
     )
 
 
+def training_target(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to output for ``x_t = add_noise(x0, noise, t)``: the noise, the
+    velocity ``sqrt(a) noise - sqrt(1-a) x0`` or x0 itself, per ``prediction_type``."""
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return sched.get_velocity(x0, noise, t)
+    assert kind == "sample", kind
+    return x0
+
+
 def sampling_scheduler(name: str, cfg: DiffusionConfig):
     """A diffusers scheduler by name (ddim, ddpm, euler, dpm) sharing the training schedule."""
     if name not in _SAMPLERS:

@@ -1,7 +1,7 @@
 """Stage 3a: the diffusion detokenizer on codes from a frozen tokenizer (``lavit train diffusion``).
 
 Each item is a train scene's codes and its image at the detokenizer's resolution. The loss is
-the MSE of the UNet's epsilon (or v) prediction at a uniformly drawn DDPM timestep; the
+the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep; the
 condition is replaced by the learned null one with probability ``cond_drop_prob`` (CFG).
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from detokenizer.diffusion import DiffusionDetokenizer, DiffusionRunConfig, decode_codes, save_detokenizer
-from detokenizer.diffusion.sampling import noise_scheduler
+from detokenizer.diffusion.sampling import noise_scheduler, training_target
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -69,7 +69,7 @@ class DiffusionTask:
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.noise.config.num_train_timesteps, (b,), device=device)
         noisy = self.noise.add_noise(x0, noise, t)
-        target = noise if self.cfg.model.prediction_type == "epsilon" else self.noise.get_velocity(x0, noise, t)
+        target = training_target(self.noise, x0, noise, t)
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
         loss = F.mse_loss(model(noisy, t, emb, mask, drop).float(), target.float())
         return loss, {"loss": loss.detach(), "cond_dropped": drop.float().mean()}
