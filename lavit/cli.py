@@ -4,6 +4,8 @@
     lavit shapes --out DIR [...]       a grid of ShapesWorld samples (PNG) with captions and QA (JSON)
     lavit train STAGE --config F [k=v] train a stage with the shared trainer; under torchrun too:
                                        torchrun --nproc_per_node=2 -m lavit.cli train tokenizer ...
+    lavit train all --recipe F [k=v]   train every stage of a recipe in order (skipping finished ones)
+                                       and assemble the pipeline, e.g. configs/recipes/shapes_tiny.yaml
     lavit caption IMG...               caption images
     lavit vqa IMG QUESTION...          answer questions about one image
     lavit generate-tokens PROMPT...    sample image codes for text prompts (JSON file)
@@ -31,6 +33,7 @@ from pathlib import Path
 from lavit.checkpoint import CheckpointError, atomic_write
 from lavit.config import ConfigError
 from lavit.data.image_io import ImageLoadError
+from lavit.train.stages import STAGES, load_stage
 
 
 class UsageError(ValueError):
@@ -84,31 +87,22 @@ def cmd_shapes(args: argparse.Namespace) -> None:
     )
 
 
-# stage -> (run-config schema, task class), imported only when that stage is trained.
-STAGES = {
-    "encoder": ("lavit.config:EncoderRunConfig", "lavit.train.tasks.encoder:EncoderTask"),
-    "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
-    "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
-    "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),
-    "var-vqvae": ("detokenizer.var.config:VQVAERunConfig", "lavit.train.tasks.var_vqvae:VQVAETask"),
-    "var": ("detokenizer.var.config:VARRunConfig", "lavit.train.tasks.var:VARTask"),
-}
-
-
-def _import(path: str):
-    import importlib
-
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.stage == "all" and (args.recipe is None or args.config is not None):
+        raise UsageError("'lavit train all' takes --recipe FILE (e.g. configs/recipes/shapes_tiny.yaml), not --config")
+    if args.stage != "all" and (args.config is None or args.recipe is not None):
+        raise UsageError(f"'lavit train {args.stage}' takes --config FILE; --recipe goes with 'lavit train all'")
+    if args.stage == "all":
+        from lavit.train.recipe import load_recipe, run_recipe
+
+        run_recipe(load_recipe(args.recipe, args.overrides))
+        return
     from lavit.config import load_config
     from lavit.train.trainer import fit
 
-    schema_path, task_path = STAGES[args.stage]
-    cfg = load_config(args.config, _import(schema_path), args.overrides)
-    metrics = fit(_import(task_path)(cfg), cfg.train)
+    schema, task_cls = load_stage(args.stage)
+    cfg = load_config(args.config, schema, args.overrides)
+    metrics = fit(task_cls(cfg), cfg.train)
     if metrics:
         print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))
 
@@ -129,15 +123,32 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
         if missing:
             raise UsageError(f"{args.model} has no {missing[0]}/ stage, which 'lavit {args.command}' needs")
         return pipe
+    if not args.tokenizer and not any(stages.values()):
+        args.model = str(shipped_model())  # neither given: the shipped model
+        return _pipeline(args, needs)
     missing = [n for n in ("tokenizer", *needs) if not (args.tokenizer if n == "tokenizer" else stages[n])]
     if missing:
         flags = " ".join(f"--{n} DIR" for n in ("tokenizer", *needs))
         raise UsageError(
-            f"no model given: pass --model DIR (a pipeline directory) or {flags} "
+            f"incomplete model: pass --model DIR (a pipeline directory) or {flags} "
             "(e.g. --tokenizer runs/tokenizer_tiny/model --lm runs/lm_tiny/model)"
         )
     decoders = {n: stages[n] for n in needs if n != "lm"}
     return LaVITPipeline.from_parts(args.tokenizer, args.lm if "lm" in needs else None, device=args.device, **decoders)
+
+
+SHIPPED_MODEL = "checkpoints/lavit-shapes-tiny"
+
+
+def shipped_model() -> Path:
+    """The model shipped in the repository (found from the installed package's location)."""
+    path = Path(__file__).resolve().parent.parent / SHIPPED_MODEL
+    if not path.is_dir():
+        raise UsageError(
+            f"no --model given and the shipped model {path} is missing: install from a clone of the "
+            "repository (pip install -e .) or pass --model DIR"
+        )
+    return path
 
 
 def _decoding(default, args: argparse.Namespace):
@@ -284,8 +295,49 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"{Path(args.out) / r['file']}: {r['prompt']}")
 
 
+class _AppendPart(argparse.Action):
+    """--image / --text into one ordered list of (kind, value): the prompt's parts in order."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        parts = list(getattr(namespace, "parts", None) or [])
+        parts.append(("image" if option_string == "--image" else "text", value))
+        namespace.parts = parts
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    parts = args.parts or []
+    if not parts:
+        raise UsageError("empty prompt: give parts in order, e.g. lavit synthesize --image a.png --text 'in blue'")
+    if any(kind == "text" and not v.strip() for kind, v in parts):
+        raise UsageError("empty --text part: give the text, e.g. --text 'in blue'")
+    _check_images([v for kind, v in parts if kind == "image"])
+    from lavit.data.image_io import load_image
+
+    prompt = [load_image(v) if kind == "image" else v for kind, v in parts]  # bad files fail before the model
+    pipe = _pipeline(args, needs=("lm", args.decoder))
+    with _bad_input():
+        images = pipe.synthesize(
+            [prompt],
+            decoder=args.decoder,
+            guidance_scale_for_llm=args.guidance_scale,
+            seed=args.seed,
+            num_images=args.num_images,
+        )
+    for path in _save_pngs(Path(args.out), images, [f"synthesis_{j}.png" for j in range(len(images))]):
+        print(path)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from lavit.demo import run_demo
+    from lavit.pipeline import LaVITPipeline
+
+    model = args.model or str(shipped_model())
+    summary = run_demo(LaVITPipeline.from_pretrained(model, args.device), args.out)
+    print(json.dumps({"model": model, **summary}, indent=2))
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="pipeline directory (pipeline.yaml, tokenizer/, lm/)")
+    p.add_argument("--model", default=None, help=f"pipeline directory (default: the shipped {SHIPPED_MODEL})")
     p.add_argument("--tokenizer", default=None, help="trained tokenizer directory (with --lm)")
     p.add_argument("--lm", default=None, help="trained LM directory (with --tokenizer)")
     p.add_argument("--diffusion", default=None, help="trained diffusion detokenizer directory (with --tokenizer)")
@@ -335,9 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shapes)
 
     p = sub.add_parser("train", help="train a stage (resumes from its out_dir if a checkpoint is there)")
-    p.add_argument("stage", choices=sorted(STAGES))
-    p.add_argument("--config", required=True, help="run config YAML, e.g. configs/train/tokenizer_tiny.yaml")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 train.out_dir=runs/x")
+    p.add_argument("stage", choices=[*sorted(STAGES), "all"], help="a stage, or all: every stage of --recipe")
+    p.add_argument("--config", default=None, help="run config YAML, e.g. configs/train/tokenizer_tiny.yaml")
+    p.add_argument("--recipe", default=None, help="with 'all': recipe YAML, e.g. configs/recipes/shapes_tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="overrides, e.g. train.steps=100; with all: out_dir=x lm.train.steps=9")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("caption", help="caption images")
@@ -378,6 +431,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _model_args(p)
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("synthesize", help="multimodal prompt (images and texts in order) -> new image(s)")
+    p.add_argument("--image", action=_AppendPart, dest="parts", help="an image part of the prompt")
+    p.add_argument("--text", action=_AppendPart, dest="parts", help="a text part of the prompt")
+    p.add_argument("--out", required=True, help="output folder: synthesis_J.png")
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--guidance-scale", type=float, default=None, help="the LM's CFG scale (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder", default="diffusion", choices=DECODER_NAMES, help="which detokenizer renders the codes")
+    _model_args(p)
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("demo", help="the shipped model on held-out scenes -> outputs/demo/index.html")
+    p.add_argument("--model", default=None, help=f"pipeline directory (default: the shipped {SHIPPED_MODEL})")
+    p.add_argument("--out", default="outputs/demo", help="output folder (index.html + PNGs)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

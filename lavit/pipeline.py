@@ -5,6 +5,7 @@
     pipe.answer(["cat.png"], ["What animal is this?"])                # -> ["cat"]
     codes = pipe.generate_tokens(["a red circle"], num_images=2, seed=0)
     images = pipe.generate_image(["a red circle"], ratio="4:3", seed=0)   # PIL images
+    images = pipe.synthesize([["cat.png", "in watercolour"]])         # image + text -> image
     images = pipe.reconstruct(["cat.png"])                            # image -> codes -> image
 
 A pipeline directory holds one model directory per stage and the inference defaults:
@@ -372,6 +373,40 @@ class LaVITPipeline:
             sampling=sampling,
         )
         return self.decode(codes, decoder=decoder, ratio=ratio, seed=seed, sampling=decoder_sampling)
+
+    def synthesize(
+        self,
+        prompts: Sequence[Sequence[str | ImageInput]],
+        *,
+        decoder: str = "diffusion",
+        guidance_scale_for_llm: float | None = None,
+        seed: int = 0,
+        num_images: int = 1,
+        ratio: str | float | None = None,
+    ) -> list[Image.Image]:
+        """Multimodal synthesis: each prompt is a list of images and texts in order, e.g.
+        ``[[img, "in blue"], [img_a, img_b]]`` (image+text, image+image). Images enter the LM
+        as their codes, unwrapped, as LaVIT does; the LM then writes a new image.
+
+        Returns ``len(prompts) * num_images`` PIL images, prompt-major.
+        """
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str | os.PathLike | Image.Image) or not len(prompt):
+                raise ValueError(
+                    f"prompt {i} must be a non-empty list of images and texts, e.g. [image, 'in red']; "
+                    "for text alone use generate_image"
+                )
+            blank = [j for j, part in enumerate(prompt) if isinstance(part, str) and not part.strip()]
+            if blank:
+                raise ValueError(f"prompt {i}, part {blank[0]} is empty text")
+        return self.generate_image(
+            [list(p) for p in prompts],
+            guidance_scale_for_llm=guidance_scale_for_llm,
+            decoder=decoder,
+            ratio=ratio,
+            seed=seed,
+            num_images=num_images,
+        )
 
     def reconstruct(
         self,

@@ -1,0 +1,347 @@
+"""Recipes: train every stage in order, then assemble the pipeline directory.
+
+    lavit train all --recipe configs/recipes/shapes_tiny.yaml [out_dir=checkpoints/x lm.train.steps=100 ...]
+
+    recipe = load_recipe("configs/recipes/shapes_tiny.yaml")
+    pipeline_dir = run_recipe(recipe)        # -> checkpoints/lavit-shapes-tiny
+
+A recipe YAML mirrors :class:`RecipeConfig`:
+
+    out_dir: checkpoints/lavit-shapes-tiny   # the pipeline directory (LaVITPipeline.save_pretrained)
+    stages:                                  # trained in this order, each stage name at most once
+      - stage: encoder                       # a name of lavit.train.stages.STAGES
+        config: ../train/encoder_tiny.yaml   # the stage's run config, relative to this file's folder
+        overrides: [train.steps=100]         # optional a.b=c overrides, as on the command line
+      - ...
+    pipeline:                                # optional: PipelineConfig fields (pipeline.yaml)
+      caption_decoding: {num_beams: 2}
+
+Paths: a stage's ``config`` is relative to the recipe file's folder (as ``include:`` is to its
+file), so a recipe finds its configs from any working directory. Every other path (the stages'
+``train.out_dir`` and ``tokenizer_dir``, the recipe's ``out_dir``) is relative to the working
+directory, as in the stage configs. Each stage writes where its own config says
+(``train.out_dir``); the recipe invents no path. It checks, before training anything, that every
+stage config loads and that the stages are wired together: a stage reading ``tokenizer_dir``
+(``vqvae_dir``, ``model.encoder.weights``) reads what the recipe's tokenizer (var-vqvae, encoder)
+stage writes, and that stage comes first.
+
+Skipping and resuming: a stage whose ``<train.out_dir>/model`` exists is finished (the trainer
+writes it last, atomically) and is skipped. Any other stage goes to :func:`fit`, which resumes
+from ``<train.out_dir>/checkpoints/latest`` when an interrupted run left one. So after an
+interruption, rerunning the same command continues where it stopped.
+
+The pipeline's prompts are the LM stage's training prompts (``mixture.caption_prompt`` and
+``mixture.vqa_prompt``): the pipeline must ask what the LM was trained on.
+``<out_dir>/recipe_report.json`` records per stage its status (trained, resumed or skipped), the
+step it started from, its seconds in this run and its final evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import operator
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lavit.checkpoint import atomic_write
+from lavit.config import ConfigError, check, load_config
+from lavit.pipeline import LaVITPipeline, PipelineConfig
+from lavit.train.stages import STAGES, load_stage
+from lavit.train.trainer import CKPT_DIR, LATEST, fit
+
+REPORT_FILE = "recipe_report.json"
+
+# What a stage reads from an earlier stage's model directory: (its config key, the stage that
+# writes it, the file inside that stage's model/ ("" for the directory itself)).
+STAGE_INPUTS = {
+    "tokenizer": (("model.encoder.weights", "encoder", "vit.safetensors"),),
+    "lm": (("tokenizer_dir", "tokenizer", ""),),
+    "diffusion": (("tokenizer_dir", "tokenizer", ""),),
+    "var": (("tokenizer_dir", "tokenizer", ""), ("vqvae_dir", "var-vqvae", "")),
+}
+
+
+@dataclass
+class RecipeStage:
+    """One entry of a recipe: train ``stage`` with the run config ``config`` and ``overrides``."""
+
+    stage: str  # a key of lavit.train.stages.STAGES
+    config: str  # in a YAML recipe: relative to the recipe's folder (load_recipe resolves it)
+    overrides: list[str] = field(default_factory=list)  # a.b=c, applied after the file
+
+
+@dataclass
+class RecipeConfig:
+    """``lavit train all --recipe F``: the stages to train in order and the pipeline they make."""
+
+    out_dir: str  # the assembled pipeline directory
+    stages: list[RecipeStage]
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # inference defaults (pipeline.yaml)
+
+    def __post_init__(self) -> None:
+        check(bool(self.out_dir), "out_dir", self.out_dir, "name the pipeline directory to write")
+        check(bool(self.stages), "stages", self.stages, "list at least the tokenizer stage")
+        first: dict[str, int] = {}
+        for i, entry in enumerate(self.stages):
+            if entry.stage not in STAGES:
+                raise ConfigError(f"stages[{i}].stage={entry.stage!r}: use one of {', '.join(STAGES)}")
+            if entry.stage in first:
+                raise ConfigError(
+                    f"stages[{i}].stage={entry.stage!r} repeats stages[{first[entry.stage]}]: "
+                    "a recipe trains each stage once"
+                )
+            first[entry.stage] = i
+        if "tokenizer" not in first:
+            raise ConfigError("the recipe has no tokenizer stage: a pipeline directory needs one")
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """Load a recipe YAML and resolve its stage configs against the recipe's folder.
+
+    Args:
+        path: the recipe file, e.g. configs/recipes/shapes_tiny.yaml.
+        overrides: ``a.b=c`` overrides of the recipe (``out_dir=checkpoints/x``,
+            ``pipeline.caption_decoding.num_beams=1``) or, prefixed with a stage's name, of that
+            stage's config, appended to its overrides (``lm.train.steps=100``).
+
+    Returns:
+        The recipe, each ``stages[i].config`` replaced by the path it resolved to.
+
+    Raises:
+        ConfigError: a bad key or value, an unknown or repeated stage, or a missing stage config
+            (the message names the entry and the path tried).
+    """
+    path = Path(path)
+    own, per_stage = [], {}
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if head in STAGES and rest:
+            per_stage.setdefault(head, []).append(rest)
+        elif head == "stages":  # OmegaConf cannot merge a dotted key into a list
+            raise ConfigError(f"override {item!r}: override a stage as STAGE.key=value, e.g. lm.train.steps=100")
+        else:
+            own.append(item)
+    recipe = load_config(path, RecipeConfig, own)
+    missing = sorted(set(per_stage) - {entry.stage for entry in recipe.stages})
+    if missing:
+        raise ConfigError(f"override of stage {missing[0]!r}, which {path} does not train")
+    for i, entry in enumerate(recipe.stages):
+        entry.overrides += per_stage.get(entry.stage, [])
+        resolved = Path(os.path.normpath(path.parent / entry.config))
+        if not resolved.is_file():
+            raise ConfigError(
+                f"stages[{i}].config={entry.config!r} ({entry.stage}) in {path}: {resolved} not found "
+                f"(stage configs are relative to the recipe's folder, {path.parent})"
+            )
+        entry.config = str(resolved)
+    return recipe
+
+
+@dataclass
+class _Step:
+    """One recipe entry with its loaded run config."""
+
+    index: int
+    entry: RecipeStage
+    cfg: Any  # the stage's run-config dataclass (TokenizerRunConfig, LMRunConfig, ...)
+    task_cls: type
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.train.out_dir)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "model"
+
+
+def latest_step(out_dir: str | Path) -> int | None:
+    """The step of the checkpoint a run in ``out_dir`` would resume from (None: none there)."""
+    pointer = Path(out_dir) / CKPT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    return int(pointer.read_text().strip().removeprefix("step_"))
+
+
+def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Train the recipe's stages in order (skipping finished ones, resuming interrupted ones),
+    then write the pipeline directory and its ``recipe_report.json``.
+
+    Args:
+        recipe: the recipe (see :func:`load_recipe`); relative config paths are taken from the
+            working directory here.
+        progress: False turns every stage's tqdm bar off (``train.progress=false``).
+        log: where the per-stage headers, timings and the summary go.
+
+    Returns:
+        The pipeline directory, ``recipe.out_dir``.
+
+    Raises:
+        ConfigError: a stage config that does not load, two stages sharing an out_dir, or stages
+            not wired together; raised before any stage trains.
+    """
+    # Under torchrun every rank trains; rank 0 alone talks and writes the pipeline.
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    say = log if is_main else (lambda _msg: None)
+    steps = _plan(recipe, progress)
+    pipeline_cfg = _pipeline_cfg(recipe, steps)
+    total = len(steps)
+    records = []
+    t_start = time.perf_counter()
+    for s in steps:
+        tag = f"[{s.index + 1}/{total}] {s.entry.stage}"
+        head = f"{tag}: {_show(s.entry.config)} -> {s.out}"
+        if s.model_dir.is_dir():
+            say(f"{head}: finished ({s.model_dir} exists), skipping")
+            records.append(_record(s, "skipped", None, 0.0, _final_metrics(s.out)))
+            continue
+        start = latest_step(s.out)
+        todo = s.cfg.train.steps
+        say(f"{head} (resuming from step {start} of {todo})" if start else f"{head} ({todo} steps)")
+        t0 = time.perf_counter()
+        try:
+            metrics = fit(s.task_cls(s.cfg), s.cfg.train)
+        except BaseException:
+            say(f"{tag} stopped after {_hms(time.perf_counter() - t0)}; rerun the recipe to resume from {s.out}")
+            raise
+        seconds = time.perf_counter() - t0
+        say(f"{tag} done in {_hms(seconds)}")
+        records.append(_record(s, "resumed" if start else "trained", start, seconds, metrics))
+
+    out = Path(recipe.out_dir)
+    if not is_main:
+        return out
+    t0 = time.perf_counter()
+    by_name = {s.entry.stage: s.model_dir for s in steps}
+    decoders = {name: by_name[name] for name in ("diffusion", "var") if name in by_name}
+    pipe = LaVITPipeline.from_parts(by_name["tokenizer"], by_name.get("lm"), pipeline_cfg, "cpu", **decoders)
+    pipe.save_pretrained(out)
+    assemble_seconds = time.perf_counter() - t0
+    total_seconds = time.perf_counter() - t_start
+    report = {
+        "out_dir": str(out),
+        "total_seconds": round(total_seconds, 3),
+        "assemble_seconds": round(assemble_seconds, 3),
+        "stages": records,
+    }
+    atomic_write(out / REPORT_FILE, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    parts = [name for name in ("tokenizer", "lm", "diffusion", "var") if name in by_name]
+    say(f"pipeline ({', '.join(parts)}) -> {out}")
+    for r in records:
+        say(f"  {r['stage']:<10} {r['status']:<8} {_hms(r['seconds']):>12}")
+    say(f"  {'total':<19} {_hms(total_seconds):>12}  (report: {out / REPORT_FILE})")
+    return out
+
+
+def _plan(recipe: RecipeConfig, progress: bool) -> list[_Step]:
+    """Load every stage's run config and check the wiring, so a typo in the last stage fails now,
+    not after hours of training the first ones."""
+    steps = []
+    for i, entry in enumerate(recipe.stages):
+        path = Path(entry.config)
+        if not path.is_file():
+            raise ConfigError(f"stages[{i}].config ({entry.stage}): {path} not found")
+        schema, task_cls = load_stage(entry.stage)
+        overrides = [*entry.overrides, *([] if progress else ["train.progress=false"])]
+        try:
+            cfg = load_config(path, schema, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"stages[{i}] ({entry.stage}): {e}") from None
+        steps.append(_Step(i, entry, cfg, task_cls))
+    _check_out_dirs(recipe, steps)
+    _check_wiring(steps)
+    return steps
+
+
+def _check_out_dirs(recipe: RecipeConfig, steps: list[_Step]) -> None:
+    pipeline_dir = Path(recipe.out_dir).resolve()
+    seen: dict[Path, int] = {}
+    for s in steps:
+        where = f"stages[{s.index}] ({s.entry.stage}): train.out_dir={s.cfg.train.out_dir!r}"
+        out = s.out.resolve()
+        if out in seen:
+            raise ConfigError(f"{where} is also stages[{seen[out]}]'s; give each stage its own out_dir")
+        if out == pipeline_dir or pipeline_dir in out.parents:
+            # save_pretrained replaces out_dir as a whole.
+            raise ConfigError(f"{where} lies in the recipe's out_dir {recipe.out_dir}, which is rewritten at the end")
+        seen[out] = s.index
+
+
+def _check_wiring(steps: list[_Step]) -> None:
+    by_name = {s.entry.stage: s for s in steps}
+    for s in steps:
+        for key, producer, file in STAGE_INPUTS.get(s.entry.stage, ()):
+            src = by_name.get(producer)
+            if src is None:  # not trained here: the stage reads whatever its config names
+                continue
+            want = src.model_dir / file if file else src.model_dir
+            have = operator.attrgetter(key)(s.cfg)
+            where = f"stages[{s.index}] ({s.entry.stage})"
+            if have is None or Path(have).resolve() != want.resolve():
+                raise ConfigError(
+                    f"{where}: {key}={have!r}, but the recipe's {producer} stage (stages[{src.index}]) "
+                    f"writes {want}; add the override {key}={want}"
+                )
+            if src.index > s.index:
+                raise ConfigError(f"{where} reads {want}, which stages[{src.index}] ({producer}) writes later")
+
+
+def _pipeline_cfg(recipe: RecipeConfig, steps: list[_Step]) -> PipelineConfig:
+    """The recipe's pipeline defaults with the LM stage's training prompts."""
+    lm = next((s for s in steps if s.entry.stage == "lm"), None)
+    if lm is None:
+        return recipe.pipeline
+    default = PipelineConfig()
+    for key in ("caption_prompt", "vqa_prompt"):
+        mine, trained = getattr(recipe.pipeline, key), getattr(lm.cfg.mixture, key)
+        if mine not in (getattr(default, key), trained):
+            raise ConfigError(
+                f"pipeline.{key}={mine!r} but stages[{lm.index}] (lm) trains with mixture.{key}={trained!r}; "
+                f"drop pipeline.{key} (it is taken from the LM) or change the LM's"
+            )
+    mix = lm.cfg.mixture
+    return dataclasses.replace(recipe.pipeline, caption_prompt=mix.caption_prompt, vqa_prompt=mix.vqa_prompt)
+
+
+def _record(s: _Step, status: str, start: int | None, seconds: float, metrics: dict) -> dict:
+    return {
+        "stage": s.entry.stage,
+        "config": _show(s.entry.config),
+        "out_dir": str(s.out),
+        "status": status,
+        "start_step": start or 0,
+        "steps": s.cfg.train.steps,
+        "seconds": round(seconds, 3),
+        "metrics": metrics,
+    }
+
+
+def _final_metrics(out_dir: Path) -> dict[str, float]:
+    """The last evaluation the trainer logged in ``metrics.jsonl`` (for a skipped stage)."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+
+
+def _show(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _hms(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"

@@ -1,0 +1,103 @@
+"""`lavit demo`, multimodal synthesis (API and CLI), and the CLI's one-line errors."""
+
+import pytest
+from PIL import Image
+
+from detokenizer.diffusion import DiffusionSamplingConfig
+from lavit.cli import main
+from lavit.config import ImageSamplingConfig, ShapesWorldConfig, TextDecodingConfig
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.demo import DemoConfig, run_demo
+from lavit.pipeline import LaVITPipeline, PipelineConfig
+
+
+@pytest.fixture(scope="module")
+def full_dir(tmp_path_factory, tokenizer_dir, lm_dirs, diffusion_dir, var_dir):
+    """A debug pipeline with both decoders, saved and loaded as one directory."""
+    cfg = PipelineConfig(
+        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=6),
+        vqa_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=3),
+        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=12),
+        diffusion_sampling=DiffusionSamplingConfig(steps=2),
+    )
+    out = tmp_path_factory.mktemp("full") / "model"
+    pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], cfg, diffusion=diffusion_dir, var=var_dir)
+    pipe.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    world = ShapesWorld(ShapesWorldConfig(resolution=32), "val")
+    folder = tmp_path_factory.mktemp("scenes")
+    for i in range(2):
+        world.image(i).save(folder / f"s{i}.png")
+    return [folder / "s0.png", folder / "s1.png"]
+
+
+def test_pipeline_directory_holds_every_stage(full_dir):
+    pipe = LaVITPipeline.from_pretrained(full_dir)
+    assert pipe.lm is not None and sorted(pipe.decoders) == ["diffusion", "var"]
+
+
+def test_synthesize_image_text_and_image_image(full_dir, scenes):
+    pipe = LaVITPipeline.from_pretrained(full_dir)
+    a, b = Image.open(scenes[0]), Image.open(scenes[1])
+    for decoder in ("diffusion", "var"):
+        out = pipe.synthesize([[a, "a red circle"], [a, b]], decoder=decoder, seed=3, num_images=2)
+        assert len(out) == 4 and all(isinstance(im, Image.Image) for im in out)
+        again = pipe.synthesize([[a, b]], decoder=decoder, seed=3 + 2, num_images=2)
+        assert [im.tobytes() for im in again] == [im.tobytes() for im in out[2:]]  # image j has seed + j
+    with pytest.raises(ValueError, match="prompt 0 must be a non-empty list"):
+        pipe.synthesize(["a red circle"])
+    with pytest.raises(ValueError, match="prompt 1, part 1 is empty text"):
+        pipe.synthesize([[a], [a, "  "]])
+
+
+def test_demo_writes_the_page(full_dir, tmp_path, capsys):
+    assert main(["demo", "--model", str(full_dir), "--out", str(tmp_path / "demo")]) == 0
+    page = (tmp_path / "demo" / "index.html").read_text()
+    for section in ("Understanding", "Text to image", "Multimodal synthesis", "Reconstruction from tokens"):
+        assert section in page
+    pngs = sorted((tmp_path / "demo").glob("*.png"))
+    cfg = DemoConfig()
+    # understanding: 1 per scene; text to image: 1 per decoder; synthesis: 2 text prompts with 1
+    # input image + 1 prompt with 2, 1 output per decoder each; reconstruction: original + decoders
+    synthesis = len(cfg.synthesis_texts) + 2 + 2 * (len(cfg.synthesis_texts) + 1)
+    expected = cfg.understanding + 2 * cfg.prompts + synthesis + 3 * cfg.reconstructions
+    assert len(pngs) == expected and all(f"src={p.name}" in page for p in pngs)
+    assert '"text2image_var"' in capsys.readouterr().out
+
+
+def test_demo_without_an_lm_still_reconstructs(tokenizer_dir, diffusion_dir, tmp_path):
+    pipe = LaVITPipeline.from_parts(tokenizer_dir, None, diffusion=diffusion_dir)
+    summary = run_demo(pipe, tmp_path / "d", DemoConfig(reconstructions=2))
+    assert summary["model_decoders"] == ["diffusion"] and len(list((tmp_path / "d").glob("*.png"))) == 4
+
+
+def test_cli_bad_input_one_line_and_nothing_written(full_dir, scenes, tmp_path, capsys):
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    model = ["--model", str(full_dir)]
+    cases = [
+        (["synthesize", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o1"), *model], "not found"),
+        (["synthesize", "--image", str(not_image), "--out", str(tmp_path / "o2"), *model], "notes.txt"),
+        (["synthesize", "--out", str(tmp_path / "o3"), *model], "empty prompt"),
+        (["synthesize", "--image", str(scenes[0]), "--text", " ", "--out", str(tmp_path / "o4"), *model], "empty"),
+        (["generate", "", "--out", str(tmp_path / "o5"), *model], "empty prompt"),
+        (["caption", str(not_image), *model], "notes.txt"),
+        (["demo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o6")], "nope"),
+        (["caption", str(scenes[0]), "--model", str(tmp_path / "nope")], "nope"),
+    ]
+    for argv, needle in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, (argv, err)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+
+
+def test_cli_synthesize_writes_pngs(full_dir, scenes, tmp_path, capsys):
+    argv = ["synthesize", "--image", str(scenes[0]), "--text", "a blue square", "--image", str(scenes[1])]
+    assert main([*argv, "--decoder", "var", "--num-images", "2", "--out", str(tmp_path), "--model", str(full_dir)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["synthesis_0.png", "synthesis_1.png"]
