@@ -182,6 +182,33 @@ def load_model_dir(
     return cfg, modules
 
 
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def cast_weights(directory: str | Path, dtype: str) -> int:
+    """Rewrite every ``*.safetensors`` under ``directory`` with floating tensors in ``dtype``
+    (to ship a model in half the space); loading casts them back to the model's dtype.
+
+    Returns:
+        The bytes the weight files take afterwards.
+
+    Raises:
+        CheckpointError: a tensor does not fit ``dtype`` (it would become inf).
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise CheckpointError(f"unknown weights dtype {dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
+    to, total = STORAGE_DTYPES[dtype], 0
+    for path in sorted(Path(directory).rglob(f"*{WEIGHTS_SUFFIX}")):
+        tensors = load_file(str(path))
+        cast = {k: v.to(to) if v.is_floating_point() else v for k, v in tensors.items()}
+        bad = [k for k, v in cast.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise CheckpointError(f"{path}: {bad[:3]} do not fit in {dtype}; keep float32")
+        atomic_write(path, lambda tmp, cast=cast: save_file(cast, str(tmp)))
+        total += path.stat().st_size
+    return total
+
+
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Load a safetensors file into ``module`` strictly, naming every missing, unexpected or
     mis-shaped tensor."""

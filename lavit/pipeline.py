@@ -299,6 +299,11 @@ class LaVITPipeline:
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
         sampling = sampling or self.cfg.image_sampling
+        # An image never holds more codes than the tokenizer has patches: cap the length there,
+        # so a model that does not close the image (</img>) still yields decodable codes.
+        most = self.tokenizer.cfg.encoder.num_patches
+        if sampling.max_tokens > most:
+            sampling = dataclasses.replace(sampling, max_tokens=most, min_tokens=min(sampling.min_tokens, most))
         if guidance_scale is not None:
             sampling = dataclasses.replace(sampling, guidance_scale=guidance_scale)
         built = [self._prompt(p) for p in prompts]

@@ -9,6 +9,7 @@ from torch import nn
 
 from lavit.checkpoint import (
     CheckpointError,
+    cast_weights,
     load_model_dir,
     load_tree,
     load_weights,
@@ -53,6 +54,23 @@ def test_round_trip_rebuilds_from_saved_config(tmp_path):
         assert torch.equal(modules["net"].state_dict()[k], v), k
     # The tie survives: one tensor, two names.
     assert modules["net"].head.weight.data_ptr() == modules["net"].emb.weight.data_ptr()
+
+
+def test_half_precision_storage_loads_back_as_float32(tmp_path):
+    cfg, model, d = _saved(tmp_path)
+    assert cast_weights(d, "float16") == (d / "net.safetensors").stat().st_size
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(d / "net.safetensors").values()} == {torch.float16}
+    _, modules = load_model_dir(d, ShapesWorldConfig, build)
+    for k, v in model.state_dict().items():
+        got = modules["net"].state_dict()[k]
+        assert got.dtype == torch.float32 and torch.equal(got, v.half().float()), k
+    with torch.no_grad():
+        model.proj.weight[0, 0] = 1e6  # beyond float16's range
+    save_model_dir(d, cfg, {"net": model})
+    with pytest.raises(CheckpointError, match="proj.weight.*do not fit in float16"):
+        cast_weights(d, "float16")
 
 
 def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):

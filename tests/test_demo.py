@@ -101,3 +101,12 @@ def test_cli_synthesize_writes_pngs(full_dir, scenes, tmp_path, capsys):
     argv = ["synthesize", "--image", str(scenes[0]), "--text", "a blue square", "--image", str(scenes[1])]
     assert main([*argv, "--decoder", "var", "--num-images", "2", "--out", str(tmp_path), "--model", str(full_dir)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["synthesis_0.png", "synthesis_1.png"]
+
+
+def test_image_tokens_never_exceed_the_tokenizer_patches(full_dir):
+    pipe = LaVITPipeline.from_pretrained(full_dir)
+    most = pipe.tokenizer.cfg.encoder.num_patches
+    sampling = ImageSamplingConfig(min_tokens=most + 5, max_tokens=most + 50)  # </img> barred past the patches
+    codes = pipe.generate_tokens(["a red circle."], sampling=sampling)
+    assert len(codes[0]) == most
+    assert pipe.decode(codes, decoder="diffusion")[0].size == (32, 32)

@@ -50,9 +50,8 @@ def kernel(tmp_path_factory):
     """A kernelspec that runs this very interpreter, found first through JUPYTER_PATH, so the
     notebooks import the lavit of this checkout whatever kernels the machine has installed."""
     jupyter_dir = tmp_path_factory.mktemp("jupyter")
-    kernelspec.write_kernel_spec(
-        jupyter_dir / "kernels" / KERNEL
-    )  # argv: [sys.executable, -m, ipykernel_launcher, ...]
+    # kernel.json's argv: [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernelspec.write_kernel_spec(jupyter_dir / "kernels" / KERNEL)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JUPYTER_PATH", str(jupyter_dir), prepend=os.pathsep)
         spec = KernelSpecManager().get_kernel_spec(KERNEL)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lavit.checkpoint import atomic_write
+from lavit.checkpoint import atomic_write, cast_weights
 from lavit.config import ConfigError, check, load_config
 from lavit.pipeline import LaVITPipeline, PipelineConfig
 from lavit.train.stages import STAGES, load_stage
@@ -82,6 +82,7 @@ class RecipeConfig:
     out_dir: str  # the assembled pipeline directory
     stages: list[RecipeStage]
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # inference defaults (pipeline.yaml)
+    weights_dtype: str = "float32"  # storage of the assembled pipeline's weights (float16 halves it)
 
     def __post_init__(self) -> None:
         check(bool(self.out_dir), "out_dir", self.out_dir, "name the pipeline directory to write")
@@ -221,12 +222,15 @@ def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[st
     decoders = {name: by_name[name] for name in ("diffusion", "var") if name in by_name}
     pipe = LaVITPipeline.from_parts(by_name["tokenizer"], by_name.get("lm"), pipeline_cfg, "cpu", **decoders)
     pipe.save_pretrained(out)
+    weight_bytes = cast_weights(out, recipe.weights_dtype)
     assemble_seconds = time.perf_counter() - t0
     total_seconds = time.perf_counter() - t_start
     report = {
         "out_dir": str(out),
         "total_seconds": round(total_seconds, 3),
         "assemble_seconds": round(assemble_seconds, 3),
+        "weights_dtype": recipe.weights_dtype,
+        "weight_megabytes": round(weight_bytes / 2**20, 2),
         "stages": records,
     }
     atomic_write(out / REPORT_FILE, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
