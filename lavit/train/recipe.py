@@ -321,8 +321,25 @@ def _record(s: _Step, status: str, start: int | None, seconds: float, metrics: d
         "start_step": start or 0,
         "steps": s.cfg.train.steps,
         "seconds": round(seconds, 3),
+        "train_seconds_logged": _logged_seconds(s.out, s.cfg.train.log_every),
         "metrics": metrics,
     }
+
+
+def _logged_seconds(out_dir: Path, log_every: int) -> float:
+    """The stage's training time over all its runs, from the step times in ``metrics.jsonl``
+    (evaluations excluded): what a skipped stage took when it was trained."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0.0
+    steps = 0
+    total = 0.0
+    for line in path.read_text().splitlines():
+        r = json.loads(line) if line else {}
+        if "sec_per_step" in r:
+            total += r["sec_per_step"] * min(log_every, r["step"] - steps)
+            steps = r["step"]
+    return round(total, 1)
 
 
 def _final_metrics(out_dir: Path) -> dict[str, float]:
