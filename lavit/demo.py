@@ -102,7 +102,7 @@ def _understanding(pipe: LaVITPipeline, world: ShapesWorld, cfg: DemoConfig, pag
     idx = range(cfg.first_scene, cfg.first_scene + cfg.understanding)
     images = [world.image(i) for i in idx]
     captions = pipe.caption(images)
-    qas = [world.words(i)[1][:2] for i in idx]
+    qas = [world.words(i).qa[:2] for i in idx]
     flat = [(k, qa) for k, group in enumerate(qas) for qa in group]
     answers = pipe.answer([images[k] for k, _ in flat], [qa.question for _, qa in flat])
     page.section("Understanding", "Captions and VQA answers for held-out scenes (truth in brackets).")
@@ -111,7 +111,7 @@ def _understanding(pipe: LaVITPipeline, world: ShapesWorld, cfg: DemoConfig, pag
         truth = Counter((s.colour, s.kind) for s in world.scene(i).shapes)
         ok = shapes_text.mentioned_pairs(captions[k]) == truth
         caption_ok += ok
-        lines = [f"caption: {captions[k]} {'OK' if ok else 'X'}", f"[{world.words(i)[0][0]}]"]
+        lines = [f"caption: {captions[k]} {'OK' if ok else 'X'}", f"[{world.words(i).captions[0]}]"]
         for qa in qas[k]:
             vqa_score += vqa_accuracy(answers[j], qa.answers)
             lines.append(f"Q: {qa.question} A: {answers[j]} [{qa.answers[0]}]")
@@ -123,7 +123,7 @@ def _understanding(pipe: LaVITPipeline, world: ShapesWorld, cfg: DemoConfig, pag
 
 def _text_to_image(pipe, world: ShapesWorld, cfg: DemoConfig, page: _Page, decoders: list[str]) -> dict:
     idx = range(cfg.first_scene, cfg.first_scene + cfg.prompts)
-    prompts = [world.words(i)[2] for i in idx]
+    prompts = [world.words(i).prompt for i in idx]
     codes = pipe.generate_tokens(prompts, seed=cfg.seed)  # one set of codes, rendered by every decoder
     rendered = {d: pipe.decode(codes, decoder=d, seed=cfg.seed) for d in decoders}
     page.section("Text to image", f"LM image tokens (CFG) rendered by {' and '.join(decoders)}; parser verdict.")

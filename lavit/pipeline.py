@@ -189,6 +189,11 @@ class LaVITPipeline:
         return self
 
     @property
+    def image_size(self) -> int:
+        """The side, in pixels, that images are resized to before tokenization."""
+        return self.tokenizer.cfg.encoder.image_size
+
+    @property
     def device(self) -> torch.device:
         return next(self.tokenizer.parameters()).device
 
@@ -207,7 +212,7 @@ class LaVITPipeline:
 
     def images_to_tensor(self, images: Images) -> torch.Tensor:
         """Paths / PIL images / a tensor -> (B, 3, S, S) at the tokenizer's resolution."""
-        size = self.tokenizer.cfg.encoder.image_size
+        size = self.image_size
         if isinstance(images, torch.Tensor):
             batch = images[None] if images.ndim == 3 else images
         else:

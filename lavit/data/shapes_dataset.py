@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
@@ -12,6 +14,14 @@ from lavit.data.sample import QA, Sample
 from lavit.data.shapes import SPLITS, Scene, render, scene_for_index
 
 _TEXT_STREAM = 1 << 20  # a separate RNG stream for words, so changing templates never moves scenes
+
+
+class Words(NamedTuple):
+    """The text of one scene (also a plain tuple: ``captions, qa, prompt = world.words(i)``)."""
+
+    captions: list[str]
+    qa: list[QA]
+    prompt: str
 
 
 class ShapesWorld(Dataset):
@@ -43,11 +53,13 @@ class ShapesWorld(Dataset):
         self._check(index)
         return scene_for_index(self.cfg, self.split, index)
 
-    def words(self, index: int) -> tuple[list[str], list[QA], str]:
-        """Only the text of sample ``index``: (captions, question/answers, text-to-image prompt)."""
+    def words(self, index: int) -> Words:
+        """Only the text of sample ``index``: captions, question/answers, text-to-image prompt."""
         scene = self.scene(index)
         rng = np.random.default_rng([self.cfg.seed, SPLITS[self.split], index, _TEXT_STREAM])
-        return shapes_text.captions(scene, rng), shapes_text.questions(scene, rng), shapes_text.prompt(scene, rng)
+        return Words(
+            shapes_text.captions(scene, rng), shapes_text.questions(scene, rng), shapes_text.prompt(scene, rng)
+        )
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)
