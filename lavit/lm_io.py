@@ -39,7 +39,7 @@ def save_lm(lm: UnifiedLM, text_tokenizer: PreTrainedTokenizerBase, directory: s
 def load_lm(directory: str | Path, device: str = "cpu") -> tuple[UnifiedLM, PreTrainedTokenizerBase]:
     """(UnifiedLM in eval mode, its text tokenizer); the saved layout must match the rebuilt one."""
     directory = Path(directory)
-    _, modules = load_model_dir(directory, LMConfig, lambda c: {"lm": UnifiedLM(c)})
+    _, modules = load_model_dir(directory, LMConfig, lambda c: {"lm": UnifiedLM(c, init_new_rows=False)})
     lm = modules["lm"]
     saved = VocabLayout.from_dict(json.loads((directory / "vocab.json").read_text()))
     if saved != lm.layout:

@@ -56,9 +56,11 @@ class UnifiedLM(nn.Module):
     """Args:
     cfg: the LM config. ``cfg.pretrained_path`` loads a local HF directory; otherwise a fresh
         model of ``cfg.text_vocab_size`` text ids is built.
+    init_new_rows: draw the new embedding rows from the old rows' statistics; False when saved
+        weights are about to replace them (loading a checkpoint), which skips that work.
     """
 
-    def __init__(self, cfg: LMConfig) -> None:
+    def __init__(self, cfg: LMConfig, init_new_rows: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         if cfg.pretrained_path:
@@ -81,7 +83,7 @@ class UnifiedLM(nn.Module):
         # covariance of the existing rows (transformers' mean_resizing), not zeros; on the meta
         # device there are no values to take statistics of.
         on_meta = self.hf.get_input_embeddings().weight.is_meta
-        self.hf.resize_token_embeddings(self.layout.total, mean_resizing=not on_meta)
+        self.hf.resize_token_embeddings(self.layout.total, mean_resizing=init_new_rows and not on_meta)
         self.hidden_size = self.hf.config.hidden_size
         self.feature_proj = (
             nn.Linear(cfg.feature_dim, self.hidden_size) if cfg.understanding_input == "continuous" else None
