@@ -99,6 +99,15 @@ def test_every_shipped_config_loads_against_its_schema(path, schema):
     assert isinstance(load_config(path, cls), cls)
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("recipes/*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads(path):
+    from lavit.train.recipe import load_recipe
+
+    assert load_recipe(path).stages[0].stage == "encoder"
+
+
 def test_every_config_folder_is_covered():
     covered = {p for pattern in SCHEMAS for p in CONFIGS.glob(pattern)} | set((CONFIGS / "data").glob("*.yaml"))
+    covered |= set(CONFIGS.glob("recipes/*.yaml"))  # test_every_recipe_loads
+    covered |= set(CONFIGS.glob("eval/*.yaml"))  # tests/test_evaluation.py::test_every_eval_config_loads
     assert covered == set(CONFIGS.rglob("*.yaml"))
