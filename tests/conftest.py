@@ -160,3 +160,23 @@ def var_dir(tmp_path_factory, tokenizer_dir):
     cfg = debug_var_cfg(out, tokenizer_dir)
     fit(VARTask(cfg), cfg.train)
     return out / "var" / "model"
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory, tokenizer_dir, lm_dirs, diffusion_dir, var_dir):
+    """A debug pipeline directory with every stage (LM, both decoders) and short decoding."""
+    from detokenizer.diffusion import DiffusionSamplingConfig
+    from lavit.config import ImageSamplingConfig, TextDecodingConfig
+    from lavit.pipeline import LaVITPipeline, PipelineConfig
+
+    cfg = PipelineConfig(
+        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=6),
+        vqa_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=3),
+        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=12),
+        diffusion_sampling=DiffusionSamplingConfig(steps=2),
+    )
+    out = tmp_path_factory.mktemp("pipeline") / "model"
+    LaVITPipeline.from_parts(
+        tokenizer_dir, lm_dirs["discrete"], cfg, diffusion=diffusion_dir, var=var_dir
+    ).save_pretrained(out)
+    return out

@@ -3,27 +3,11 @@
 import pytest
 from PIL import Image
 
-from detokenizer.diffusion import DiffusionSamplingConfig
 from lavit.cli import main
-from lavit.config import ImageSamplingConfig, ShapesWorldConfig, TextDecodingConfig
+from lavit.config import ImageSamplingConfig, ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.demo import DemoConfig, run_demo
-from lavit.pipeline import LaVITPipeline, PipelineConfig
-
-
-@pytest.fixture(scope="module")
-def full_dir(tmp_path_factory, tokenizer_dir, lm_dirs, diffusion_dir, var_dir):
-    """A debug pipeline with both decoders, saved and loaded as one directory."""
-    cfg = PipelineConfig(
-        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=6),
-        vqa_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=3),
-        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=12),
-        diffusion_sampling=DiffusionSamplingConfig(steps=2),
-    )
-    out = tmp_path_factory.mktemp("full") / "model"
-    pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], cfg, diffusion=diffusion_dir, var=var_dir)
-    pipe.save_pretrained(out)
-    return out
+from lavit.pipeline import LaVITPipeline
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +19,13 @@ def scenes(tmp_path_factory):
     return [folder / "s0.png", folder / "s1.png"]
 
 
-def test_pipeline_directory_holds_every_stage(full_dir):
-    pipe = LaVITPipeline.from_pretrained(full_dir)
+def test_pipeline_directory_holds_every_stage(pipeline_dir):
+    pipe = LaVITPipeline.from_pretrained(pipeline_dir)
     assert pipe.lm is not None and sorted(pipe.decoders) == ["diffusion", "var"]
 
 
-def test_synthesize_image_text_and_image_image(full_dir, scenes):
-    pipe = LaVITPipeline.from_pretrained(full_dir)
+def test_synthesize_image_text_and_image_image(pipeline_dir, scenes):
+    pipe = LaVITPipeline.from_pretrained(pipeline_dir)
     a, b = Image.open(scenes[0]), Image.open(scenes[1])
     for decoder in ("diffusion", "var"):
         out = pipe.synthesize([[a, "a red circle"], [a, b]], decoder=decoder, seed=3, num_images=2)
@@ -54,8 +38,8 @@ def test_synthesize_image_text_and_image_image(full_dir, scenes):
         pipe.synthesize([[a], [a, "  "]])
 
 
-def test_demo_writes_the_page(full_dir, tmp_path, capsys):
-    assert main(["demo", "--model", str(full_dir), "--out", str(tmp_path / "demo")]) == 0
+def test_demo_writes_the_page(pipeline_dir, tmp_path, capsys):
+    assert main(["demo", "--model", str(pipeline_dir), "--out", str(tmp_path / "demo")]) == 0
     page = (tmp_path / "demo" / "index.html").read_text()
     for section in ("Understanding", "Text to image", "Multimodal synthesis", "Reconstruction from tokens"):
         assert section in page
@@ -75,10 +59,10 @@ def test_demo_without_an_lm_still_reconstructs(tokenizer_dir, diffusion_dir, tmp
     assert summary["model_decoders"] == ["diffusion"] and len(list((tmp_path / "d").glob("*.png"))) == 4
 
 
-def test_cli_bad_input_one_line_and_nothing_written(full_dir, scenes, tmp_path, capsys):
+def test_cli_bad_input_one_line_and_nothing_written(pipeline_dir, scenes, tmp_path, capsys):
     not_image = tmp_path / "notes.txt"
     not_image.write_text("hello")
-    model = ["--model", str(full_dir)]
+    model = ["--model", str(pipeline_dir)]
     cases = [
         (["synthesize", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o1"), *model], "not found"),
         (["synthesize", "--image", str(not_image), "--out", str(tmp_path / "o2"), *model], "notes.txt"),
@@ -97,14 +81,17 @@ def test_cli_bad_input_one_line_and_nothing_written(full_dir, scenes, tmp_path, 
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
 
 
-def test_cli_synthesize_writes_pngs(full_dir, scenes, tmp_path, capsys):
+def test_cli_synthesize_writes_pngs(pipeline_dir, scenes, tmp_path, capsys):
     argv = ["synthesize", "--image", str(scenes[0]), "--text", "a blue square", "--image", str(scenes[1])]
-    assert main([*argv, "--decoder", "var", "--num-images", "2", "--out", str(tmp_path), "--model", str(full_dir)]) == 0
+    assert (
+        main([*argv, "--decoder", "var", "--num-images", "2", "--out", str(tmp_path), "--model", str(pipeline_dir)])
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["synthesis_0.png", "synthesis_1.png"]
 
 
-def test_image_tokens_never_exceed_the_tokenizer_patches(full_dir):
-    pipe = LaVITPipeline.from_pretrained(full_dir)
+def test_image_tokens_never_exceed_the_tokenizer_patches(pipeline_dir):
+    pipe = LaVITPipeline.from_pretrained(pipeline_dir)
     most = pipe.tokenizer.cfg.encoder.num_patches
     sampling = ImageSamplingConfig(min_tokens=most + 5, max_tokens=most + 50)  # </img> barred past the patches
     codes = pipe.generate_tokens(["a red circle."], sampling=sampling)

@@ -10,28 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from detokenizer.diffusion import DiffusionSamplingConfig
-from lavit.config import ConfigError, ImageSamplingConfig, TextDecodingConfig, load_config
+from lavit.config import ConfigError, load_config
 from lavit.evaluation import EvalConfig, build_task, evaluate, main, summarize
 from lavit.evaluation.runner import ResumeError, read_predictions
-from lavit.pipeline import LaVITPipeline, PipelineConfig
 from lavit.train.distributed import DistInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer_dir, lm_dirs, diffusion_dir):
-    cfg = PipelineConfig(
-        caption_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=6),
-        vqa_decoding=TextDecodingConfig(num_beams=2, max_new_tokens=3),
-        image_sampling=ImageSamplingConfig(min_tokens=4, max_tokens=12),
-        diffusion_sampling=DiffusionSamplingConfig(steps=2),
-    )
-    out = tmp_path_factory.mktemp("pipeline") / "model"
-    LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["discrete"], cfg, diffusion=diffusion_dir).save_pretrained(out)
-    return out
 
 
 def shapes_cfg(task: str, out: Path, model: Path, *overrides: str) -> EvalConfig:
@@ -59,8 +44,8 @@ def scores(report: dict) -> dict:
 
 
 @pytest.mark.parametrize("task", ["vqa", "text2image"])
-def test_two_gloo_processes_equal_one(task, model_dir, tmp_path):
-    cfg = shapes_cfg(task, tmp_path / "one", model_dir)
+def test_two_gloo_processes_equal_one(task, pipeline_dir, tmp_path):
+    cfg = shapes_cfg(task, tmp_path / "one", pipeline_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each process below: float sums must add up in the same order
     try:
@@ -70,7 +55,7 @@ def test_two_gloo_processes_equal_one(task, model_dir, tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(ROOT / "eval" / f"{task}.py"), "--no-progress",
-        f"model={model_dir}", f"out_dir={tmp_path / 'two'}", "data.limit=5", "batch_size=2",
+        f"model={pipeline_dir}", f"out_dir={tmp_path / 'two'}", "data.limit=5", "batch_size=2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -93,11 +78,11 @@ class Killed(RuntimeError):
     pass
 
 
-def test_killed_run_resumes_to_the_same_report(model_dir, tmp_path):
-    full_cfg = shapes_cfg("caption", tmp_path / "full", model_dir)
+def test_killed_run_resumes_to_the_same_report(pipeline_dir, tmp_path):
+    full_cfg = shapes_cfg("caption", tmp_path / "full", pipeline_dir)
     full = evaluate(full_cfg, build_task(full_cfg), ONE)
 
-    cfg = shapes_cfg("caption", tmp_path / "cut", model_dir)
+    cfg = shapes_cfg("caption", tmp_path / "cut", pipeline_dir)
     task = build_task(cfg)
     real, calls = task.predict, []
 
@@ -126,15 +111,15 @@ def test_killed_run_resumes_to_the_same_report(model_dir, tmp_path):
     assert scores(evaluate(cfg, build_task(cfg), ONE)) == scores(full)
 
 
-def test_resume_refuses_another_world_size_or_settings(model_dir, tmp_path):
-    cfg = shapes_cfg("caption", tmp_path / "run", model_dir, "data.limit=2")
+def test_resume_refuses_another_world_size_or_settings(pipeline_dir, tmp_path):
+    cfg = shapes_cfg("caption", tmp_path / "run", pipeline_dir, "data.limit=2")
     evaluate(cfg, build_task(cfg), ONE)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     (tmp_path / "run" / "run.json").write_text(json.dumps({**run, "world_size": 2}))
     with pytest.raises(ResumeError, match="2 processes.*--nproc_per_node=2"):
         evaluate(cfg, build_task(cfg), ONE)
     (tmp_path / "run" / "run.json").write_text(json.dumps(run))
-    other = shapes_cfg("caption", tmp_path / "run", model_dir, "data.limit=2", "prompt=Describe this.")
+    other = shapes_cfg("caption", tmp_path / "run", pipeline_dir, "data.limit=2", "prompt=Describe this.")
     with pytest.raises(ResumeError, match="config.prompt"):
         evaluate(other, build_task(other), ONE)
 
@@ -156,10 +141,10 @@ def coco_fixture(tmp_path: Path, missing: str = "b.png") -> Path:
     return tmp_path / "captions.json"
 
 
-def test_missing_images_are_counted_and_the_run_goes_on(model_dir, tmp_path, capsys):
+def test_missing_images_are_counted_and_the_run_goes_on(pipeline_dir, tmp_path, capsys):
     ann = coco_fixture(tmp_path)
     args = [
-        "--no-progress", f"model={model_dir}", f"out_dir={tmp_path / 'out'}", "data.format=coco",
+        "--no-progress", f"model={pipeline_dir}", f"out_dir={tmp_path / 'out'}", "data.format=coco",
         f"data.annotations={ann}", f"data.image_root={tmp_path}", "batch_size=2", "metrics.caption_tokenizer=python",
         "metrics.caption_metrics=[bleu4,cider]",
     ]  # fmt: skip
@@ -170,12 +155,12 @@ def test_missing_images_are_counted_and_the_run_goes_on(model_dir, tmp_path, cap
     assert "| caption | coco |" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_bad_input_one_line_errors(model_dir, tmp_path, capsys):
+def test_bad_input_one_line_errors(pipeline_dir, tmp_path, capsys):
     ann = coco_fixture(tmp_path)
     bad = json.loads(ann.read_text())
     del bad["annotations"][1]["caption"]
     ann.write_text(json.dumps(bad))
-    base = ["--no-progress", f"model={model_dir}", f"out_dir={tmp_path / 'out'}", f"data.image_root={tmp_path}"]
+    base = ["--no-progress", f"model={pipeline_dir}", f"out_dir={tmp_path / 'out'}", f"data.image_root={tmp_path}"]
     assert main("caption", [*base, "data.format=coco", f"data.annotations={ann}"]) == 2
     err = capsys.readouterr().err
     assert "captions.json" in err and "annotations[1]" in err and err.count("\n") == 1, err

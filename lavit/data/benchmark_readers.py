@@ -84,7 +84,7 @@ class KarpathyCaptionsDataset(_ImageRecordDataset):
             split_counts[image_split] = split_counts.get(image_split, 0) + 1
             filename = _string(image, "filename", where)
             file_name = f"{_string(image, 'filepath', where)}/{filename}" if "filepath" in image else filename
-            captions = _karpathy_sentences(image["sentences"], where)
+            captions = _strings_in(image["sentences"], "raw", "sentences", where)
             if image_split != split:
                 continue
             records.append(
@@ -103,13 +103,12 @@ class KarpathyCaptionsDataset(_ImageRecordDataset):
         super().__init__(records, source=str(ann_path), on_bad_image=on_bad_image, max_pixels=max_pixels)
 
 
-def _karpathy_sentences(sentences: Any, where: str) -> list[str]:
-    """The ``raw`` text of each Karpathy sentence, checking the structure."""
-    if not isinstance(sentences, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("raw"), str) for s in sentences
-    ):
-        raise AnnotationError(f'{where}: \'sentences\' must be a list of {{"raw": "<caption>", ...}} objects.')
-    return [s["raw"] for s in sentences]
+def _strings_in(items: Any, field: str, name: str, where: str) -> list[str]:
+    """``[item[field] for item in items]`` for a list of objects each holding a string ``field``
+    (Karpathy ``sentences`` -> ``raw``, VizWiz ``answers`` -> ``answer``), checking the structure."""
+    if not isinstance(items, list) or not all(isinstance(x, dict) and isinstance(x.get(field), str) for x in items):
+        raise AnnotationError(f'{where}: \'{name}\' must be a list of {{"{field}": "<text>", ...}} objects.')
+    return [x[field] for x in items]
 
 
 class VizWizDataset(_ImageRecordDataset):
@@ -149,7 +148,7 @@ class VizWizDataset(_ImageRecordDataset):
             _require_keys(entry, ("image", "question"), where, expected)
             _same_optional_key(entry, "answers", with_answers, where)
             image = _string(entry, "image", where)
-            answers = _vizwiz_answers(entry["answers"], where) if with_answers else []
+            answers = _strings_in(entry["answers"], "answer", "answers", where) if with_answers else []
             stem = Path(image).stem
             records.append(
                 _Record(
@@ -161,15 +160,6 @@ class VizWizDataset(_ImageRecordDataset):
                 )
             )
         super().__init__(records, source=str(path), on_bad_image=on_bad_image, max_pixels=max_pixels)
-
-
-def _vizwiz_answers(answers: Any, where: str) -> list[str]:
-    """The raw answer strings, checking the ``[{"answer": ..., "answer_confidence": ...}]`` structure."""
-    if not isinstance(answers, list) or not all(
-        isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers
-    ):
-        raise AnnotationError(f'{where}: \'answers\' must be a list of {{"answer": "<text>", ...}} objects.')
-    return [a["answer"] for a in answers]
 
 
 class GQADataset(_ImageRecordDataset):

@@ -179,6 +179,12 @@ def mentioned_pairs(text: str) -> Counter:
     return c
 
 
+def caption_names_scene(scene: Scene, caption: str) -> bool:
+    """The caption attribute check: ``caption`` names every shape's colour and kind, with the
+    right counts, and no other shape."""
+    return mentioned_pairs(caption) == Counter((s.colour, s.kind) for s in scene.shapes)
+
+
 def parse_relations(text: str) -> list[tuple[tuple[str, str], str, tuple[str, str]]]:
     """Stated relations: [((colour, kind), 'left of'|'right of'|'above'|'below', (colour, kind))]."""
     out = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ class _Task:
     def __init__(self, cfg: EvalConfig, items: list[Item] | None = None) -> None:
         self.cfg = cfg
         self.items = build_items(cfg.task, cfg.data) if items is None else items
+        self.by_key = {it.key: it for it in self.items}
         self.out = Path(cfg.out_dir)
 
     def keys(self) -> list[str]:
@@ -106,17 +106,14 @@ class CaptionTask(_Task):
 
     def score(self, records: list[dict]) -> dict[str, Any]:
         good, out = self._ok(records)
-        by_key = {it.key: it for it in self.items}
         preds = {r["key"]: r["caption"] for r in good}
-        refs = {k: by_key[k].captions for k in preds}
+        refs = {k: self.by_key[k].captions for k in preds}
         m = self.cfg.metrics
         scores = caption_scores(preds, refs, m.caption_metrics, tokenizer=m.caption_tokenizer) if preds else {}
         out.update({k: 100.0 * v for k, v in scores.items()})
-        scenes = [(by_key[r["key"]].scene, r["caption"]) for r in good if by_key[r["key"]].scene is not None]
+        scenes = [(self.by_key[r["key"]].scene, r["caption"]) for r in good if self.by_key[r["key"]].scene is not None]
         if scenes:
-            hits = sum(
-                shapes_text.mentioned_pairs(c) == Counter((s.colour, s.kind) for s in sc.shapes) for sc, c in scenes
-            )
+            hits = sum(shapes_text.caption_names_scene(sc, c) for sc, c in scenes)
             out["attribute_accuracy"] = _percent(hits, len(scenes))
         return out
 
@@ -132,9 +129,8 @@ class VQATask(_Task):
 
     def score(self, records: list[dict]) -> dict[str, Any]:
         good, out = self._ok(records)
-        by_key = {it.key: it for it in self.items}
         preds = {r["key"]: r["answer"] for r in good}
-        refs = {k: by_key[k].answers for k in preds}
+        refs = {k: self.by_key[k].answers for k in preds}
         if preds and not any(refs.values()):
             # No answers (VQAv2 test-dev): write the evaluation server's results file instead.
             results = [{"question_id": _question_id(k), "answer": a} for k, a in preds.items()]
@@ -183,9 +179,8 @@ class Text2ImageTask(_Task):
         if self.cfg.metrics.fid_weights is not None or self.cfg.metrics.clip_model is not None:
             if len(saved) < len(records):
                 raise ValueError("FID and CLIP score read the generated images: rerun with save_images=true")
-            by_key = {it.key: it for it in self.items}
             fakes = [load_image(self.out / r["image"]) for r in records]
-            refs = [by_key[r["key"]].reference for r in records]
+            refs = [self.by_key[r["key"]].reference for r in records]
             if all(ref is not None for ref in refs):
                 out.update(self._fid([(ref(), f) for ref, f in zip(refs, fakes, strict=True)]))
             if self.cfg.metrics.clip_model is not None:
@@ -236,8 +231,7 @@ class ReconstructTask(_Task):
         if self.cfg.metrics.fid_weights is not None:
             if any(r["image"] is None for r in good):
                 raise ValueError("FID reads the reconstructions: rerun with save_images=true")
-            by_key = {it.key: it for it in self.items}
-            out.update(self._fid([(by_key[r["key"]].image(), load_image(self.out / r["image"])) for r in good]))
+            out.update(self._fid([(self.by_key[r["key"]].image(), load_image(self.out / r["image"])) for r in good]))
         return out
 
 

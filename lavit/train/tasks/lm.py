@@ -9,7 +9,6 @@ next-token objective; per-task loss weights ride on the sequences' loss weights.
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -147,8 +146,7 @@ class LMTask:
                 model, builder, prompts, cfg.caption_decoding, features=[feats[i] for i in idx] if continuous else None
             )
             for i, cap in zip(idx, caps, strict=True):
-                truth = Counter((s.colour, s.kind) for s in val.scene(i).shapes)
-                cap_ok += shapes_text.mentioned_pairs(cap) == truth
+                cap_ok += shapes_text.caption_names_scene(val.scene(i), cap)
             qs, refs, qfeats = [], [], []
             for i in idx:
                 for qa in val.words(i)[1]:
