@@ -32,7 +32,8 @@ PROMPT = "a large red circle to the left of a small blue square and a green tria
 def bench(name: str, batch: int, tokens: int, guidance: float, device: str, dtype: torch.dtype, repeats: int):
     torch.manual_seed(0)
     cfg = load_config(PRESETS / f"{name}.yaml", LMConfig)
-    lm = UnifiedLM(cfg).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # built where it runs: a 7B model never materialises on the CPU
+        lm = UnifiedLM(cfg).to(dtype=dtype).eval()
     tok = train_bpe([PROMPT] * 4, 300)
     builder = SequenceBuilder(tok, lm.layout, cfg.max_position_embeddings)
     sampling = ImageSamplingConfig(guidance_scale=guidance, top_k=50, min_tokens=tokens, max_tokens=tokens)

@@ -122,7 +122,11 @@ def generate_image_tokens(
         lengths = torch.where(finished_now, torch.full_like(lengths, t), lengths)
         done |= finished_now
         codes[:, t] = torch.where(done, -1, nxt - layout.code_start)
-        if bool(done.all()) or t == cfg.max_tokens - 1:
+        if t == cfg.max_tokens - 1:
+            break
+        # </img> is banned before min_tokens, so nothing can finish there: skip reading `done`
+        # back from the device (each read waits for the step to finish).
+        if t >= cfg.min_tokens and bool(done.all()):
             break
         step = torch.cat([nxt, nxt]) if guided else nxt
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

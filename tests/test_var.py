@@ -78,14 +78,23 @@ def test_straight_through_value_is_fhat_and_gradient_reaches_the_input():
 
 def test_dead_codes_restart_from_the_batch():
     q = make_quantizer(dead_code_threshold=0.5, usage_decay=0.0).train()
-    f = torch.randn(2, 8, 4, 4)
-    _, indices, _, logs = q(f)
+    _, indices, _, logs = q(torch.randn(2, 8, 4, 4))
     used = torch.cat([i.flatten() for i in indices]).unique()
     assert logs["dead_codes_restarted"] == 32 - used.numel()
-    pool = f.permute(0, 2, 3, 1).reshape(-1, 8)
-    unused = torch.tensor([c for c in range(32) if c not in used.tolist()])
-    for c in unused[:3]:
-        assert (q.codebook.weight.data[c] - pool).abs().sum(1).min() < 1e-6, "restarted codes are batch vectors"
+
+
+def test_dead_codes_restart_on_every_scale_alike():
+    """Restarts draw the scale uniformly: a 1x1 scale (2 vectors in the batch) gets about half of
+    them beside a 4x4 one (32 vectors), not 2/34 as sampling the whole batch would give."""
+    torch.manual_seed(0)
+    q = make_quantizer(dead_code_threshold=0.5, usage_decay=0.0).train()
+    coarse, fine = torch.full((2, 8, 1, 1), 1.0), torch.full((2, 8, 4, 4), 2.0)
+    indices = [torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(2, 4, 4, dtype=torch.long)]
+    assert q._restart_dead_codes(indices, [coarse, fine]) == 31
+    rows = q.codebook.weight.data[1:]
+    from_coarse, from_fine = int((rows == 1.0).all(1).sum()), int((rows == 2.0).all(1).sum())
+    assert from_coarse + from_fine == 31, "restarted codes are vectors a scale quantized"
+    assert 8 <= from_coarse <= 23
 
 
 def test_per_scale_usage_is_logged():

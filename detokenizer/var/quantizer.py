@@ -127,9 +127,11 @@ class MultiScaleQuantizer(nn.Module):
         rest = f_nograd.clone()
         f_hat = torch.zeros_like(f_nograd)
         indices: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []  # what each scale quantized: the pool for dead-code restarts
         loss = f.new_zeros(())
         for k, p in enumerate(self.scales):
             z = rest if p == self.side else F.interpolate(rest, size=(p, p), mode="area")
+            inputs.append(z)
             idx = self.nearest(z)
             h = self.embed_up(idx, k)
             f_hat = f_hat + h
@@ -142,21 +144,27 @@ class MultiScaleQuantizer(nn.Module):
             for p, idx in zip(self.scales, indices, strict=True)
         }
         if self.training and torch.is_grad_enabled():
-            logs["dead_codes_restarted"] = torch.tensor(float(self._restart_dead_codes(indices, f_nograd)))
+            logs["dead_codes_restarted"] = torch.tensor(float(self._restart_dead_codes(indices, inputs)))
         return f + (f_hat - f).detach(), indices, loss, logs  # value f_hat, gradient to f only
 
     @torch.no_grad()
-    def _restart_dead_codes(self, indices: list[torch.Tensor], f: torch.Tensor) -> int:
-        counts = torch.zeros(self.codebook_size, device=f.device)
+    def _restart_dead_codes(self, indices: list[torch.Tensor], inputs: list[torch.Tensor]) -> int:
+        """Move codes whose EMA use fell below the threshold onto vectors that a scale just
+        quantized. The scale is drawn uniformly, not in proportion to its token count: drawn
+        from the whole latent, restarts land where the finest scales live (a 16x16 map has 16x
+        the tokens of a 4x4 one) and the coarse scales' usage starves."""
+        device = inputs[0].device
+        counts = torch.zeros(self.codebook_size, device=device)
         for idx in indices:
             counts += torch.bincount(idx.flatten(), minlength=self.codebook_size).float()
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
         dead = self.usage < self.dead_code_threshold
         n = int(dead.sum())
         if n:
-            pool = f.permute(0, 2, 3, 1).reshape(-1, self.dim)
-            pick = torch.randint(0, pool.shape[0], (n,), device=f.device)
-            self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
+            pools = [z.permute(0, 2, 3, 1).reshape(-1, self.dim) for z in inputs]
+            scale = torch.randint(0, len(pools), (n,)).tolist()
+            new = torch.stack([pools[k][int(torch.randint(0, pools[k].shape[0], ()))] for k in scale])
+            self.codebook.weight.data[dead] = new.to(self.codebook.weight.dtype)
             self.usage[dead] = 1.0
         if dist.is_available() and dist.is_initialized():  # every rank, every step: keep rank 0's
             dist.broadcast(self.codebook.weight.data, src=0)

@@ -48,11 +48,12 @@ def barrier(info: DistInfo) -> None:
 
 
 def mean_across_ranks(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
-    """Average scalar tensors over ranks (one all-reduce for the whole dict)."""
+    """Average scalar tensors over ranks (one all-reduce for the whole dict). The values may sit
+    on different devices (a CPU count beside CUDA losses); each is moved to the rank's device."""
     if not values:
         return {}
     keys = sorted(values)
-    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]).to(info.device)
+    stacked = torch.stack([values[k].detach().float().reshape(()).to(info.device) for k in keys])
     if info.enabled:
         dist.all_reduce(stacked)
         stacked /= info.world_size
