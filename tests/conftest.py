@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from lavit.config import LMRunConfig, TokenizerRunConfig, load_config
 from lavit.train.tasks.lm import LMTask
@@ -180,3 +181,11 @@ def pipeline_dir(tmp_path_factory, tokenizer_dir, lm_dirs, diffusion_dir, var_di
         tokenizer_dir, lm_dirs["discrete"], cfg, diffusion=diffusion_dir, var=var_dir
     ).save_pretrained(out)
     return out
+
+
+def write_image(path: Path, colour: tuple[int, int, int]) -> Path:
+    """An 8x8 image of one colour at ``path`` (format from the suffix: .jpg JPEG, .png PNG),
+    its folders created: the fixture image of the reader tests."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path)
+    return path

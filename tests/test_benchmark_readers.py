@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from conftest import write_image
 
 from lavit.data.benchmark_readers import (
     CocoPromptsDataset,
@@ -31,12 +31,6 @@ from lavit.data.readers import (
 from lavit.data.sample import QA, Sample
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-
-
-def _image(path: Path, colour: tuple[int, int, int]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), colour).save(path)  # format from the suffix: .jpg -> JPEG, .png -> PNG
-    return path
 
 
 def _colour(sample: Sample) -> tuple[int, ...]:
@@ -74,9 +68,9 @@ def test_jsonl_repeated_images_get_numbered_keys(tmp_path: Path) -> None:
 
 
 def test_keys_are_stable_when_scan_drops_records(tmp_path: Path) -> None:
-    _image(tmp_path / "a.png", RED)
+    write_image(tmp_path / "a.png", RED)
     (tmp_path / "b.png").write_text("not an image")
-    _image(tmp_path / "c.png", BLUE)
+    write_image(tmp_path / "c.png", BLUE)
     ds = ImageFolderDataset(tmp_path, on_bad_image="skip")
     assert _keys(ds) == ["a.png", "b.png", "c.png"]
     assert ds.scan() == 1
@@ -110,9 +104,9 @@ def _sentences(*raws: str) -> list[dict[str, Any]]:
 
 
 def _karpathy_coco(tmp_path: Path) -> Path:
-    _image(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg", RED)
-    _image(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000007.jpg", GREEN)
-    _image(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000099.jpg", BLUE)
+    write_image(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg", RED)
+    write_image(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000007.jpg", GREEN)
+    write_image(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000099.jpg", BLUE)
     images = [
         ("val2014", "COCO_val2014_000000000042.jpg", "test", 0, 42, ("A red square.", "Red.")),
         ("train2014", "COCO_train2014_000000000007.jpg", "train", 1, 7, ("A green square.",)),
@@ -139,8 +133,8 @@ def _karpathy_coco(tmp_path: Path) -> Path:
 
 
 def _karpathy_flickr(tmp_path: Path) -> Path:
-    _image(tmp_path / "flickr" / "1000092795.jpg", GREEN)
-    _image(tmp_path / "flickr" / "10002456.jpg", BLUE)
+    write_image(tmp_path / "flickr" / "1000092795.jpg", GREEN)
+    write_image(tmp_path / "flickr" / "10002456.jpg", BLUE)
     return _write_json(
         tmp_path / "dataset_flickr30k.json",
         {
@@ -215,7 +209,7 @@ def _nocaps(tmp_path: Path, write_images: bool = True) -> Path:
     ]
     if write_images:
         for _, name, _, colour in images:
-            _image(tmp_path / "nocaps" / name, colour)
+            write_image(tmp_path / "nocaps" / name, colour)
     return _write_json(
         tmp_path / "nocaps_val_4500_captions.json",
         {
@@ -265,7 +259,7 @@ def test_nocaps_reads_with_coco_reader_and_keeps_domain(tmp_path: Path) -> None:
 
 
 def test_okvqa_reads_with_vqav2_reader(tmp_path: Path) -> None:
-    _image(tmp_path / "val2014" / "COCO_val2014_000000000297.jpg", BLUE)
+    write_image(tmp_path / "val2014" / "COCO_val2014_000000000297.jpg", BLUE)
     questions = _write_json(
         tmp_path / "OpenEnded_mscoco_val2014_questions.json",
         {
@@ -324,8 +318,8 @@ def _vizwiz_entry(index: int, question: str, answer: str) -> dict[str, Any]:
 
 
 def _vizwiz(tmp_path: Path) -> Path:
-    _image(tmp_path / "val" / "VizWiz_val_00000000.jpg", RED)
-    _image(tmp_path / "val" / "VizWiz_val_00000001.jpg", GREEN)
+    write_image(tmp_path / "val" / "VizWiz_val_00000000.jpg", RED)
+    write_image(tmp_path / "val" / "VizWiz_val_00000001.jpg", GREEN)
     unanswerable = _vizwiz_entry(1, "What is this?", "unanswerable") | {"answer_type": "unanswerable", "answerable": 0}
     return _write_json(tmp_path / "val.json", [_vizwiz_entry(0, "What colour is this?", "red"), unanswerable])
 
@@ -343,7 +337,7 @@ def test_vizwiz_one_question_per_image(tmp_path: Path) -> None:
 
 def test_vizwiz_test_split_without_answers(tmp_path: Path) -> None:
     path = _write_json(tmp_path / "test.json", [{"image": "VizWiz_test_00000000.jpg", "question": "What is it?"}])
-    _image(tmp_path / "VizWiz_test_00000000.jpg", BLUE)
+    write_image(tmp_path / "VizWiz_test_00000000.jpg", BLUE)
     ds = VizWizDataset(path, tmp_path)
     assert ds.key(0) == "VizWiz_test_00000000" and ds[0].qa == [QA("What is it?", [], "VizWiz_test_00000000")]
     assert ds[0].meta == {}
@@ -376,8 +370,8 @@ def test_vizwiz_malformed_entries_name_file_and_entry(tmp_path: Path) -> None:
 
 
 def _gqa(tmp_path: Path) -> Path:
-    _image(tmp_path / "images" / "n161313.jpg", RED)
-    _image(tmp_path / "images" / "n235859.jpg", BLUE)
+    write_image(tmp_path / "images" / "n161313.jpg", RED)
+    write_image(tmp_path / "images" / "n235859.jpg", BLUE)
 
     def question(image_id: str, text: str, answer: str) -> dict[str, Any]:
         return {

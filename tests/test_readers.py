@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from conftest import write_image
 
 from lavit.data.image_io import ImageLoadError
 from lavit.data.readers import (
@@ -24,12 +24,6 @@ from lavit.data.readers import (
 from lavit.data.sample import QA, Sample
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-
-
-def _image(path: Path, colour: tuple[int, int, int]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), colour).save(path)
-    return path
 
 
 def _bad_image(path: Path) -> Path:
@@ -53,8 +47,8 @@ def _write_json(path: Path, data: Any) -> Path:
 
 
 def test_jsonl_reads_samples_relative_to_its_folder(tmp_path: Path) -> None:
-    _image(tmp_path / "img" / "a.png", RED)
-    _image(tmp_path / "img" / "b.png", GREEN)
+    write_image(tmp_path / "img" / "a.png", RED)
+    write_image(tmp_path / "img" / "b.png", GREEN)
     path = tmp_path / "data.jsonl"
     path.write_text(
         '{"image": "img/a.png", "text": "a red square", "source": "web"}\n'
@@ -75,7 +69,7 @@ def test_jsonl_reads_samples_relative_to_its_folder(tmp_path: Path) -> None:
 
 
 def test_jsonl_explicit_image_root(tmp_path: Path) -> None:
-    _image(tmp_path / "images" / "a.png", BLUE)
+    write_image(tmp_path / "images" / "a.png", BLUE)
     path = tmp_path / "meta" / "data.jsonl"
     path.parent.mkdir()
     path.write_text('{"image": "a.png", "text": "blue"}\n')
@@ -112,9 +106,9 @@ def test_jsonl_bad_record_names_line_and_key(tmp_path: Path, line: str, expected
 
 
 def _coco(tmp_path: Path) -> Path:
-    _image(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg", RED)
-    _image(tmp_path / "val2014" / "COCO_val2014_000000000007.jpg", GREEN)
-    _image(tmp_path / "val2014" / "COCO_val2014_000000000099.jpg", BLUE)
+    write_image(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg", RED)
+    write_image(tmp_path / "val2014" / "COCO_val2014_000000000007.jpg", GREEN)
+    write_image(tmp_path / "val2014" / "COCO_val2014_000000000099.jpg", BLUE)
     return _write_json(
         tmp_path / "captions_val2014.json",
         {
@@ -210,8 +204,8 @@ def _vqa_annotations(tmp_path: Path, qids: tuple[int, ...] = (42000, 42001, 7000
 
 
 def test_vqav2_one_sample_per_question(tmp_path: Path) -> None:
-    _image(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg", RED)
-    _image(tmp_path / "val2014" / "COCO_val2014_000000000007.jpg", GREEN)
+    write_image(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg", RED)
+    write_image(tmp_path / "val2014" / "COCO_val2014_000000000007.jpg", GREEN)
     ds = VQAv2Dataset(_vqa_questions(tmp_path), _vqa_annotations(tmp_path), image_root=tmp_path / "val2014")
     assert len(ds) == 3
     first, last = ds[0], ds[2]
@@ -223,8 +217,8 @@ def test_vqav2_one_sample_per_question(tmp_path: Path) -> None:
 
 
 def test_vqav2_without_annotations_has_no_answers_and_maps_test_dev(tmp_path: Path) -> None:
-    _image(tmp_path / "test2015" / "COCO_test2015_000000000042.jpg", BLUE)
-    _image(tmp_path / "test2015" / "COCO_test2015_000000000007.jpg", GREEN)
+    write_image(tmp_path / "test2015" / "COCO_test2015_000000000042.jpg", BLUE)
+    write_image(tmp_path / "test2015" / "COCO_test2015_000000000007.jpg", GREEN)
     ds = VQAv2Dataset(_vqa_questions(tmp_path, "test-dev2015"), image_root=tmp_path / "test2015")
     sample = ds[1]
     assert sample.qa == [QA("Is it square?", [], "42001")] and sample.meta == {}
@@ -262,11 +256,11 @@ def test_vqav2_missing_question_key(tmp_path: Path) -> None:
 
 
 def test_image_folder_sorted_recursive_ids(tmp_path: Path) -> None:
-    _image(tmp_path / "b" / "z.png", BLUE)
-    _image(tmp_path / "a.PNG", RED)
-    _image(tmp_path / "b" / "c" / "y.jpg", GREEN)
-    _image(tmp_path / ".hidden" / "x.png", RED)
-    _image(tmp_path / "b" / "._z.png", RED)
+    write_image(tmp_path / "b" / "z.png", BLUE)
+    write_image(tmp_path / "a.PNG", RED)
+    write_image(tmp_path / "b" / "c" / "y.jpg", GREEN)
+    write_image(tmp_path / ".hidden" / "x.png", RED)
+    write_image(tmp_path / "b" / "._z.png", RED)
     (tmp_path / "notes.txt").write_text("not an image")
     ds = ImageFolderDataset(tmp_path)
     assert [ds[i].image_id for i in range(len(ds))] == ["a.PNG", "b/c/y.jpg", "b/z.png"]
@@ -289,9 +283,9 @@ def test_image_folder_empty_or_missing(tmp_path: Path) -> None:
 
 
 def _folder_with_bad(tmp_path: Path) -> Path:
-    _image(tmp_path / "a.png", RED)
+    write_image(tmp_path / "a.png", RED)
     _bad_image(tmp_path / "b.png")
-    _image(tmp_path / "c.png", BLUE)
+    write_image(tmp_path / "c.png", BLUE)
     _bad_image(tmp_path / "d.png")
     return tmp_path
 
@@ -307,7 +301,7 @@ def test_skip_mode_returns_next_good_sample_and_counts(tmp_path: Path) -> None:
 
 
 def test_skip_mode_missing_file_in_jsonl(tmp_path: Path) -> None:
-    _image(tmp_path / "a.png", GREEN)
+    write_image(tmp_path / "a.png", GREEN)
     path = tmp_path / "d.jsonl"
     path.write_text('{"image": "missing.png", "text": "gone"}\n{"image": "a.png", "text": "here"}\n')
     ds = JsonlDataset(path, on_bad_image="skip")
@@ -335,7 +329,7 @@ def test_raise_mode_raises_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_invalid_on_bad_image_value(tmp_path: Path) -> None:
-    _image(tmp_path / "a.png", RED)
+    write_image(tmp_path / "a.png", RED)
     with pytest.raises(ValueError, match="'ignore'.*'raise', 'skip'"):
         ImageFolderDataset(tmp_path, on_bad_image="ignore")
 
@@ -356,7 +350,7 @@ def test_scan_raises_in_raise_mode(tmp_path: Path) -> None:
 
 
 def test_index_out_of_range(tmp_path: Path) -> None:
-    _image(tmp_path / "a.png", RED)
+    write_image(tmp_path / "a.png", RED)
     ds = ImageFolderDataset(tmp_path)
     assert ds[-1].image_id == "a.png"
     with pytest.raises(IndexError):
