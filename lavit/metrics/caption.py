@@ -135,7 +135,10 @@ def _close_meteor(meteor: Any) -> str:
         meteor.lock.release()
     proc = meteor.meteor_p
     with meteor.lock:
-        proc.stdin.close()
+        try:
+            proc.stdin.close()
+        except OSError:  # a JVM that died leaves unflushable bytes in the pipe: BrokenPipeError
+            pass
         proc.kill()
         proc.wait()
         stderr = proc.stderr.read().decode(errors="replace")
