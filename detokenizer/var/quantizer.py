@@ -161,10 +161,12 @@ class MultiScaleQuantizer(nn.Module):
         dead = self.usage < self.dead_code_threshold
         n = int(dead.sum())
         if n:
-            pools = [z.permute(0, 2, 3, 1).reshape(-1, self.dim) for z in inputs]
-            scale = torch.randint(0, len(pools), (n,)).tolist()
-            new = torch.stack([pools[k][int(torch.randint(0, pools[k].shape[0], ()))] for k in scale])
-            self.codebook.weight.data[dead] = new.to(self.codebook.weight.dtype)
+            pool = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, self.dim) for z in inputs])
+            # each scale's vectors share weight 1, so a draw picks a scale uniformly (one op on
+            # the device, no per-code host round trip)
+            weights = torch.cat([torch.full((z[:, 0].numel(),), 1.0 / z[:, 0].numel(), device=device) for z in inputs])
+            pick = torch.multinomial(weights, n, replacement=True)
+            self.codebook.weight.data[dead] = pool[pick].to(self.codebook.weight.dtype)
             self.usage[dead] = 1.0
         if dist.is_available() and dist.is_initialized():  # every rank, every step: keep rank 0's
             dist.broadcast(self.codebook.weight.data, src=0)
