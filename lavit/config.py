@@ -150,10 +150,23 @@ class TokenizerConfig:
     # images plain MSE lets the codes ignore small objects; this makes them count.
     pixel_saliency: float = 0.0
     position_embedding: bool = False  # learned per-patch position added before the selector
+    # > 0: the frozen read-out the encoder was pretrained through (tokenizer.encoder.PatchReadout,
+    # `lavit train encoder` writes it as readout.safetensors) must read the same per-patch labels
+    # from the rebuilt features as from the originals (KL). Cosine alone spends the codes on
+    # whatever varies most in the features; this makes them keep what the features *say*.
+    semantic_loss_weight: float = 0.0
+    readout_weights: str | None = None  # local readout.safetensors (None: loaded with the tokenizer)
+    readout_classes: list[int] = field(default_factory=list)  # classes of each read-out head
     attention_backend: str = "sdpa"  # or "xformers" (CUDA, optional extra)
 
     def __post_init__(self) -> None:
         check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
+        check(
+            self.semantic_loss_weight <= 0 or len(self.readout_classes) > 0,
+            "readout_classes",
+            self.readout_classes,
+            "semantic_loss_weight > 0 needs the read-out's class counts (ShapesWorld's encoder: [7, 6, 3])",
+        )
         check(
             self.attention_backend in ("sdpa", "xformers"),
             "attention_backend",

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from lavit.config import ConfigError, EncoderRunConfig, TokenizerConfig, load_config
 from lavit.data.shapes import COLOURS, KINDS, SIZES, Scene, Shape, patch_labels
-from lavit.train.tasks.encoder import EncoderTask
+from lavit.train.tasks.encoder import READOUT_CLASSES, EncoderTask
 from lavit.train.trainer import fit
 from tokenizer import DynamicVisualTokenizer
 
@@ -71,14 +71,46 @@ def test_pretraining_runs_and_its_weights_load_into_the_tokenizer(tmp_path):
             "encoder.num_heads=2",
             "encoder.depth=1",
             "quantizer.kmeans_init=false",
+            "semantic_loss_weight=1.0",
+            f"readout_weights={tmp_path / 'model' / 'readout.safetensors'}",
+            f"readout_classes={READOUT_CLASSES}",
         ],
     )
     tok = DynamicVisualTokenizer(tok_cfg)
-    saved = load_file(str(weights))
-    assert set(saved) == set(tok.encoder.vit.state_dict())
-    for name, tensor in tok.encoder.vit.state_dict().items():
-        torch.testing.assert_close(tensor, saved[name])
+    for module, file in ((tok.encoder.vit, "vit"), (tok.readout, "readout")):
+        saved = load_file(str(tmp_path / "model" / f"{file}.safetensors"))
+        assert set(saved) == set(module.state_dict())
+        for name, tensor in module.state_dict().items():
+            torch.testing.assert_close(tensor, saved[name])
     assert not any(p.requires_grad for p in tok.encoder.parameters()), "the tokenizer keeps it frozen"
+    assert not any(p.requires_grad for p in tok.readout.parameters()), "and its read-out"
+
+    # The semantic loss is zero for features rebuilt exactly, and is part of the training loss.
+    images = torch.rand(2, 3, 64, 64)
+    target = tok.encoder(images)
+    kl, agree = tok.semantic_loss(tok.standardise(target), target)
+    assert float(kl) < 1e-5 and float(agree) == 1.0
+    out = tok(images, quantize=False)
+    assert float(out.logs["semantic_kl"]) > 0 and 0 <= float(out.logs["semantic_agree"]) <= 1
+    out.loss.backward()
+    assert tok.to_code.weight.grad.abs().sum() > 0
+
+
+def test_semantic_loss_needs_the_readout_shape_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="readout_classes"):
+        load_config(ROOT / "configs" / "tokenizer" / "debug.yaml", TokenizerConfig, ["semantic_loss_weight=1.0"])
+    with pytest.raises(ConfigError, match="readout.safetensors"):
+        DynamicVisualTokenizer(
+            load_config(
+                ROOT / "configs" / "tokenizer" / "debug.yaml",
+                TokenizerConfig,
+                [
+                    "semantic_loss_weight=1.0",
+                    "readout_classes=[7,6,3]",
+                    f"readout_weights={tmp_path / 'nowhere.safetensors'}",
+                ],
+            )
+        )
 
 
 def test_bad_patch_size_names_the_key():

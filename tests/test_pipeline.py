@@ -73,7 +73,10 @@ def test_images_from_text_and_from_their_own_codes(pipe, images):
     recon = pipe.reconstruct(images[:2], seed=0)
     assert [im.size for im in recon] == [(32, 32)] * 2
     again = pipe.reconstruct(images[1:2], seed=1)  # image j is seeded seed + j
-    assert np.array_equal(np.asarray(again[0]), np.asarray(recon[1]))
+    # The same sample; the UNet's convolutions may round differently at another batch size (CPU
+    # kernels vary by machine), which can move a pixel across one uint8 step.
+    diff = np.abs(np.asarray(again[0]).astype(int) - np.asarray(recon[1]).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).sum())
 
 
 def test_save_and_load_round_trip(pipe, images, tmp_path):

@@ -155,6 +155,31 @@ def test_stages_are_checked_before_anything_trains(lm_overrides, message, tmp_pa
         run_recipe(load_recipe(_write_recipe(tmp_path, stages)), log=lambda line: None)
 
 
+def test_the_semantic_read_out_must_come_from_the_recipes_encoder(tmp_path, monkeypatch):
+    enc_out, tok_out = tmp_path / "enc", tmp_path / "tok"
+    encoder = {
+        "stage": "encoder",
+        "config": str(TRAIN / "encoder_tiny.yaml"),
+        "overrides": [f"train.out_dir={enc_out}"],
+    }
+    tokenizer = {
+        **TOKENIZER,
+        "overrides": [
+            f"train.out_dir={tok_out}",
+            f"model.encoder.weights={enc_out / 'model' / 'vit.safetensors'}",
+            "model.semantic_loss_weight=1.0",
+            "model.readout_classes=[7,6,3]",
+            "model.readout_weights=elsewhere/readout.safetensors",
+        ],
+    }
+    monkeypatch.setattr(recipe_module, "fit", lambda task, cfg: pytest.fail("trained before the checks"))
+    message = (
+        r"stages\[1\] \(tokenizer\): model.readout_weights='elsewhere/readout.safetensors', but the recipe's encoder"
+    )
+    with pytest.raises(ConfigError, match=message):
+        run_recipe(load_recipe(_write_recipe(tmp_path, [encoder, tokenizer])), log=lambda line: None)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

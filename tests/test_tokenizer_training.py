@@ -31,6 +31,7 @@ def test_tiny_recipe_codes_carry_the_scene(tmp_path):
         TokenizerRunConfig,
         [
             f"model.encoder.weights={tmp_path / 'encoder' / 'model' / 'vit.safetensors'}",
+            f"model.readout_weights={tmp_path / 'encoder' / 'model' / 'readout.safetensors'}",
             f"train.out_dir={tmp_path / 'tokenizer'}",
             "train.progress=false",
             "train.steps=700",

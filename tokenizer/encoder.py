@@ -16,6 +16,25 @@ from lavit.checkpoint import load_weights
 from lavit.config import ConfigError, EncoderConfig
 
 
+class PatchReadout(nn.Module):
+    """Linear read-outs of what each patch shows: a LayerNorm then one head per attribute.
+
+    The from-scratch encoder is pretrained through it (``lavit train encoder``: colour, kind and
+    size of the shape covering each patch); frozen, it then tells the tokenizer whether rebuilt
+    features still *say* what the originals said (``TokenizerConfig.semantic_loss_weight``).
+    """
+
+    def __init__(self, dim: int, classes: list[int]) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.ModuleList(nn.Linear(dim, n) for n in classes)
+
+    def forward(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N, C) encoder features -> per attribute (B, N, classes) logits."""
+        h = self.norm(feats)
+        return [head(h) for head in self.heads]
+
+
 class VisionEncoder(nn.Module):
     """timm ViT wrapper: (B, 3, H, W) images in [0, 1] -> (B, N, C) patch features."""
 

@@ -11,9 +11,9 @@ from tokenizer.model import DynamicVisualTokenizer
 
 
 def save_tokenizer(tok: DynamicVisualTokenizer, directory: str | Path) -> Path:
-    """Write ``directory`` atomically. The encoder's weights are inside the safetensors file, so
-    the saved config no longer points at the original local weights file."""
-    cfg = dataclasses.replace(tok.cfg, encoder=dataclasses.replace(tok.cfg.encoder, weights=None))
+    """Write ``directory`` atomically. The encoder's (and read-out's) weights are inside the
+    safetensors file, so the saved config no longer points at the original local weights files."""
+    cfg = dataclasses.replace(tok.cfg, encoder=dataclasses.replace(tok.cfg.encoder, weights=None), readout_weights=None)
     return save_model_dir(directory, cfg, {"tokenizer": tok})
 
 

@@ -6,6 +6,7 @@
     merger                           -> (B, N, W), kept rows compacted to (B, L, W) + mask (B, L)
     quantizer (cosine VQ, EMA)       -> codes (B, L) in [0, K)
     feature decoder (training only)  -> (B, N, Ce) rebuilt standardised encoder features (cosine loss)
+    read-out (optional, frozen)      the encoder's pretraining heads on rebuilt vs original features (KL)
 
 Public interface (DESIGN.md section 4):
 
@@ -22,15 +23,17 @@ l2-normalised low-dimensional projection, the continuous twin of the cosine code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from lavit.config import TokenizerConfig
+from lavit.checkpoint import load_weights
+from lavit.config import ConfigError, TokenizerConfig
 from tokenizer.decoder import FeatureDecoder
-from tokenizer.encoder import VisionEncoder
+from tokenizer.encoder import PatchReadout, VisionEncoder
 from tokenizer.merger import TokenMerger
 from tokenizer.selector import TokenSelector, infer_keep, sample_keep
 
@@ -92,6 +95,18 @@ class DynamicVisualTokenizer(nn.Module):
         self.decoder = FeatureDecoder(
             width, n, self.encoder.dim, cfg.decoder_depth, cfg.heads, cfg.mlp_ratio, pixel_dim, cfg.attention_backend
         )
+        self.readout = self._build_readout(cfg) if cfg.semantic_loss_weight > 0 else None
+
+    def _build_readout(self, cfg: TokenizerConfig) -> PatchReadout:
+        readout = PatchReadout(self.encoder.dim, cfg.readout_classes)
+        if cfg.readout_weights:
+            if not Path(cfg.readout_weights).is_file():
+                raise ConfigError(
+                    f"readout_weights={cfg.readout_weights!r}: no such file. `lavit train encoder` writes it "
+                    "beside vit.safetensors as readout.safetensors; or set semantic_loss_weight=0"
+                )
+            load_weights(readout, cfg.readout_weights)
+        return readout.requires_grad_(False)
 
     @property
     def codebook_size(self) -> int:
@@ -234,6 +249,10 @@ class DynamicVisualTokenizer(nn.Module):
             sal_loss = self.selector_saliency_loss(seen["logits"], images)
             loss = loss + sel.saliency_weight * sal_loss
             logs["selector_saliency_loss"] = sal_loss.detach()
+        if self.readout is not None:
+            sem_loss, agree = self.semantic_loss(pred, target)
+            loss = loss + self.cfg.semantic_loss_weight * sem_loss
+            logs.update(semantic_kl=sem_loss.detach(), semantic_agree=agree)
         if pixels is not None:
             pix_loss = self.pixel_loss(pixels.float(), images)
             loss = loss + self.cfg.pixel_loss_weight * pix_loss
@@ -245,6 +264,19 @@ class DynamicVisualTokenizer(nn.Module):
             vq_loss=vq_loss.detach(),
         )
         return TokenizerOutput(loss=loss, logs=logs, codes=codes, keep=keep.detach() > 0.5)
+
+    def semantic_loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL from the frozen read-out's labels of the encoder features ``target`` (B, N, Ce) to
+        its labels of the rebuilt, standardised ``pred``, summed over classes, averaged over
+        patches and heads; and (detached) the share of patch labels whose argmax agrees."""
+        with torch.no_grad():
+            wanted = [lg.float().log_softmax(-1) for lg in self.readout(target.float())]
+        got = [lg.float().log_softmax(-1) for lg in self.readout(pred.float() * self.feat_std + self.feat_mean)]
+        kl = torch.stack(
+            [F.kl_div(g, w, log_target=True, reduction="none").sum(-1).mean() for g, w in zip(got, wanted, strict=True)]
+        ).mean()
+        agree = torch.stack([(g.argmax(-1) == w.argmax(-1)).float().mean() for g, w in zip(got, wanted, strict=True)])
+        return kl, agree.mean().detach()
 
     def patch_saliency(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, N): each patch's mean :func:`pixel_saliency`."""

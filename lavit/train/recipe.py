@@ -58,11 +58,14 @@ REPORT_FILE = "recipe_report.json"
 
 # What a stage reads from an earlier stage's model directory: (its config key, the stage that
 # writes it, the file inside that stage's model/ ("" for the directory itself)).
-STAGE_INPUTS = {
-    "tokenizer": (("model.encoder.weights", "encoder", "vit.safetensors"),),
-    "lm": (("tokenizer_dir", "tokenizer", ""),),
-    "diffusion": (("tokenizer_dir", "tokenizer", ""),),
-    "var": (("tokenizer_dir", "tokenizer", ""), ("vqvae_dir", "var-vqvae", "")),
+STAGE_INPUTS = {  # stage: (config key, the stage that writes it, file in its model dir, required)
+    "tokenizer": (
+        ("model.encoder.weights", "encoder", "vit.safetensors", True),
+        ("model.readout_weights", "encoder", "readout.safetensors", False),  # with the semantic loss
+    ),
+    "lm": (("tokenizer_dir", "tokenizer", "", True),),
+    "diffusion": (("tokenizer_dir", "tokenizer", "", True),),
+    "var": (("tokenizer_dir", "tokenizer", "", True), ("vqvae_dir", "var-vqvae", "", True)),
 }
 
 
@@ -279,12 +282,12 @@ def _check_out_dirs(recipe: RecipeConfig, steps: list[_Step]) -> None:
 def _check_wiring(steps: list[_Step]) -> None:
     by_name = {s.entry.stage: s for s in steps}
     for s in steps:
-        for key, producer, file in STAGE_INPUTS.get(s.entry.stage, ()):
+        for key, producer, file, required in STAGE_INPUTS.get(s.entry.stage, ()):
             src = by_name.get(producer)
-            if src is None:  # not trained here: the stage reads whatever its config names
+            have = operator.attrgetter(key)(s.cfg)
+            if src is None or (have is None and not required):  # the stage reads what its config names
                 continue
             want = src.model_dir / file if file else src.model_dir
-            have = operator.attrgetter(key)(s.cfg)
             where = f"stages[{s.index}] ({s.entry.stage})"
             if have is None or Path(have).resolve() != want.resolve():
                 raise ConfigError(

@@ -25,7 +25,7 @@ from lavit.config import EncoderConfig, EncoderRunConfig
 from lavit.data.shapes import COLOURS, KINDS, SIZES, patch_labels
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
-from tokenizer.encoder import VisionEncoder
+from tokenizer.encoder import PatchReadout, VisionEncoder
 
 ATTRIBUTES: tuple[tuple[str, int], ...] = (("colour", len(COLOURS)), ("kind", len(KINDS)), ("size", len(SIZES)))
 
@@ -44,19 +44,20 @@ class PatchLabelled(Dataset):
         return to_tensor(self.world.image(index), self.size), torch.from_numpy(labels).flatten(1)
 
 
+READOUT_CLASSES: list[int] = [1 + n for _, n in ATTRIBUTES]  # 0 = no shape
+
+
 class PatchClassifier(nn.Module):
     """A trainable :class:`VisionEncoder` with one linear head per attribute (0 = no shape)."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.encoder = VisionEncoder(dataclasses.replace(cfg, frozen=False))
-        self.norm = nn.LayerNorm(self.encoder.dim)
-        self.heads = nn.ModuleList(nn.Linear(self.encoder.dim, 1 + n) for _, n in ATTRIBUTES)
+        self.readout = PatchReadout(self.encoder.dim, READOUT_CLASSES)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) -> per attribute (B, N, 1 + n) logits."""
-        h = self.norm(self.encoder(images))
-        return [head(h) for head in self.heads]
+        return self.readout(self.encoder(images))
 
 
 class EncoderTask:
@@ -114,5 +115,7 @@ class EncoderTask:
         return metrics
 
     def save(self, model: PatchClassifier, directory: Path) -> None:
-        """``vit.safetensors`` (the timm ViT alone, loadable as ``encoder.weights``) + config.yaml."""
-        save_model_dir(directory, self.cfg.model, {"vit": model.encoder.vit})
+        """``vit.safetensors`` (the timm ViT alone, loadable as ``encoder.weights``),
+        ``readout.safetensors`` (the heads, loadable as the tokenizer's ``readout_weights``) and
+        config.yaml."""
+        save_model_dir(directory, self.cfg.model, {"vit": model.encoder.vit, "readout": model.readout})
