@@ -109,6 +109,9 @@ def generate_image_tokens(
     codes = torch.full((b, cfg.max_tokens), -1, dtype=torch.long, device=device)
     lengths = torch.full((b,), cfg.max_tokens, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    # Every step's mask is a prefix of this one: no allocation per step.
+    prompt_len = mask.shape[1]
+    mask = torch.cat([mask, mask.new_ones(mask.shape[0], cfg.max_tokens)], dim=1)
     for t in range(cfg.max_tokens):
         if guided:
             c, u = logits[:b], logits[b:]
@@ -129,8 +132,7 @@ def generate_image_tokens(
         if t >= cfg.min_tokens and bool(done.all()):
             break
         step = torch.cat([nxt, nxt]) if guided else nxt
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        logits = lm.decode_step(step[:, None], mask, cache)
+        logits = lm.decode_step(step[:, None], mask[:, : prompt_len + t + 1], cache)
     return [codes[i, : lengths[i]].cpu() for i in range(b)]
 
 

@@ -167,13 +167,29 @@ class UnifiedLM(nn.Module):
         )
         return _at_least_fp32(out.logits[:, -1]), out.past_key_values
 
+    @property
+    def takes_decode_mask(self) -> bool:
+        """Whether :meth:`decode_step` may hand HF a finished 4D mask: SDPA attention (a boolean
+        mask, True = attend) and no sliding-window layers (a 4D mask would switch the window off)."""
+        config = self.hf.config
+        windowed = getattr(config, "sliding_window", None) is not None or "sliding_attention" in (
+            getattr(config, "layer_types", None) or ()
+        )
+        return config._attn_implementation == "sdpa" and not windowed
+
     def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
         """One token per sequence: (B, 1) new ids, (B, L+1) mask so far -> logits (B, V); the
         cache is extended in place."""
         position_ids = attention_mask.long().sum(-1, keepdim=True) - 1  # (B, 1)
+        mask = attention_mask
+        if self.takes_decode_mask:
+            # One new query sees every unpadded key: (B, 1, 1, L+1). Given the 2D mask, HF rebuilds
+            # this each step, and first reads the padding back from the device to see whether it
+            # may skip it: a host sync per generated token.
+            mask = attention_mask[:, None, None, :].bool()
         out = self.hf(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,

@@ -48,6 +48,7 @@ def setup():
 
 def test_cached_decoding_matches_full_recompute_with_left_padding(setup):
     lm, sb = setup
+    assert lm.takes_decode_mask  # decode_step hands HF a prebuilt 4D mask: this checks it too
     seqs = [sb.generation_prompt("a red circle on the left."), sb.generation_prompt(None)]
     ids, mask = left_pad(seqs, sb.tok.pad_token_id)
     logits, cache = lm.prefill(ids, mask)
@@ -59,6 +60,18 @@ def test_cached_decoding_matches_full_recompute_with_left_padding(setup):
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         full = lm.hf(input_ids=full_ids, attention_mask=mask, position_ids=pos).logits[:, -1]
         torch.testing.assert_close(logits, full, atol=1e-9, rtol=1e-9)
+
+
+def test_no_prebuilt_decode_mask_where_hf_must_build_it(setup):
+    lm, _ = setup
+    config = lm.hf.config
+    saved = config.sliding_window if hasattr(config, "sliding_window") else None
+    try:
+        config.sliding_window = 16  # a 4D mask would switch the window off
+        assert not lm.takes_decode_mask
+    finally:
+        config.sliding_window = saved
+    assert lm.takes_decode_mask
 
 
 def _reference_unbatched_cfg(lm, sb, prompt, cfg, generator, negative_prompt=None):
