@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from detokenizer.diffusion.io import load_detokenizer
-from detokenizer.diffusion.sampling import noise_scheduler
+from detokenizer.diffusion.sampling import condition_inputs, noise_scheduler
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
@@ -55,7 +55,7 @@ def main() -> None:
     size, n = model.cfg.resolution, args.scenes
     world = ShapesWorld(ShapesWorldConfig(resolution=size), "val")
     images = torch.stack([to_tensor(world.image(i), size) for i in range(n)])
-    emb, mask = tok.code_embeddings(tok.encode(images))
+    emb, mask = condition_inputs(model.cfg, tok, tok.encode(images))
     x0 = model.to_space(images)
     sched = noise_scheduler(model.cfg)
     other = torch.roll(torch.arange(n), 1)  # scene i gets scene i-1's codes

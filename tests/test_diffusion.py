@@ -19,7 +19,7 @@ from detokenizer.diffusion import (
     save_detokenizer,
 )
 from detokenizer.diffusion.model import parse_ratio
-from detokenizer.diffusion.sampling import noise_scheduler, sampling_scheduler, training_target
+from detokenizer.diffusion.sampling import min_snr_weights, noise_scheduler, sampling_scheduler, training_target
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
 from lavit.train.tasks.diffusion import DiffusionTask
@@ -196,3 +196,58 @@ def test_training_stage_and_bad_input(tmp_path, tokenizer_dir):
         DiffusionSamplingConfig(scheduler="plms")
     with pytest.raises(CheckpointError):
         load_detokenizer(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_give_every_parameterisation_the_same_x0_loss(kind):
+    """A prediction whose implied x0 is off by ``d`` costs min(SNR, gamma) * |d|^2 whatever the
+    UNet predicts: epsilon, v or x0 itself."""
+    from detokenizer.diffusion import DiffusionConfig
+
+    sched = noise_scheduler(DiffusionConfig(prediction_type=kind, beta_schedule="squaredcos_cap_v2"))
+    torch.manual_seed(0)
+    x0, noise, d = torch.randn(3, 6, 2, 2, 2).unbind(0)
+    t = torch.tensor([5, 300, 600, 900, 990, 999])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = sched.add_noise(x0, noise, t)
+    x0_wrong = x0 + d
+    eps_wrong = (xt - a.sqrt() * x0_wrong) / (1 - a).sqrt()  # the noise that x0_wrong implies
+    wrong = {"epsilon": eps_wrong, "v_prediction": a.sqrt() * eps_wrong - (1 - a).sqrt() * x0_wrong}
+    pred = wrong.get(kind, x0_wrong)
+    err = (pred - training_target(sched, x0, noise, t)).pow(2).flatten(1).mean(1)
+    snr = (a / (1 - a)).flatten()
+    want = snr.clamp(max=5.0) * d.pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(min_snr_weights(sched, t, 5.0) * err, want, rtol=1e-4, atol=1e-6)
+
+
+def test_features_condition_and_spatial_layout(tmp_path, tokenizer_dir):
+    """The tokenizer's rebuilt per-patch features as the condition, laid out on a 2x2 grid and
+    stacked on the denoiser's input: it trains, decodes any bucket, and a batch equals each alone."""
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = load_config(
+        CONFIGS / "train" / "diffusion_debug.yaml",
+        DiffusionRunConfig,
+        [
+            f"tokenizer_dir={tokenizer_dir}",
+            f"train.out_dir={tmp_path}",
+            "train.progress=false",
+            "train.steps=4",
+            "model.condition=features",
+            f"model.code_dim={tok.encoder.dim}",
+            "model.spatial_channels=3",
+        ],
+    )
+    fit(DiffusionTask(cfg), cfg.train)
+    model = load_detokenizer(tmp_path / "model")
+    assert model.unet.config.in_channels == model.channels + 3
+    codes = [torch.tensor([1, 2, 3]), torch.tensor([4] * 10)]
+    sampling = DiffusionSamplingConfig(steps=2)
+    size = model.size_for("16:9")
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    out = decode_codes(model, tok, codes, sampling, size=size, generator=gens(0, 1))
+    assert out.shape == (2, 3, *size)
+    torch.testing.assert_close(out[1:], decode_codes(model, tok, codes[1:], sampling, size=size, generator=gens(1)))
+    with pytest.raises(ConfigError, match="num_queries to be a square"):
+        debug_cfg("spatial_channels=4", "conditioner.num_queries=6")
+    with pytest.raises(ConfigError, match="condition"):
+        debug_cfg("condition=pixels")

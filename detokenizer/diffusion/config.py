@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lavit.config import ShapesWorldConfig, TrainConfig, check
@@ -67,8 +68,25 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"  # "epsilon", "v_prediction" or "sample" (the clean image x0)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    # What the conditioner reads: "codes" (the codebook vectors of the code sequence) or
+    # "features" (the tokenizer's own feature decoder run on the codes: one rebuilt encoder
+    # feature per patch, in raster order; code_dim is then the encoder's width).
+    condition: str = "codes"
+    # > 0: the conditioning sequence (num_queries = a square grid, one query per cell) is also laid
+    # out on that grid, projected to this many channels and resized onto the denoiser's input,
+    # beside which it is stacked: the layout reaches the UNet directly, not only via attention.
+    spatial_channels: int = 0
 
     def __post_init__(self) -> None:
+        check(self.condition in ("codes", "features"), "condition", self.condition, "use codes or features")
+        grid = math.isqrt(self.conditioner.num_queries)
+        check(
+            self.spatial_channels == 0 or grid * grid == self.conditioner.num_queries,
+            "spatial_channels",
+            self.spatial_channels,
+            f"a spatial map needs conditioner.num_queries to be a square (it is {self.conditioner.num_queries}); "
+            "use e.g. 64 (8x8) or set spatial_channels=0",
+        )
         check(self.space in ("pixel", "latent"), "space", self.space, "use pixel or latent")
         check(
             self.patch_size >= 1 and (self.space == "pixel" or self.patch_size == 1),
@@ -115,8 +133,12 @@ class DiffusionRunConfig:
     num_scenes: int = 20_000  # training scenes; their codes are extracted once and cached
     codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
     cond_drop_prob: float = 0.1  # condition dropped for classifier-free guidance
+    # Min-SNR-gamma loss weighting (Hang et al., ICCV 2023): each timestep's loss is weighted as
+    # if it were an x0 loss with weight min(SNR(t), gamma). 0 = plain MSE on the target.
+    min_snr_gamma: float = 0.0
     eval_scenes: int = 200
     sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
 
     def __post_init__(self) -> None:
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
+        check(self.min_snr_gamma >= 0, "min_snr_gamma", self.min_snr_gamma, "use 0 (off) or a positive gamma, e.g. 5")

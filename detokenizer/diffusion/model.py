@@ -1,6 +1,6 @@
 """The diffusion detokenizer: tokenizer code embeddings -> conditioner -> UNet denoiser.
 
-    codes (B x variable) --tokenizer.code_embeddings--> (B, L, W), mask
+    codes (B x variable) --tokenizer.code_embeddings (or its feature decoder)--> (B, L, W), mask
       --Conditioner--> sequence (B, Q, D) + pooled (B, D)
       --UNet2DConditionModel(x_t, t, cross-attention=sequence, class embedding=pooled)--> eps / v
 
@@ -81,9 +81,12 @@ class DiffusionDetokenizer(nn.Module):
             down = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.channels, self.space_factor = channels, down
         u = cfg.unet
+        self.spatial = None
+        if cfg.spatial_channels:
+            self.spatial = nn.Conv2d(cfg.conditioner.cond_dim, cfg.spatial_channels, kernel_size=1)
         self.unet = UNet2DConditionModel(
             sample_size=cfg.resolution // down,
-            in_channels=channels,
+            in_channels=channels + cfg.spatial_channels,
             out_channels=channels,
             block_out_channels=tuple(u.block_out_channels),
             down_block_types=tuple(u.down_block_types),
@@ -123,8 +126,15 @@ class DiffusionDetokenizer(nn.Module):
         return self.conditioner.null.expand(batch, -1, -1)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The UNet's prediction (epsilon or v) for (B, C, h, w) noisy inputs at ``timesteps``,
-        given (B, Q, D) conditioning (its mean is the pooled vector added to the time embedding)."""
+        """The UNet's prediction (epsilon, v or x0) for (B, C, h, w) noisy inputs at ``timesteps``,
+        given (B, Q, D) conditioning (its mean is the pooled vector added to the time embedding;
+        with ``spatial_channels`` it is also laid out on its grid and stacked on the input)."""
+        if self.spatial is not None:
+            b, q, d = cond.shape
+            grid = math.isqrt(q)
+            layout = self.spatial(cond.transpose(1, 2).reshape(b, d, grid, grid))
+            layout = F.interpolate(layout, size=noisy.shape[2:], mode="bilinear", align_corners=False)
+            noisy = torch.cat([noisy, layout.to(noisy.dtype)], dim=1)
         return self.unet(noisy, timesteps, encoder_hidden_states=cond, class_labels=cond.mean(dim=1)).sample
 
     def forward(

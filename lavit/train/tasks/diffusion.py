@@ -1,8 +1,9 @@
 """Stage 3a: the diffusion detokenizer on codes from a frozen tokenizer (``lavit train diffusion``).
 
 Each item is a train scene's codes and its image at the detokenizer's resolution. The loss is
-the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep; the
-condition is replaced by the learned null one with probability ``cond_drop_prob`` (CFG).
+the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep
+(optionally Min-SNR-gamma weighted); the condition is replaced by the learned null one with
+probability ``cond_drop_prob`` (CFG).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from detokenizer.diffusion import DiffusionDetokenizer, DiffusionRunConfig, decode_codes, save_detokenizer
-from detokenizer.diffusion.sampling import noise_scheduler, training_target
+from detokenizer.diffusion.sampling import condition_inputs, min_snr_weights, noise_scheduler, training_target
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -34,8 +34,9 @@ class DiffusionTask:
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        width = self.tokenizer.encoder.dim if cfg.model.condition == "features" else self.tokenizer.cfg.width
         for key, want, have in (
-            ("model.code_dim", cfg.model.code_dim, self.tokenizer.cfg.width),
+            ("model.code_dim", cfg.model.code_dim, width),
             ("model.max_codes", cfg.model.max_codes, self.tokenizer.cfg.encoder.num_patches),
         ):
             if want != have:
@@ -63,7 +64,7 @@ class DiffusionTask:
         plain: DiffusionDetokenizer = getattr(model, "module", model)
         self.tokenizer.to(device)
         with torch.no_grad():
-            emb, mask = self.tokenizer.code_embeddings(batch["codes"])
+            emb, mask = condition_inputs(self.cfg.model, self.tokenizer, batch["codes"])
             x0 = plain.to_space(images)
         b = x0.shape[0]
         noise = torch.randn_like(x0)
@@ -71,8 +72,12 @@ class DiffusionTask:
         noisy = self.noise.add_noise(x0, noise, t)
         target = training_target(self.noise, x0, noise, t)
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
-        loss = F.mse_loss(model(noisy, t, emb, mask, drop).float(), target.float())
-        return loss, {"loss": loss.detach(), "cond_dropped": drop.float().mean()}
+        err = (model(noisy, t, emb, mask, drop).float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+        if self.cfg.min_snr_gamma > 0:
+            loss = (min_snr_weights(self.noise, t, self.cfg.min_snr_gamma) * err).mean()
+        else:
+            loss = err.mean()
+        return loss, {"loss": loss.detach(), "mse": err.mean().detach(), "cond_dropped": drop.float().mean()}
 
     @torch.no_grad()
     def evaluate(self, model: DiffusionDetokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
