@@ -99,6 +99,17 @@ def test_pretraining_runs_and_its_weights_load_into_the_tokenizer(tmp_path):
 def test_semantic_loss_needs_the_readout_shape_and_file(tmp_path):
     with pytest.raises(ConfigError, match="readout_classes"):
         load_config(ROOT / "configs" / "tokenizer" / "debug.yaml", TokenizerConfig, ["semantic_loss_weight=1.0"])
+    # Training against a read-out that was never loaded would be a random target.
+    from lavit.config import TokenizerRunConfig
+    from lavit.train.tasks.tokenizer import TokenizerTask
+
+    run = load_config(
+        ROOT / "configs" / "train" / "tokenizer_debug.yaml",
+        TokenizerRunConfig,
+        ["model.semantic_loss_weight=1.0", "model.readout_classes=[7,6,3]"],
+    )
+    with pytest.raises(ConfigError, match="model.readout_weights is null: point it at the encoder stage's"):
+        TokenizerTask(run)
     with pytest.raises(ConfigError, match="readout.safetensors"):
         DynamicVisualTokenizer(
             load_config(

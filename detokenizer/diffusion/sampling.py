@@ -159,10 +159,16 @@ def condition_inputs(
     if cfg.condition == "codes":
         tokenizer.check_reader(cfg.code_dim, "diffusion detokenizer", "diffusion")
         return tokenizer.code_embeddings(codes)
-    feats = tokenizer.decode_features(codes)
-    if feats.shape[-1] != cfg.code_dim:
+    if condition_width(cfg, tokenizer) != cfg.code_dim:
         raise ValueError(
             f"the diffusion detokenizer reads {cfg.code_dim}-wide features but this tokenizer rebuilds "
-            f"{feats.shape[-1]}-wide ones: load the detokenizer trained on this tokenizer"
+            f"{condition_width(cfg, tokenizer)}-wide ones: load the detokenizer trained on this tokenizer"
         )
+    feats = tokenizer.decode_features(codes)
     return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+
+
+def condition_width(cfg: DiffusionConfig, tokenizer: DynamicVisualTokenizer) -> int:
+    """The width of what the conditioner reads from ``tokenizer`` (``cfg.code_dim`` must match):
+    its code embeddings' (``tokenizer.cfg.width``) or its rebuilt features' (the encoder's)."""
+    return tokenizer.encoder.dim if cfg.condition == "features" else tokenizer.cfg.width

@@ -16,7 +16,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from detokenizer.diffusion import DiffusionDetokenizer, DiffusionRunConfig, decode_codes, save_detokenizer
-from detokenizer.diffusion.sampling import condition_inputs, min_snr_weights, noise_scheduler, training_target
+from detokenizer.diffusion.sampling import (
+    condition_inputs,
+    condition_width,
+    min_snr_weights,
+    noise_scheduler,
+    training_target,
+)
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -34,9 +40,8 @@ class DiffusionTask:
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
-        width = self.tokenizer.encoder.dim if cfg.model.condition == "features" else self.tokenizer.cfg.width
         for key, want, have in (
-            ("model.code_dim", cfg.model.code_dim, width),
+            ("model.code_dim", cfg.model.code_dim, condition_width(cfg.model, self.tokenizer)),
             ("model.max_codes", cfg.model.max_codes, self.tokenizer.cfg.encoder.num_patches),
         ):
             if want != have:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from lavit.config import TokenizerRunConfig
+from lavit.config import ConfigError, TokenizerRunConfig
 from lavit.data.shapes import COLOURS, KINDS, Scene
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene
@@ -41,6 +41,16 @@ class TokenizerTask:
     block_types = (CrossBlock,)
 
     def __init__(self, cfg: TokenizerRunConfig) -> None:
+        m = cfg.model
+        if m.semantic_loss_weight > 0 and not m.readout_weights:
+            # Only a saved tokenizer may build its read-out empty (its weights come with it);
+            # training against a random frozen read-out would be a meaningless loss.
+            raise ConfigError(
+                f"model.semantic_loss_weight={m.semantic_loss_weight} trains against the encoder's frozen "
+                "read-out, but model.readout_weights is null: point it at the encoder stage's "
+                "readout.safetensors (e.g. runs/encoder_tiny/model/readout.safetensors) or set "
+                "model.semantic_loss_weight=0"
+            )
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
