@@ -214,6 +214,9 @@ class LMConfig:
         )
 
 
+KV_CACHE_MODES = ("auto", "dynamic", "static", "graph")
+
+
 @dataclass
 class ImageSamplingConfig:
     """Image-token generation (lavit/generate.py). Defaults are LaVIT's."""
@@ -224,6 +227,10 @@ class ImageSamplingConfig:
     temperature: float = 1.0
     min_tokens: int = 20  # </img> is forbidden before this many codes (LaVIT: 20)
     max_tokens: int = 200  # LaVIT: 200
+    # KV cache of the decode loop (lavit/decoding.py): "auto" = a static cache whose decode step
+    # is captured as a CUDA graph on a GPU, the growing "dynamic" one elsewhere; or "dynamic",
+    # "static" (preallocated, no graph), "graph".
+    kv_cache: str = "auto"
 
     def __post_init__(self) -> None:
         check(
@@ -234,6 +241,7 @@ class ImageSamplingConfig:
         )
         check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+        check(self.kv_cache in KV_CACHE_MODES, "kv_cache", self.kv_cache, f"use one of {KV_CACHE_MODES}")
 
 
 @dataclass

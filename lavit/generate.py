@@ -9,6 +9,9 @@ slice mask), with min/max code counts, top-k, top-p, temperature and a seeded ge
 
 Text (:func:`generate_text`): greedy or beam search, image ids suppressed, stop at </s> or a
 stop string, batches of prompts with left padding.
+
+The image loop's KV cache is a :mod:`lavit.decoding` decoder: on a GPU a static cache whose
+decode step is one replayed CUDA graph (``ImageSamplingConfig.kv_cache``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from lavit.config import ImageSamplingConfig, TextDecodingConfig
+from lavit.decoding import make_decoder
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, left_pad
 
@@ -103,15 +107,13 @@ def generate_image_tokens(
     _prompt_features(lm, seqs)
     ids, mask = left_pad(seqs, builder.tok.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    logits, cache = lm.prefill(ids, mask)
+    decoder = make_decoder(lm, ids.shape[0], ids.shape[1], cfg.max_tokens, cfg.kv_cache)
+    logits = decoder.prefill(ids, mask)
     allowed = layout.image_mask(device)  # (V,) codes and </img>
     end = layout.image_end_id
     codes = torch.full((b, cfg.max_tokens), -1, dtype=torch.long, device=device)
     lengths = torch.full((b,), cfg.max_tokens, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
-    # Every step's mask is a prefix of this one: no allocation per step.
-    prompt_len = mask.shape[1]
-    mask = torch.cat([mask, mask.new_ones(mask.shape[0], cfg.max_tokens)], dim=1)
     for t in range(cfg.max_tokens):
         if guided:
             c, u = logits[:b], logits[b:]
@@ -131,8 +133,7 @@ def generate_image_tokens(
         # back from the device (each read waits for the step to finish).
         if t >= cfg.min_tokens and bool(done.all()):
             break
-        step = torch.cat([nxt, nxt]) if guided else nxt
-        logits = lm.decode_step(step[:, None], mask[:, : prompt_len + t + 1], cache)
+        logits = decoder.step(torch.cat([nxt, nxt]) if guided else nxt)
     return [codes[i, : lengths[i]].cpu() for i in range(b)]
 
 

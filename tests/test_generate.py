@@ -97,10 +97,11 @@ def _reference_unbatched_cfg(lm, sb, prompt, cfg, generator, negative_prompt=Non
     return torch.tensor(out, dtype=torch.long)
 
 
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
 @pytest.mark.parametrize("negative", [None, "a blue square above a green triangle."])
-def test_batched_cfg_equals_unbatched_reference(setup, negative):
+def test_batched_cfg_equals_unbatched_reference(setup, negative, kv_cache):
     lm, sb = setup
-    cfg = ImageSamplingConfig(guidance_scale=3.0, top_k=10, top_p=0.9, min_tokens=3, max_tokens=12)
+    cfg = ImageSamplingConfig(guidance_scale=3.0, top_k=10, top_p=0.9, min_tokens=3, max_tokens=12, kv_cache=kv_cache)
     outs = []
     for seed in range(3):
         ours = generate_image_tokens(
