@@ -26,6 +26,18 @@ def test_decoding_the_tokens_rebuilds_the_encoders_own_fhat():
     torch.testing.assert_close(q.indices_to_fhat(indices), f_hat)
 
 
+def test_znorm_picks_codes_by_cosine_and_adds_the_raw_code():
+    q = make_quantizer(znorm=True).eval()
+    z = torch.randn(2, 8, 3, 3)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
+    book = q.codebook.weight
+    want = (F.normalize(flat, dim=1) @ F.normalize(book, dim=1).T).argmax(1).view(2, 3, 3)
+    assert torch.equal(q.nearest(z), want)
+    assert not torch.equal(q.nearest(z * 0.01), make_quantizer().eval().nearest(z * 0.01))  # not L2
+    f_hat, indices, _, _ = q(torch.randn(2, 8, 4, 4))
+    torch.testing.assert_close(q.indices_to_fhat(indices), f_hat)  # the raw codes build f_hat
+
+
 def test_phi_convs_are_shared_by_nearest_tick():
     # VAR's 10 scales over 4 phis: ticks linspace(1/12, 11/12, 4); scale k sits at k/9 (ties
     # at 2/9 and 7/9 go to the lower tick, as np.argmin does in VAR).

@@ -30,6 +30,10 @@ class VQVAEConfig:
     commitment_weight: float = 0.25  # VAR's beta
     dead_code_threshold: float = 0.05  # EMA uses per step below this -> code restarted from the batch
     usage_decay: float = 0.99
+    # VAR's using_znorm: the nearest code by cosine (residual and codes l2-normalised for the
+    # lookup; the raw code is what f_hat adds). Coarse residuals are large, fine ones small: by
+    # L2 the codes crowd where the many fine tokens are and the coarse scales share a few.
+    znorm: bool = False
 
     @property
     def latent_size(self) -> int:

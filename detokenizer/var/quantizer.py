@@ -15,6 +15,7 @@ Training: straight-through estimator; the codebook and phi convs learn from
 ``mse(f_hat, sg(f))``, the encoder from ``beta * mse(sg(f_hat), f)`` (VAR's losses); codes whose
 EMA use falls below ``dead_code_threshold`` restart from random latent vectors of the batch
 (VAR's users report collapse at the smallest scales: per-scale usage is returned for logging).
+``znorm`` picks codes by cosine instead of L2 (VAR's ``using_znorm``).
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ class MultiScaleQuantizer(nn.Module):
         commitment_weight: float = 0.25,
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
+        znorm: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.codebook_size, self.scales = dim, codebook_size, list(scales)
         self.commitment_weight = commitment_weight
         self.dead_code_threshold, self.usage_decay = dead_code_threshold, usage_decay
+        self.znorm = znorm
         self.codebook = nn.Embedding(codebook_size, dim)
         nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)
         self.phis = nn.ModuleList(Phi(dim, phi_ratio) for _ in range(num_phi))
@@ -83,11 +86,15 @@ class MultiScaleQuantizer(nn.Module):
     # ----------------------------------------------------------------------------------------
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, p, p) -> (B, p, p) indices of the nearest codes (squared L2)."""
+        """(B, C, p, p) -> (B, p, p) indices of the nearest codes (squared L2, or cosine with
+        ``znorm``)."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
         book = self.codebook.weight.float()
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)[None]
-        return dist.argmin(dim=1).view(z.shape[0], z.shape[2], z.shape[3])
+        if self.znorm:
+            idx = (F.normalize(flat, dim=1) @ F.normalize(book, dim=1).T).argmax(dim=1)
+        else:
+            idx = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)[None]).argmin(dim=1)
+        return idx.view(z.shape[0], z.shape[2], z.shape[3])
 
     def embed_up(self, indices: torch.Tensor, k: int) -> torch.Tensor:
         """Scale ``k``'s (B, p_k, p_k) indices -> its (B, C, side, side) contribution ``h``."""

@@ -59,6 +59,7 @@ class MultiScaleVQVAE(nn.Module):
             cfg.commitment_weight,
             cfg.dead_code_threshold,
             cfg.usage_decay,
+            cfg.znorm,
         )
 
     def check_images(self, images: torch.Tensor) -> None:
