@@ -62,14 +62,6 @@ def sample_logits(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _prompt_features(lm: UnifiedLM, seqs: list[TokenSeq]):
-    if lm.feature_proj is not None and any(s.image_spans for s in seqs):
-        raise ValueError(
-            "image prompts for generation use the discrete (code) input; this LM was trained with "
-            "continuous understanding input only"
-        )
-
-
 @torch.no_grad()
 def generate_image_tokens(
     lm: UnifiedLM,
@@ -80,6 +72,7 @@ def generate_image_tokens(
     num_images: int = 1,
     negative_prompt: str | None = None,
     generator: Generators = None,
+    features: list[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Sample image codes for each prompt.
 
@@ -92,6 +85,9 @@ def generate_image_tokens(
         negative_prompt: unconditional context text (default: the lone <img>).
         generator: a seeded torch.Generator, or one per output image (prompt-major order) so
             each image is the same whatever else is in the batch.
+        features: for an LM with continuous understanding input, per prompt the (N_i, D)
+            tokenizer features of its images, in order (None for a prompt without images); they
+            replace the images' code embeddings, as in understanding.
 
     Returns:
         ``len(prompts) * num_images`` LongTensors of codes (prompt-major order), each of
@@ -104,11 +100,23 @@ def generate_image_tokens(
     b = len(cond)
     guided = cfg.guidance_scale != 1.0
     seqs = cond + [builder.generation_prompt(negative_prompt)] * b if guided else cond
-    _prompt_features(lm, seqs)
-    ids, mask = left_pad(seqs, builder.tok.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
+    if features is not None and len(features) != len(prompts):
+        raise ValueError(f"{len(features)} feature entries for {len(prompts)} prompts")
+    if features is not None and lm.feature_proj is None:
+        raise ValueError("image features given, but this LM reads images as codes (lm.understanding_input: discrete)")
+    if lm.feature_proj is not None and features is None and any(s.image_spans for s in seqs):
+        raise ValueError(
+            "this LM reads images as continuous features (lm.understanding_input: continuous): "
+            "pass the prompt images' tokenizer features (LaVITPipeline does, given images)"
+        )
+    per_seq = None
+    if features is not None:  # cond rows are prompt-major; the unconditional rows have no image
+        empty = next(lm.feature_proj.parameters()).new_zeros(0, lm.feature_proj.in_features)
+        per_seq = [empty if f is None else f for f in features for _ in range(num_images)]
+        per_seq += [empty] * (len(seqs) - b)
+    ids, mask, feats, fmask = _prompt_inputs(seqs, per_seq, builder.tok.pad_token_id, device)
     decoder = make_decoder(lm, ids.shape[0], ids.shape[1], cfg.max_tokens, cfg.kv_cache)
-    logits = decoder.prefill(ids, mask)
+    logits = decoder.prefill(ids, mask, feats, fmask)
     allowed = layout.image_mask(device)  # (V,) codes and </img>
     end = layout.image_end_id
     codes = torch.full((b, cfg.max_tokens), -1, dtype=torch.long, device=device)

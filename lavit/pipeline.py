@@ -5,7 +5,7 @@
     pipe.answer(["cat.png"], ["What animal is this?"])                # -> ["cat"]
     codes = pipe.generate_tokens(["a red circle"], num_images=2, seed=0)
     images = pipe.generate_image(["a red circle"], ratio="4:3", seed=0)   # PIL images
-    images = pipe.synthesize([["cat.png", "in watercolour"]])         # image + text -> image
+    images = pipe.synthesize([[Path("cat.png"), "in watercolour"]])   # image + text -> image
     images = pipe.reconstruct(["cat.png"])                            # image -> codes -> image
 
 A pipeline directory holds one model directory per stage and the inference defaults:
@@ -56,7 +56,8 @@ from lavit.sequence import SequenceBuilder
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
 
 PIPELINE_FILE = "pipeline.yaml"
-ImageInput = str | os.PathLike[str] | Image.Image
+ImageInput = str | os.PathLike[str] | Image.Image  # in a multimodal prompt a str is text
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 Images = Sequence[ImageInput] | torch.Tensor
 
 
@@ -272,15 +273,35 @@ class LaVITPipeline:
     # --- generation ----------------------------------------------------------------------------
 
     def _prompt(self, prompt: str | Sequence[str | ImageInput | torch.Tensor] | None):
-        """Text, None (unconditional) or a multimodal list: images become their codes."""
+        """Text, None (unconditional) or a multimodal list, whose images become their codes ->
+        (the prompt for the sequence builder, its images' tokenizer features or None). The
+        features are what an LM with continuous understanding input reads in the codes' place."""
         if prompt is None or isinstance(prompt, str):
-            return prompt
+            return prompt, None
         parts = list(prompt)
         if not parts:
             raise ValueError("empty multimodal prompt: give text, images or both")
+        for part in parts:
+            if isinstance(part, str) and Path(part).suffix.lower() in IMAGE_SUFFIXES and Path(part).is_file():
+                raise ValueError(
+                    f"prompt part {part!r} is a str, which a multimodal prompt reads as text; for the "
+                    f"image pass Path({part!r}) or a PIL image"
+                )
+        continuous = self._need_lm("image-token generation").cfg.understanding_input == "continuous"
+        if continuous and any(isinstance(p, torch.Tensor) for p in parts):
+            raise ValueError(
+                "this LM reads images as continuous features (lm.understanding_input: continuous): "
+                "give the prompt's images as paths or PIL images, not as codes"
+            )
         pending = [p for p in parts if not isinstance(p, str | torch.Tensor)]
-        encoded = iter(self.encode(pending)) if pending else iter(())
-        return [p if isinstance(p, str | torch.Tensor) else next(encoded) for p in parts]
+        if not pending:
+            return parts, None
+        batch = self.images_to_tensor(pending)
+        codes = iter([c.cpu() for c in self.tokenizer.encode(batch)])
+        built = [p if isinstance(p, str | torch.Tensor) else next(codes) for p in parts]
+        if not continuous:
+            return built, None
+        return built, torch.cat(self.tokenizer.encode_features(batch))
 
     def generate_tokens(
         self,
@@ -311,16 +332,17 @@ class LaVITPipeline:
             sampling = dataclasses.replace(sampling, max_tokens=most, min_tokens=min(sampling.min_tokens, most))
         if guidance_scale is not None:
             sampling = dataclasses.replace(sampling, guidance_scale=guidance_scale)
-        built = [self._prompt(p) for p in prompts]
+        built, features = zip(*(self._prompt(p) for p in prompts), strict=True) if prompts else ((), ())
         generators = seeded_generators(len(built) * num_images, seed, self.device)
         return generate_image_tokens(
             lm,
             self.builder,
-            built,
+            list(built),
             sampling,
             num_images=num_images,
             negative_prompt=negative_prompt,
             generator=generators,
+            features=list(features) if lm.cfg.understanding_input == "continuous" else None,
         )
 
     # --- pixels --------------------------------------------------------------------------------
@@ -396,7 +418,8 @@ class LaVITPipeline:
     ) -> list[Image.Image]:
         """Multimodal synthesis: each prompt is a list of images and texts in order, e.g.
         ``[[img, "in blue"], [img_a, img_b]]`` (image+text, image+image). Images enter the LM
-        as their codes, unwrapped, as LaVIT does; the LM then writes a new image.
+        as their codes, unwrapped, as LaVIT does (an LM with continuous understanding input reads
+        their tokenizer features in the codes' place); the LM then writes a new image.
 
         Returns ``len(prompts) * num_images`` PIL images, prompt-major.
         """

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,17 @@ def test_resume_refuses_another_world_size_or_settings(pipeline_dir, tmp_path):
     other = shapes_cfg("caption", tmp_path / "run", pipeline_dir, "data.limit=2", "prompt=Describe this.")
     with pytest.raises(ResumeError, match="config.prompt"):
         evaluate(other, build_task(other), ONE)
+    # Another model at the same path (retrained in place): one byte of its LM weights differs.
+    model = tmp_path / "model"
+    shutil.copytree(pipeline_dir, model)
+    cfg = shapes_cfg("caption", tmp_path / "run2", model, "data.limit=2")
+    evaluate(cfg, build_task(cfg), ONE)
+    weights = next((model / "lm").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ResumeError, match="weights_sha256"):
+        evaluate(cfg, build_task(cfg), ONE)
 
 
 def coco_fixture(tmp_path: Path, missing: str = "b.png") -> Path:

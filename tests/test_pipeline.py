@@ -2,6 +2,7 @@
 for both understanding inputs, save -> load round trip, seeding, and bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from lavit.checkpoint import CheckpointError
 from lavit.cli import main
 from lavit.config import ConfigError, ImageSamplingConfig, ShapesWorldConfig, TextDecodingConfig
 from lavit.data.shapes_dataset import ShapesWorld
+from lavit.generate import generate_image_tokens
 from lavit.lm_io import load_lm
 from lavit.pipeline import LaVITPipeline, PipelineConfig
 from tokenizer import load_tokenizer
@@ -63,8 +65,31 @@ def test_generate_tokens_is_seeded_and_batch_independent(pipe, images):
     # image j is seeded seed + j: the third image alone (seed 5) is the same
     assert torch.equal(pipe.generate_tokens([None], seed=5)[0], codes[2])
     # a multimodal prompt (image codes then text), and a negative prompt
-    multi = pipe.generate_tokens([[images[0], "a red circle."]], negative_prompt="a blue square.", seed=0)
+    multi = pipe.generate_tokens([[Path(images[0]), "a red circle."]], negative_prompt="a blue square.", seed=0)
     assert lo <= multi[0].numel() <= hi
+    with pytest.raises(ValueError, match="reads as text; for the image pass Path"):
+        pipe.generate_tokens([[images[0], "a red circle."]])  # a str is text: a file name is a mistake
+
+
+def test_a_continuous_input_lm_reads_prompt_images_as_features(tokenizer_dir, lm_dirs, images):
+    pipe = LaVITPipeline.from_parts(tokenizer_dir, lm_dirs["continuous"], CFG)
+    prompt, feats = pipe._prompt([Path(images[0]), "a red circle."])
+    assert feats.shape == (prompt[0].numel(), pipe.lm.cfg.feature_dim)  # one feature per code
+    before = pipe.generate_tokens([[Path(images[0]), "a red circle."]], num_images=2, seed=0)
+    proj = pipe.lm.feature_proj.weight
+    saved = proj.detach().clone()
+    with torch.no_grad():
+        proj.mul_(-1)  # the features, not the codes' embeddings, reach the LM
+    try:
+        after = pipe.generate_tokens([[Path(images[0]), "a red circle."]], num_images=2, seed=0)
+    finally:
+        with torch.no_grad():
+            proj.copy_(saved)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    with pytest.raises(ValueError, match="not as codes"):
+        pipe.generate_tokens([[prompt[0], "a red circle."]])
+    with pytest.raises(ValueError, match="pass the prompt images' tokenizer features"):
+        generate_image_tokens(pipe.lm, pipe.builder, [prompt], CFG.image_sampling)
 
 
 def test_images_from_text_and_from_their_own_codes(pipe, images):

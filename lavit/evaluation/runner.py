@@ -134,12 +134,33 @@ def _evaluate(cfg: EvalConfig, task: EvalTask, info: DistInfo, progress: bool) -
 
 
 def _fingerprint(cfg: EvalConfig, keys: list[str]) -> dict[str, Any]:
-    """Everything that decides the predictions (not the metrics' files, not out_dir)."""
+    """Everything that decides the predictions (not the metrics' files, not out_dir), the
+    model's weights included: the same path may hold another model by the time a run resumes."""
     fields = dataclasses.asdict(cfg)
     for name in ("out_dir", "metrics"):
         fields.pop(name)
     digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-    return {"config": fields, "items": len(keys), "keys_sha256": digest}
+    folders = [cfg.model] if cfg.model is not None else [cfg.tokenizer, cfg.lm, cfg.diffusion, cfg.var]
+    weights = {str(f): weights_digest(Path(f)) for f in folders if f is not None}
+    return {"config": fields, "items": len(keys), "keys_sha256": digest, "weights_sha256": weights}
+
+
+def weights_digest(folder: Path, chunk: int = 16 << 20) -> str:
+    """sha256 over a model folder's files (names, sizes, contents). A file over 4 chunks adds
+    only its first and last chunk, so a 7B checkpoint is fingerprinted in a second, not a minute:
+    retraining changes the weights everywhere, so it still shows."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(folder)}\0{size}\0".encode())
+        with path.open("rb") as f:
+            if size <= 4 * chunk:
+                h.update(f.read())
+            else:
+                h.update(f.read(chunk))
+                f.seek(size - chunk)
+                h.update(f.read(chunk))
+    return h.hexdigest()[:16]
 
 
 def _claim_run(out: Path, cfg: EvalConfig, keys: list[str], info: DistInfo) -> None:
