@@ -138,8 +138,8 @@ class StaticDecoder:
 
 def make_decoder(lm: UnifiedLM, batch: int, prompt_len: int, max_new: int, mode: str):
     """The decoder for ``mode`` ("auto": a CUDA graph on a GPU when the LM allows one, else
-    dynamic). Static decoders are kept on ``lm`` per (batch, length bucket), so a repeated
-    generation of the same shape replays the graph captured the first time."""
+    dynamic). Static decoders are kept on ``lm`` per (batch, length bucket, weights), so a
+    repeated generation of the same shape replays the graph captured the first time."""
     if mode not in KV_CACHE_MODES:
         raise ValueError(f"kv_cache={mode!r}; use one of {KV_CACHE_MODES}")
     on_cuda = next(lm.parameters()).device.type == "cuda"
@@ -148,8 +148,10 @@ def make_decoder(lm: UnifiedLM, batch: int, prompt_len: int, max_new: int, mode:
     if mode == "dynamic":
         return DynamicDecoder(lm, max_new)
     # Lengths round up to 64 slots (masked slots cost little), so nearby prompt lengths share.
+    # A graph reads the weights at the addresses it was captured with: moving or casting the LM
+    # (or replacing a tensor of it) gives new addresses, hence a new key and a fresh capture.
     max_len = -(-(prompt_len + max_new) // 64) * 64
-    key = (batch, max_len, mode)
+    key = (batch, max_len, mode, tuple(p.data_ptr() for p in lm.parameters()))
     decoders = lm.__dict__.setdefault("_static_decoders", {})
     if key not in decoders:
         if len(decoders) >= MAX_KEPT:  # each holds a KV cache: keep the most recent few

@@ -70,6 +70,12 @@ def test_make_decoder_keeps_static_decoders_per_shape(setup):
     for n in range(1, 8):
         make_decoder(lm, n, 10, 20, "static")
     assert len(lm._static_decoders) == 4  # each holds a KV cache: only the last few stay
+    b = make_decoder(lm, 2, 10, 20, "static")
+    try:
+        lm.float()  # new weight tensors: a graph captured on the old ones must not be reused
+        assert make_decoder(lm, 2, 10, 20, "static") is not b
+    finally:
+        lm.double()
 
 
 def test_bad_input(setup):
