@@ -251,3 +251,47 @@ def test_features_condition_and_spatial_layout(tmp_path, tokenizer_dir):
         debug_cfg("spatial_channels=4", "conditioner.num_queries=6")
     with pytest.raises(ConfigError, match="condition"):
         debug_cfg("condition=pixels")
+
+
+def test_edm_preconditioning(tmp_path, tokenizer_dir):
+    """With sigma_data the x0 estimate is c_skip x_t + c_out F(c_in x_t): the input passes through
+    at low noise, F carries it at high noise, c_in x_t has unit variance, and the loss in F's units
+    (1 / c_out^2) makes the target for F unit-variance; the stage trains and decodes."""
+    torch.manual_seed(0)
+    m = DiffusionDetokenizer(debug_cfg("prediction_type=sample", "sigma_data=0.4")).eval()
+    a_bar = noise_scheduler(m.cfg).alphas_cumprod
+    t = torch.tensor([0, 500, 999])
+    c_in, c_skip, c_out = (c.flatten() for c in m.edm_scales(t, 3))
+    sd, a = 0.4, a_bar[t]
+    sigma2 = (1 - a) / a  # EDM's sigma for x = x_t / sqrt(a)
+    torch.testing.assert_close(c_skip * a.sqrt(), sd**2 / (sigma2 + sd**2))  # EDM's c_skip, on x = x_t / sqrt(a)
+    torch.testing.assert_close(c_out, (sigma2.sqrt() * sd / (sigma2 + sd**2).sqrt()).float())
+    x0, eps = torch.randn(2, 20000, 3).unbind(0)
+    xt = a.sqrt().float() * x0 * sd + (1 - a).sqrt().float() * eps
+    torch.testing.assert_close((c_in * xt).std(0), torch.ones(3), atol=0.03, rtol=0)
+    assert c_skip[0] > 0.99 and c_out[0] < 0.01 and c_skip[-1] < 0.01  # pass-through / F
+    cond = cond_for(m, 2)
+    noisy = torch.randn(2, m.channels, 8, 8)
+    with torch.no_grad():
+        raw = m._unet(m.edm_scales(t[1:2], 2)[0] * noisy, t[1], cond)
+        torch.testing.assert_close(m.predict(noisy, t[1], cond), c_skip[1] * noisy + c_out[1] * raw)
+
+    cfg = load_config(
+        CONFIGS / "train" / "diffusion_debug.yaml",
+        DiffusionRunConfig,
+        [f"tokenizer_dir={tokenizer_dir}", f"train.out_dir={tmp_path}", "train.progress=false", "train.steps=3"]
+        + ["model.prediction_type=sample", "model.sigma_data=0.4"],
+    )
+    fit(DiffusionTask(cfg), cfg.train)
+    model, tok = load_detokenizer(tmp_path / "model"), load_tokenizer(tokenizer_dir)
+    assert model.cfg.sigma_data == 0.4
+    out = decode_codes(model, tok, [torch.tensor([1, 2, 3])], DiffusionSamplingConfig(steps=2))
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match="sigma_data"):
+        debug_cfg("sigma_data=0.5")  # epsilon prediction
+    with pytest.raises(ConfigError, match="EDM"):
+        load_config(
+            CONFIGS / "train" / "diffusion_debug.yaml",
+            DiffusionRunConfig,
+            ["model.prediction_type=sample", "model.sigma_data=0.4", "min_snr_gamma=5"],
+        )

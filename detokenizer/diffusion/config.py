@@ -76,6 +76,13 @@ class DiffusionConfig:
     # out on that grid, projected to this many channels and resized onto the denoiser's input,
     # beside which it is stacked: the layout reaches the UNet directly, not only via attention.
     spatial_channels: int = 0
+    # > 0 (prediction_type "sample" only): EDM preconditioning (Karras et al., 2022) with this
+    # data standard deviation (ShapesWorld pixels in [-1, 1]: 0.41). The x0 estimate is
+    # c_skip x_t + c_out F(c_in x_t, t): at low noise the input passes through (the UNet need
+    # not learn the identity through its whole depth), at high noise F carries it; training
+    # weights the x0 error by 1 / c_out^2, a unit-variance target for F. 0 = the UNet's output
+    # is the x0 estimate.
+    sigma_data: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.condition in ("codes", "features"), "condition", self.condition, "use codes or features")
@@ -105,6 +112,12 @@ class DiffusionConfig:
             "prediction_type",
             self.prediction_type,
             f"use one of {', '.join(PREDICTION_TARGETS)}",
+        )
+        check(
+            self.sigma_data == 0 or (self.sigma_data > 0 and self.prediction_type == "sample"),
+            "sigma_data",
+            self.sigma_data,
+            "EDM preconditioning predicts x0: set prediction_type=sample, or sigma_data=0",
         )
 
 
@@ -142,3 +155,9 @@ class DiffusionRunConfig:
     def __post_init__(self) -> None:
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
         check(self.min_snr_gamma >= 0, "min_snr_gamma", self.min_snr_gamma, "use 0 (off) or a positive gamma, e.g. 5")
+        check(
+            self.min_snr_gamma == 0 or self.model.sigma_data == 0,
+            "min_snr_gamma",
+            self.min_snr_gamma,
+            "model.sigma_data (EDM) brings its own loss weighting: set one of them to 0",
+        )

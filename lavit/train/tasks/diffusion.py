@@ -80,6 +80,9 @@ class DiffusionTask:
         err = (model(noisy, t, emb, mask, drop).float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
         if self.cfg.min_snr_gamma > 0:
             loss = (min_snr_weights(self.noise, t, self.cfg.min_snr_gamma) * err).mean()
+        elif plain.cfg.sigma_data > 0:  # EDM: the x0 error in F's units, 1 / c_out^2
+            c_out = plain.edm_scales(t, b)[2].flatten()
+            loss = (err / c_out.float().pow(2)).mean()
         else:
             loss = err.mean()
         return loss, {"loss": loss.detach(), "mse": err.mean().detach(), "cond_dropped": drop.float().mean()}
