@@ -10,7 +10,8 @@ replay launches them all at once.
 
 How a step sees the cache: slots ``[0, P)`` hold the left-padded prompt, slot ``P + t`` the
 t-th generated token; the mask marks the real ones. Slots not yet written hold zeros and are
-masked out. Positions come from the mask (count of real tokens - 1), as in ``decode_step``.
+masked out. Positions come from the mask (count of real tokens - 1); prefill and step go through
+``UnifiedLM.prefill`` / ``decode_step`` with the static cache and a finished 4D mask.
 
 Pick one with :func:`make_decoder`; ``mode`` is ``ImageSamplingConfig.kv_cache``.
 """
@@ -21,7 +22,7 @@ import torch
 from transformers import StaticCache
 
 from lavit.config import KV_CACHE_MODES
-from lavit.model import UnifiedLM, _at_least_fp32
+from lavit.model import UnifiedLM
 
 MAX_KEPT = 4  # static decoders kept per LM
 
@@ -82,17 +83,9 @@ class StaticDecoder:
         # (B, 1, p, max_len): no real query sees a padding key; a padding query sees itself, as
         # a row with no key at all may give NaNs in some SDPA kernels (and NaN keys next layer).
         prefill_mask = causal[None, None] & self.mask | torch.eye(p, self.max_len, dtype=torch.bool, device=ids.device)
-        position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        out = self.lm.hf(
-            inputs_embeds=self.lm.embed(ids, features, feature_mask),
-            attention_mask=prefill_mask,
-            position_ids=position_ids,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        logits, _ = self.lm.prefill(ids, mask, features, feature_mask, cache=self.cache, hf_mask=prefill_mask)
         self.length = p
-        return _at_least_fp32(out.logits[:, -1])
+        return logits
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """(B,) new ids -> (B, V) logits for the next one. With a graph the returned tensor is
@@ -110,15 +103,7 @@ class StaticDecoder:
         return self.logits
 
     def _forward(self) -> torch.Tensor:
-        position_ids = self.mask.sum(-1).view(self.batch, 1) - 1  # real tokens so far - 1
-        out = self.lm.hf(
-            input_ids=self.ids,
-            attention_mask=self.mask,
-            position_ids=position_ids,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        return _at_least_fp32(out.logits[:, -1])
+        return self.lm.decode_step(self.ids, self.mask, self.cache)
 
     def _capture(self) -> None:
         # Warm up on a side stream (lazy cuBLAS / allocator work must not be captured), then

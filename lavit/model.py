@@ -153,13 +153,19 @@ class UnifiedLM(nn.Module):
         attention_mask: torch.Tensor,
         features: torch.Tensor | None = None,
         feature_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        hf_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache]:
-        """Run a left-padded prompt once: (B, L) -> (last-position logits (B, V), KV cache)."""
-        cache = DynamicCache()
+        """Run a left-padded prompt once: (B, L) -> (last-position logits (B, V), KV cache).
+
+        ``cache`` defaults to a fresh ``DynamicCache``; ``hf_mask`` is a finished 4D mask to hand
+        HF instead of the (B, L) padding mask (a static cache's keys outnumber the prompt's);
+        positions always come from ``attention_mask``."""
+        cache = DynamicCache() if cache is None else cache
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         out = self.hf(
             inputs_embeds=self.embed(input_ids, features, feature_mask),
-            attention_mask=attention_mask,
+            attention_mask=attention_mask if hf_mask is None else hf_mask,
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
@@ -179,10 +185,11 @@ class UnifiedLM(nn.Module):
 
     def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
         """One token per sequence: (B, 1) new ids, (B, L+1) mask so far -> logits (B, V); the
-        cache is extended in place."""
-        position_ids = attention_mask.long().sum(-1, keepdim=True) - 1  # (B, 1)
+        cache is extended in place. A (B, 1, 1, L) boolean mask (a static cache's, True = real
+        key) is handed to HF as it is."""
+        position_ids = attention_mask.long().flatten(1).sum(-1, keepdim=True) - 1  # (B, 1)
         mask = attention_mask
-        if self.takes_decode_mask:
+        if attention_mask.dim() == 2 and self.takes_decode_mask:
             # One new query sees every unpadded key: (B, 1, 1, L+1). Given the 2D mask, HF rebuilds
             # this each step, and first reads the padding back from the device to see whether it
             # may skip it: a host sync per generated token.

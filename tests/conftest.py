@@ -37,6 +37,35 @@ def tokenizer_dir(tmp_path_factory):
     return out / "model"
 
 
+def make_small_lm(texts: list[str], dtype: torch.dtype = torch.float64, device: str = "cpu"):
+    """A 2-layer, 64-wide random UnifiedLM (40 codes, context 128) in eval mode and its
+    SequenceBuilder, with a BPE trained on ``texts``: the generation loops' test model."""
+    from lavit.config import LMConfig
+    from lavit.model import UnifiedLM
+    from lavit.sequence import SequenceBuilder
+    from lavit.text_tokenizer import train_bpe
+
+    torch.manual_seed(0)
+    cfg = LMConfig(
+        text_vocab_size=300,
+        num_codes=40,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    tok = train_bpe(texts * 5, 300)
+    lm = UnifiedLM(cfg).to(device=device, dtype=dtype).eval()
+    return lm, SequenceBuilder(tok, lm.layout, 128)
+
+
+@pytest.fixture(scope="session")
+def small_lm():
+    """``small_lm(texts, dtype=float64, device="cpu")`` -> (lm, builder); see make_small_lm."""
+    return make_small_lm
+
+
 def make_lm_cfg(out: Path, tokenizer_dir: Path, *overrides: str) -> LMRunConfig:
     return load_config(
         None,

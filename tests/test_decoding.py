@@ -4,34 +4,17 @@ across generations, CUDA-graph replay (on a GPU) and bad input."""
 import pytest
 import torch
 
-from lavit.config import ConfigError, ImageSamplingConfig, LMConfig
+from lavit.config import ConfigError, ImageSamplingConfig
 from lavit.decoding import DynamicDecoder, StaticDecoder, make_decoder
 from lavit.generate import generate_image_tokens
-from lavit.model import UnifiedLM
-from lavit.sequence import SequenceBuilder, left_pad
-from lavit.text_tokenizer import train_bpe
+from lavit.sequence import left_pad
 
 TEXTS = ["a red circle on the left.", "a blue square above a green triangle.", "two cyan diamonds."]
 
 
-def _lm(dtype=torch.float64, device="cpu"):
-    torch.manual_seed(0)
-    cfg = LMConfig(
-        text_vocab_size=300,
-        num_codes=40,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    lm = UnifiedLM(cfg).to(device=device, dtype=dtype).eval()
-    return lm, SequenceBuilder(train_bpe(TEXTS * 5, 300), lm.layout, 128)
-
-
 @pytest.fixture(scope="module")
-def setup():
-    return _lm()
+def setup(small_lm):
+    return small_lm(TEXTS)
 
 
 def _prompts(sb, texts, device="cpu"):
@@ -99,8 +82,8 @@ def test_bad_input(setup):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @torch.no_grad()
-def test_cuda_graph_replays_the_static_step():
-    lm, sb = _lm(torch.float32, "cuda")
+def test_cuda_graph_replays_the_static_step(small_lm):
+    lm, sb = small_lm(TEXTS, torch.float32, "cuda")
     ids, mask = _prompts(sb, TEXTS, "cuda")
     new = torch.randint(lm.layout.code_start, lm.layout.code_end, (3, 8), device="cuda")
     graphed = StaticDecoder(lm, 3, 64, graph=True)

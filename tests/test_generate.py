@@ -12,7 +12,6 @@ from lavit.config import ConfigError, ImageSamplingConfig, LMConfig, TextDecodin
 from lavit.generate import generate_image_tokens, generate_text, sample_logits
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, left_pad
-from lavit.text_tokenizer import train_bpe
 from lavit.vocab import VocabLayout
 
 TEXTS = [
@@ -25,25 +24,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    tok = train_bpe(TEXTS * 5, 300)
-    lm = (
-        UnifiedLM(
-            LMConfig(
-                text_vocab_size=300,
-                num_codes=40,
-                hidden_size=64,
-                num_layers=2,
-                num_heads=4,
-                intermediate_size=128,
-                max_position_embeddings=128,
-            )
-        )
-        .double()
-        .eval()
-    )
-    return lm, SequenceBuilder(tok, lm.layout, 128)
+def setup(small_lm):
+    return small_lm(TEXTS)
 
 
 def test_cached_decoding_matches_full_recompute_with_left_padding(setup):
