@@ -74,7 +74,10 @@ class StaticDecoder:
     def prefill(self, ids, mask, features=None, feature_mask=None) -> torch.Tensor:
         b, p = ids.shape
         if b != self.batch or p >= self.max_len:
-            raise ValueError(f"prompt batch {tuple(ids.shape)} does not fit a decoder of {self.batch} x {self.max_len}")
+            raise ValueError(
+                f"prompt batch {tuple(ids.shape)} does not fit a decoder of {self.batch} x {self.max_len}; "
+                "get one sized for it from make_decoder(lm, batch, prompt_len, max_new, mode)"
+            )
         for layer in self.cache.layers:  # start over: the prompt goes to slots [0, p)
             layer.cumulative_length.zero_()
         self.mask.zero_()
@@ -91,7 +94,10 @@ class StaticDecoder:
         """(B,) new ids -> (B, V) logits for the next one. With a graph the returned tensor is
         the graph's output buffer: read it before the next step."""
         if self.length >= self.max_len:
-            raise ValueError(f"the static cache holds {self.max_len} tokens; all are used")
+            raise ValueError(
+                f"the static cache holds {self.max_len} tokens; all are used: size the decoder for "
+                "prompt + new tokens (make_decoder does)"
+            )
         self.mask[:, 0, 0, self.length] = True
         self.ids.copy_(ids[:, None])
         self.length += 1
