@@ -79,6 +79,8 @@ SCHEMAS = {
     "train/lm_*.yaml": "lavit.config:LMRunConfig",
     "train/diffusion_*.yaml": "detokenizer.diffusion.config:DiffusionRunConfig",
     "train/encoder_*.yaml": "lavit.config:EncoderRunConfig",
+    "vae/*.yaml": "detokenizer.diffusion.config:VAEConfig",
+    "train/vae_*.yaml": "detokenizer.diffusion.config:VAERunConfig",
     "var/vqvae_*.yaml": "detokenizer.var.config:VQVAEConfig",
     "var/tiny.yaml": "detokenizer.var.config:VARConfig",
     "train/var_vqvae_*.yaml": "detokenizer.var.config:VQVAERunConfig",

@@ -295,3 +295,44 @@ def test_edm_preconditioning(tmp_path, tokenizer_dir):
             DiffusionRunConfig,
             ["model.prediction_type=sample", "model.sigma_data=0.4", "min_snr_gamma=5"],
         )
+
+
+def test_vae_stage_trains_calibrates_and_serves_latent_space(tmp_path):
+    from detokenizer.diffusion.config import VAERunConfig
+    from detokenizer.diffusion.vae import VAETrainer
+    from lavit.train.tasks.vae import VAETask
+
+    cfg = load_config(
+        None,
+        VAERunConfig,
+        [
+            "model.resolution=32",
+            "model.block_out_channels=[8,16]",
+            "model.norm_num_groups=4",
+            "data.resolution=32",
+            f"train.out_dir={tmp_path}",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.progress=false",
+            "eval_images=4",
+            "calibration_images=8",
+        ],
+    )
+    metrics = fit(VAETask(cfg), cfg.train)
+    assert set(metrics) == {"psnr", "scene_kept"}
+    # The saved folder is a plain diffusers AutoencoderKL whose scaling factor makes its
+    # latents unit-variance on training images (not Stable Diffusion's 0.18215).
+    vae = AutoencoderKL.from_pretrained(tmp_path / "model")
+    images = torch.stack([VAETask(cfg).train_dataset()[i] for i in range(8)])
+    with torch.no_grad():
+        latents = vae.encode(images * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+    assert vae.config.scaling_factor != 0.18215
+    torch.testing.assert_close(latents.std(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    # ... which latent-space diffusion reads through vae_path, and the trainer reloads.
+    model = DiffusionDetokenizer(debug_cfg("space=latent", f"vae_path={tmp_path / 'model'}"))
+    assert model.channels == 4 and model.space_factor == 2
+    trainer = VAETrainer(cfg.model)
+    trainer.vae.load_state_dict(vae.state_dict())
+    assert VAETask(cfg).evaluate(trainer, step=3) == metrics
+    with pytest.raises(ConfigError, match="multiple of the VAE's downsampling factor 4"):
+        load_config(None, VAERunConfig, ["model.resolution=30"])

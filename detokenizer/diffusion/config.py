@@ -161,3 +161,49 @@ class DiffusionRunConfig:
             self.min_snr_gamma,
             "model.sigma_data (EDM) brings its own loss weighting: set one of them to 0",
         )
+
+
+@dataclass
+class VAEConfig:
+    """A small ``diffusers.AutoencoderKL`` for latent-space diffusion, trained from scratch
+    (``lavit train vae``) where no pretrained one fits (ShapesWorld). The latent side is
+    ``resolution / 2 ** (len(block_out_channels) - 1)``."""
+
+    resolution: int = 64
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    latent_channels: int = 4
+    mid_attention: bool = False
+    kl_weight: float = 1e-6  # Stable Diffusion's VAE weight on the KL term (pixel loss ~ 1)
+    # Decode a sample of the posterior (a VAE proper) or its mean (an autoencoder whose means
+    # carry the KL penalty). At init the posterior's std is 1 against means of ~0.1, so sampled
+    # training first decodes noise and learns slowly at this budget.
+    sample_posterior: bool = True
+
+    def __post_init__(self) -> None:
+        check(
+            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+            "norm_num_groups",
+            self.norm_num_groups,
+            f"must divide every entry of block_out_channels {self.block_out_channels}",
+        )
+        down = 2 ** (len(self.block_out_channels) - 1)
+        check(
+            self.resolution % down == 0,
+            "resolution",
+            self.resolution,
+            f"must be a multiple of the VAE's downsampling factor {down} (2 ** (levels - 1))",
+        )
+        check(self.kl_weight >= 0, "kl_weight", self.kl_weight, "use 0 or a small positive weight such as 1e-6")
+
+
+@dataclass
+class VAERunConfig:
+    """``lavit train vae``: the AutoencoderKL of ``space: latent`` on ShapesWorld images."""
+
+    model: VAEConfig = field(default_factory=VAEConfig)
+    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_images: int = 200  # held-out (val) images: PSNR and scenes kept by the parser
+    calibration_images: int = 512  # train images whose latent spread sets scaling_factor

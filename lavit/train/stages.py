@@ -19,6 +19,7 @@ STAGES = {
     "encoder": ("lavit.config:EncoderRunConfig", "lavit.train.tasks.encoder:EncoderTask"),
     "tokenizer": ("lavit.config:TokenizerRunConfig", "lavit.train.tasks.tokenizer:TokenizerTask"),
     "lm": ("lavit.config:LMRunConfig", "lavit.train.tasks.lm:LMTask"),
+    "vae": ("detokenizer.diffusion.config:VAERunConfig", "lavit.train.tasks.vae:VAETask"),
     "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),
     "var-vqvae": ("detokenizer.var.config:VQVAERunConfig", "lavit.train.tasks.var_vqvae:VQVAETask"),
     "var": ("detokenizer.var.config:VARRunConfig", "lavit.train.tasks.var:VARTask"),
