@@ -2,7 +2,8 @@
 
 For held-out ShapesWorld scenes noised to step t, the PSNR of the denoiser's one-shot estimate
 of the clean image, conditioned three ways: on the scene's own codes, on the null condition, and
-on another scene's codes. A denoiser that ignores its condition scores the three alike; one that
+on another scene's codes (scored in pixels: latent-space estimates go through the VAE's
+decoder). A denoiser that ignores its condition scores the three alike; one that
 cannot draw a clean scene at all tops out near the noisy input's own PSNR at small t (printed as
 ``input_psnr``).
 
@@ -25,9 +26,9 @@ from lavit.data.transforms import to_tensor
 from tokenizer import load_tokenizer
 
 
-def psnr(estimate: torch.Tensor, x0: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    return round(10 * torch.log10(4.0 / F.mse_loss(estimate, x0)).item(), 2)
+def psnr(image: torch.Tensor, truth: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1]."""
+    return round(10 * torch.log10(1.0 / F.mse_loss(image, truth)).item(), 2)
 
 
 def x0_estimate(model, noisy, steps, a, emb, mask, drop=None) -> torch.Tensor:
@@ -50,8 +51,6 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     model, tok = load_detokenizer(args.detokenizer_dir).eval(), load_tokenizer(args.tokenizer_dir).eval()
-    if model.cfg.space != "pixel":
-        raise SystemExit(f"{args.detokenizer_dir}: only pixel-space detokenizers are probed (space={model.cfg.space})")
     size, n = model.cfg.resolution, args.scenes
     world = ShapesWorld(ShapesWorldConfig(resolution=size), "val")
     images = torch.stack([to_tensor(world.image(i), size) for i in range(n)])
@@ -61,6 +60,11 @@ def main() -> None:
     other = torch.roll(torch.arange(n), 1)  # scene i gets scene i-1's codes
     drop_all = torch.ones(n, dtype=torch.bool)
     rows = []
+
+    def score(estimate: torch.Tensor) -> float:  # in pixels, whatever the space
+        with torch.no_grad():
+            return psnr(model.from_space(estimate), images)
+
     for t in args.timesteps:
         steps = torch.full((n,), t)
         noise = torch.randn_like(x0)
@@ -70,10 +74,10 @@ def main() -> None:
         rows.append(
             {
                 "t": t,
-                "input_psnr": psnr(noisy / a.sqrt(), x0),
-                "own_codes_psnr": psnr(x0_estimate(model, noisy, steps, a, emb, mask), x0),
-                "null_condition_psnr": psnr(x0_estimate(model, noisy, steps, a, emb, mask, drop_all), x0),
-                "other_scene_codes_psnr": psnr(x0_estimate(model, noisy, steps, a, emb[other], mask[other]), x0),
+                "input_psnr": score(noisy / a.sqrt()),
+                "own_codes_psnr": score(x0_estimate(model, noisy, steps, a, emb, mask)),
+                "null_condition_psnr": score(x0_estimate(model, noisy, steps, a, emb, mask, drop_all)),
+                "other_scene_codes_psnr": score(x0_estimate(model, noisy, steps, a, emb[other], mask[other])),
             }
         )
     print(

@@ -102,7 +102,7 @@ def fit_probe(
         opt.step()
         sched.step()
         if log is not None and (step % 500 == 0 or step == steps):
-            log(step, float(loss))
+            log(step, loss.item())
     probe.eval()
     with torch.no_grad():
         pred = torch.cat(

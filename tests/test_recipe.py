@@ -191,3 +191,20 @@ def test_the_semantic_read_out_must_come_from_the_recipes_encoder(tmp_path, monk
 def test_cli_train_all_usage_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_latent_diffusion_must_read_the_recipes_vae(tmp_path, monkeypatch):
+    tok_out, vae_out = tmp_path / "tok", tmp_path / "vae"
+    stages = [
+        {**TOKENIZER, "overrides": [f"train.out_dir={tok_out}"]},
+        {"stage": "vae", "config": str(TRAIN / "vae_tiny.yaml"), "overrides": [f"train.out_dir={vae_out}"]},
+        {
+            "stage": "diffusion",
+            "config": str(TRAIN / "diffusion_latent_tiny.yaml"),
+            "overrides": [f"tokenizer_dir={tok_out / 'model'}", f"train.out_dir={tmp_path / 'diff'}"],
+        },
+    ]
+    monkeypatch.setattr(recipe_module, "fit", lambda task, cfg: pytest.fail("trained before the checks"))
+    message = r"stages\[2\] \(diffusion\): model.vae_path='runs/vae_tiny/model', but the recipe's vae stage"
+    with pytest.raises(ConfigError, match=message):
+        run_recipe(load_recipe(_write_recipe(tmp_path, stages)), log=lambda line: None)

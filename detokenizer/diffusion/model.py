@@ -15,10 +15,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from detokenizer.diffusion.config import DiffusionConfig
+from detokenizer.diffusion.schedule import noise_scheduler
 from lavit.config import ConfigError
 from lavit.layers import CrossBlock
 
@@ -102,8 +103,7 @@ class DiffusionDetokenizer(nn.Module):
         # Sizes must survive every UNet downsampling (and the VAE's).
         self.multiple = down * 2 ** (len(u.block_out_channels) - 1)
         # The training schedule's alpha-bar, for EDM preconditioning (not saved: the config has it).
-        alphas = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
-        self.register_buffer("alphas_cumprod", alphas.alphas_cumprod.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", noise_scheduler(cfg).alphas_cumprod.float(), persistent=False)
 
     def train(self, mode: bool = True) -> DiffusionDetokenizer:
         super().train(mode)

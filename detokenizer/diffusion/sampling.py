@@ -18,6 +18,7 @@ from diffusers import (
 
 from detokenizer.diffusion.config import DiffusionConfig, DiffusionSamplingConfig
 from detokenizer.diffusion.model import DiffusionDetokenizer
+from detokenizer.diffusion.schedule import noise_scheduler
 from tokenizer import DynamicVisualTokenizer
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -28,17 +29,6 @@ _SAMPLERS = {
     "euler": EulerDiscreteScheduler,
     "dpm": DPMSolverMultistepScheduler,
 }
-
-
-def noise_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
-    """The training schedule; samplers are built from its config."""
-    return DDPMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule=cfg.beta_schedule,
-        prediction_type=cfg.prediction_type,
-        clip_sample=cfg.space == "pixel",  # pixels live in [-1, 1]; latents do not
-        clip_sample_range=1.0,
-    )
 
 
 def training_target(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,8 @@ file), so a recipe finds its configs from any working directory. Every other pat
 directory, as in the stage configs. Each stage writes where its own config says
 (``train.out_dir``); the recipe invents no path. It checks, before training anything, that every
 stage config loads and that the stages are wired together: a stage reading ``tokenizer_dir``
-(``vqvae_dir``, ``model.encoder.weights``) reads what the recipe's tokenizer (var-vqvae, encoder)
-stage writes, and that stage comes first.
+(``vqvae_dir``, ``model.encoder.weights``, ``model.vae_path``) reads what the recipe's tokenizer
+(var-vqvae, encoder, vae) stage writes, and that stage comes first.
 
 Skipping and resuming: a stage whose ``<train.out_dir>/model`` exists is finished (the trainer
 writes it last, atomically) and is skipped. Any other stage goes to :func:`fit`, which resumes
@@ -64,7 +64,10 @@ STAGE_INPUTS = {  # stage: (config key, the stage that writes it, file in its mo
         ("model.readout_weights", "encoder", "readout.safetensors", False),  # with the semantic loss
     ),
     "lm": (("tokenizer_dir", "tokenizer", "", True),),
-    "diffusion": (("tokenizer_dir", "tokenizer", "", True),),
+    "diffusion": (
+        ("tokenizer_dir", "tokenizer", "", True),
+        ("model.vae_path", "vae", "", False),  # latent space only
+    ),
     "var": (("tokenizer_dir", "tokenizer", "", True), ("vqvae_dir", "var-vqvae", "", True)),
 }
 
