@@ -81,8 +81,11 @@ class SequenceProbe(nn.Module):
 
 def multiset_accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
     """Share of rows whose non-empty labels agree as multisets (cells may differ)."""
-    bag = lambda row: Counter(int(v) for v in row if v > 0)  # noqa: E731
-    return sum(bag(p) == bag(t) for p, t in zip(pred, truth, strict=True)) / len(truth)
+    return sum(_bag(p) == _bag(t) for p, t in zip(pred, truth, strict=True)) / len(truth)
+
+
+def _bag(row: torch.Tensor) -> Counter:
+    return Counter(int(v) for v in row if v > 0)
 
 
 def fit_probe(

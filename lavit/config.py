@@ -332,6 +332,16 @@ def check(ok: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"invalid value {value!r} for '{key}': {fix}")
 
 
+def check_norm_groups(groups: int, channels: Sequence[int], key: str = "norm_num_groups") -> None:
+    """GroupNorm's group count must divide every block width (diffusers' UNets and VAEs)."""
+    check(
+        groups >= 1 and all(c % groups == 0 for c in channels),
+        key,
+        groups,
+        f"must divide every entry of block_out_channels {list(channels)}",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------

@@ -336,3 +336,7 @@ def test_vae_stage_trains_calibrates_and_serves_latent_space(tmp_path):
     assert VAETask(cfg).evaluate(trainer, step=3) == metrics
     with pytest.raises(ConfigError, match="multiple of the VAE's downsampling factor 4"):
         load_config(None, VAERunConfig, ["model.resolution=30"])
+    with pytest.raises(
+        ConfigError, match=r"'norm_num_groups': must divide every entry of block_out_channels \[32, 64, 64\]"
+    ):
+        load_config(None, VAERunConfig, ["model.norm_num_groups=24"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lavit.config import ShapesWorldConfig, TrainConfig, check
+from lavit.config import ShapesWorldConfig, TrainConfig, check, check_norm_groups
 
 SCHEDULERS = ("ddim", "ddpm", "euler", "dpm")
 
@@ -42,12 +42,7 @@ class UNetConfig:
             (self.down_block_types, self.up_block_types),
             f"give one down and one up block type per entry of block_out_channels ({n})",
         )
-        check(
-            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-            "unet.norm_num_groups",
-            self.norm_num_groups,
-            f"must divide every entry of block_out_channels {self.block_out_channels}",
-        )
+        check_norm_groups(self.norm_num_groups, self.block_out_channels, "unet.norm_num_groups")
 
 
 PREDICTION_TARGETS = ("epsilon", "v_prediction", "sample")  # what the UNet predicts
@@ -182,12 +177,7 @@ class VAEConfig:
     sample_posterior: bool = True
 
     def __post_init__(self) -> None:
-        check(
-            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-            "norm_num_groups",
-            self.norm_num_groups,
-            f"must divide every entry of block_out_channels {self.block_out_channels}",
-        )
+        check_norm_groups(self.norm_num_groups, self.block_out_channels)
         down = 2 ** (len(self.block_out_channels) - 1)
         check(
             self.resolution % down == 0,

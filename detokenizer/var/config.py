@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from lavit.config import ShapesWorldConfig, TrainConfig, check
+from lavit.config import ShapesWorldConfig, TrainConfig, check, check_norm_groups
 
 
 @dataclass
@@ -58,12 +58,7 @@ class VQVAEConfig:
             f"must rise strictly from >= 1 and end at the latent side {side} "
             f"(resolution {self.resolution} / {down}), e.g. {sorted({1, max(1, side // 4), max(1, side // 2), side})}",
         )
-        check(
-            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-            "norm_num_groups",
-            self.norm_num_groups,
-            f"must divide every entry of block_out_channels {self.block_out_channels}",
-        )
+        check_norm_groups(self.norm_num_groups, self.block_out_channels)
         check(self.num_phi >= 1, "num_phi", self.num_phi, "use 1 or more")
         check(0.0 <= self.phi_ratio <= 1.0, "phi_ratio", self.phi_ratio, "must lie in [0, 1]")
 
