@@ -1,6 +1,7 @@
 """Diffusion detokenizer: seeded golden values, guidance g=1 == conditional alone, every bucket's
 output shape, batch == alone, every scheduler, latent space from a local AutoencoderKL folder,
-the training stage at debug size, and bad input."""
+the training stage at debug size, fine-tuning from a trained detokenizer onto another VAE, and
+bad input."""
 
 from pathlib import Path
 
@@ -107,9 +108,10 @@ def test_a_batch_equals_each_alone(model):
         torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-5, rtol=0)
 
 
-def test_latent_space_from_a_local_vae(tmp_path):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A randomly initialised 32 px AutoencoderKL: 16x16x4 latents."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
         block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
@@ -117,7 +119,10 @@ def test_latent_space_from_a_local_vae(tmp_path):
         norm_num_groups=4,
         sample_size=32,
     )
-    vae.save_pretrained(tmp_path / "vae")
+
+
+def test_latent_space_from_a_local_vae(tmp_path):
+    tiny_vae().save_pretrained(tmp_path / "vae")
     cfg = debug_cfg("space=latent", f"vae_path={tmp_path / 'vae'}")
     model = DiffusionDetokenizer(cfg).eval()
     assert model.channels == 4 and model.space_factor == 2 and model.multiple == 4
@@ -340,3 +345,34 @@ def test_vae_stage_trains_calibrates_and_serves_latent_space(tmp_path):
         ConfigError, match=r"'norm_num_groups': must divide every entry of block_out_channels \[32, 64, 64\]"
     ):
         load_config(None, VAERunConfig, ["model.norm_num_groups=24"])
+
+
+def test_init_from_takes_the_denoiser_and_keeps_its_own_vae(tmp_path, tokenizer_dir):
+    old_vae, new_vae = tmp_path / "vae_old", tmp_path / "vae_new"
+    tiny_vae(0).save_pretrained(old_vae)
+    tiny_vae(1).save_pretrained(new_vae)
+    source = DiffusionDetokenizer(debug_cfg("space=latent", f"vae_path={old_vae}"))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_detokenizer(source, tmp_path / "trained")
+
+    def task(*overrides: str) -> DiffusionTask:
+        cfg = load_config(
+            CONFIGS / "train" / "diffusion_debug.yaml",
+            DiffusionRunConfig,
+            [f"tokenizer_dir={tokenizer_dir}", f"train.out_dir={tmp_path / 'run'}", "model.space=latent", *overrides],
+        )
+        return DiffusionTask(cfg)
+
+    model = task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'trained'}").build_model()
+    fresh_vae = AutoencoderKL.from_pretrained(new_vae).state_dict()
+    for k, v in model.state_dict().items():
+        if k.startswith("vae."):
+            assert torch.equal(v, fresh_vae[k.removeprefix("vae.")]), k
+        else:
+            assert torch.equal(v, source.state_dict()[k]), k
+    with pytest.raises(ConfigError, match="its denoiser differs from model's"):
+        task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'trained'}", "model.spatial_channels=4").build_model()
+    with pytest.raises(ConfigError, match="not a loadable diffusion detokenizer"):
+        task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'nope'}").build_model()

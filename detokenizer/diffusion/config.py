@@ -146,6 +146,9 @@ class DiffusionRunConfig:
     min_snr_gamma: float = 0.0
     eval_scenes: int = 200
     sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
+    # A trained detokenizer directory whose conditioner and UNet start this run (fine-tuning, e.g.
+    # onto the latents of a VAE trained further). Its frozen VAE is not taken: model.vae_path's is.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from detokenizer.diffusion import DiffusionDetokenizer, DiffusionRunConfig, decode_codes, save_detokenizer
+from detokenizer.diffusion import (
+    DiffusionDetokenizer,
+    DiffusionRunConfig,
+    decode_codes,
+    load_detokenizer,
+    save_detokenizer,
+)
 from detokenizer.diffusion.sampling import (
     condition_inputs,
     condition_width,
@@ -23,6 +29,7 @@ from detokenizer.diffusion.sampling import (
     noise_scheduler,
     training_target,
 )
+from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -55,7 +62,10 @@ class DiffusionTask:
         self.block_types: tuple[type[nn.Module], ...] = ()
 
     def build_model(self) -> nn.Module:
-        return DiffusionDetokenizer(self.cfg.model)
+        model = DiffusionDetokenizer(self.cfg.model)
+        if self.cfg.init_from:
+            init_denoiser(model, self.cfg.init_from)
+        return model
 
     def train_dataset(self) -> Dataset:
         return SceneCodes(self.world, self.codes, self.cfg.model.resolution)
@@ -120,6 +130,30 @@ class DiffusionTask:
 
     def save(self, model: DiffusionDetokenizer, directory: Path) -> None:
         save_detokenizer(model, directory)
+
+
+def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
+    """Load a trained detokenizer's weights into ``model``, all but its frozen VAE (``model``
+    keeps its own). Both must have the same conditioner and UNet.
+
+    Raises:
+        ConfigError: the directory does not load, or its denoiser differs from ``model``'s.
+    """
+    try:
+        source = load_detokenizer(directory).state_dict()
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        raise ConfigError(f"init_from={str(directory)!r}: not a loadable diffusion detokenizer ({e})") from e
+    own = {k: v for k, v in source.items() if not k.startswith("vae.")}
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
+    bad = sorted(set(own) ^ set(target)) + sorted(
+        k for k in own.keys() & target.keys() if own[k].shape != target[k].shape
+    )
+    if bad:
+        raise ConfigError(
+            f"init_from={str(directory)!r}: its denoiser differs from model's ({len(bad)} tensors, e.g. "
+            f"{bad[:3]}); give model the same conditioner, unet and spatial_channels as {directory}/config.yaml"
+        )
+    model.load_state_dict(own, strict=False)
 
 
 class SceneCodes(Dataset):
