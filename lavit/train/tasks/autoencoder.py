@@ -9,6 +9,7 @@ add metrics gathered on the way (:meth:`AutoencoderTask.extra_metrics`).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from lavit.data.transforms import to_pil
 from lavit.train.tasks.tokenizer import ShapesImages
 
 
-class AutoencoderTask:
+class AutoencoderTask(ABC):
     block_types: tuple[type[nn.Module], ...] = ()
 
     def __init__(self, cfg) -> None:
@@ -36,9 +37,9 @@ class AutoencoderTask:
         out = model(images)
         return out.loss, out.logs
 
+    @abstractmethod
     def reconstruct(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) in [0, 1] -> the model's reconstruction, in [0, 1]."""
-        raise NotImplementedError
 
     def extra_metrics(self) -> dict[str, float]:
         """Metrics gathered by :meth:`reconstruct` during the last evaluation."""

@@ -153,7 +153,8 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
             f"init_from={str(directory)!r}: its denoiser differs from model's ({len(bad)} tensors, e.g. "
             f"{bad[:3]}); give model the same conditioner, unet and spatial_channels as {directory}/config.yaml"
         )
-    model.load_state_dict(own, strict=False)
+    # Strict: every tensor is either the source's denoiser or this model's own VAE.
+    model.load_state_dict({**model.state_dict(), **own}, strict=True)
 
 
 class SceneCodes(Dataset):
