@@ -347,6 +347,34 @@ def test_vae_stage_trains_calibrates_and_serves_latent_space(tmp_path):
         load_config(None, VAERunConfig, ["model.norm_num_groups=24"])
 
 
+def test_edge_weighted_vae_loss():
+    from detokenizer.diffusion.config import VAEConfig
+    from detokenizer.diffusion.vae import VAETrainer, edge_weights
+
+    # A grey image with one red square: weight 1 on the flat background and inside the square,
+    # 1 + strength / 2 along its outline (both sides of it), 1 + strength at a corner.
+    images = torch.full((1, 3, 16, 16), 0.5)
+    images[:, :, 4:10, 4:10] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    w = edge_weights(images, 9.0)[0, 0]
+    assert w.shape == (16, 16)
+    assert w[0, 0] == 1 and w[7, 7] == 1  # far background, the square's middle
+    assert w.max() == 10 and w[9, 9] == 10 and w[10, 10] == 10
+    assert w[3, 6] == 5.5 and w[9, 6] == 5.5 and w[6, 3] == 5.5 and w[6, 10] == 5.5
+    # edge_weight 0 is the plain pixel loss: mean squared + mean absolute error.
+    cfg = dict(resolution=16, block_out_channels=[8, 16], norm_num_groups=4, sample_posterior=False, kl_weight=0.0)
+    torch.manual_seed(0)
+    plain = VAETrainer(VAEConfig(**cfg))
+    out = plain(images)
+    target = images * 2 - 1
+    expected = ((out.images - target) ** 2).mean() + (out.images - target).abs().mean()
+    torch.testing.assert_close(out.loss, expected)
+    weighted = VAETrainer(VAEConfig(**cfg, edge_weight=9.0))
+    weighted.load_state_dict(plain.state_dict())
+    assert weighted(images).loss != out.loss
+    with pytest.raises(ConfigError, match="'edge_weight'"):
+        load_config(None, VAEConfig, ["edge_weight=-1"])
+
+
 def test_init_from_takes_the_denoiser_and_keeps_its_own_vae(tmp_path, tokenizer_dir):
     old_vae, new_vae = tmp_path / "vae_old", tmp_path / "vae_new"
     tiny_vae(0).save_pretrained(old_vae)

@@ -174,6 +174,11 @@ class VAEConfig:
     latent_channels: int = 4
     mid_attention: bool = False
     kl_weight: float = 1e-6  # Stable Diffusion's VAE weight on the KL term (pixel loss ~ 1)
+    # Pixel loss weight 1 + edge_weight * (the target's gradient magnitude, scaled to [0, 1]):
+    # flat background counts 1, outlines up to 1 + edge_weight. 0 = a plain mean. On this CPU, 20
+    # for 1,000 steps resumed from the 7,000-step VAE: 38.5 -> 40.4 dB, scenes kept 81.5 -> 82%
+    # (what it still loses is small crosses, read back as diamonds).
+    edge_weight: float = 0.0
     # Decode a sample of the posterior (a VAE proper) or its mean (an autoencoder whose means
     # carry the KL penalty). At init the posterior's std is 1 against means of ~0.1, so sampled
     # training first decodes noise and learns slowly at this budget.
@@ -189,6 +194,7 @@ class VAEConfig:
             f"must be a multiple of the VAE's downsampling factor {down} (2 ** (levels - 1))",
         )
         check(self.kl_weight >= 0, "kl_weight", self.kl_weight, "use 0 or a small positive weight such as 1e-6")
+        check(self.edge_weight >= 0, "edge_weight", self.edge_weight, "use 0 (a plain mean) or a positive weight")
 
 
 @dataclass
