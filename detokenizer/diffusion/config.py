@@ -174,10 +174,11 @@ class VAEConfig:
     latent_channels: int = 4
     mid_attention: bool = False
     kl_weight: float = 1e-6  # Stable Diffusion's VAE weight on the KL term (pixel loss ~ 1)
-    # Pixel loss weight 1 + edge_weight * (the target's gradient magnitude, scaled to [0, 1]):
-    # flat background counts 1, outlines up to 1 + edge_weight. 0 = a plain mean. On this CPU, 20
-    # for 1,000 steps resumed from the 7,000-step VAE: 38.5 -> 40.4 dB, scenes kept 81.5 -> 82%
-    # (each of the 36 scenes it still loses has a small cross read back as a diamond).
+    # Pixel loss weight 1 + edge_weight * (the target's gradient L1 norm, scaled to [0, 1]; see
+    # vae.edge_weights): flat background counts 1, outlines up to 1 + edge_weight. 0 = a plain
+    # mean. On this CPU, 20 for 1,000 steps resumed from the 7,000-step VAE: 38.5 -> 40.4 dB,
+    # scenes kept 81.5 -> 82% (each of the 36 scenes it still loses has a small cross read back
+    # as a diamond).
     edge_weight: float = 0.0
     # Decode a sample of the posterior (a VAE proper) or its mean (an autoencoder whose means
     # carry the KL penalty). At init the posterior's std is 1 against means of ~0.1, so sampled

@@ -3,8 +3,9 @@
 Stable Diffusion's VAE is what LaVIT's detokenizer denoises in; ShapesWorld has no pretrained
 one, so ``lavit train vae`` makes one: L1 + L2 on pixels in [-1, 1] (optionally weighted towards
 outlines, :func:`edge_weights`) plus a small KL term, then ``scaling_factor`` set to 1 / (the
-latents' standard deviation) over training images, as Stable Diffusion's 0.18215 was. The result is a plain diffusers folder (``save_pretrained``), which
-``space: latent`` reads through ``vae_path`` like any other AutoencoderKL.
+latents' standard deviation) over training images, as Stable Diffusion's 0.18215 was. The result
+is a plain diffusers folder (``save_pretrained``), which ``space: latent`` reads through
+``vae_path`` like any other AutoencoderKL.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class VAETrainer(nn.Module):
         posterior = self.vae.encode(target).latent_dist
         latent = posterior.sample() if self.cfg.sample_posterior else posterior.mode()
         recon = self.vae.decode(latent).sample
-        err = (recon - target) ** 2 + (recon - target).abs()
-        mse, l1 = F.mse_loss(recon, target), F.l1_loss(recon, target)
+        squared, absolute = (recon - target) ** 2, (recon - target).abs()
+        err = squared + absolute
         if self.cfg.edge_weight > 0:
             w = edge_weights(target, self.cfg.edge_weight)
             pixel = (err * w).sum() / (w.sum() * err.shape[1])
@@ -66,7 +67,7 @@ class VAETrainer(nn.Module):
         # KL per latent element (not summed over the latent as SD's trainer does, which makes the
         # weight depend on the latent size).
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        logs = {"pixel_mse": mse.detach(), "pixel_l1": l1.detach(), "kl": kl.detach()}
+        logs = {"pixel_mse": squared.mean().detach(), "pixel_l1": absolute.mean().detach(), "kl": kl.detach()}
         return VAEOutput(loss=pixel + self.cfg.kl_weight * kl, images=recon, logs=logs)
 
     @torch.no_grad()
