@@ -368,9 +368,13 @@ def test_edge_weighted_vae_loss():
     target = images * 2 - 1
     expected = ((out.images - target) ** 2).mean() + (out.images - target).abs().mean()
     torch.testing.assert_close(out.loss, expected)
+    # edge_weight 9: the same errors, averaged with those weights (outlines count up to 10x).
     weighted = VAETrainer(VAEConfig(**cfg, edge_weight=9.0))
     weighted.load_state_dict(plain.state_dict())
-    assert weighted(images).loss != out.loss
+    out_w = weighted(images)
+    err = (out_w.images - target) ** 2 + (out_w.images - target).abs()
+    torch.testing.assert_close(out_w.loss, (err * w).sum() / (w.sum() * 3))
+    assert not torch.isclose(out_w.loss, out.loss)
     with pytest.raises(ConfigError, match="'edge_weight'"):
         load_config(None, VAEConfig, ["edge_weight=-1"])
 

@@ -142,7 +142,10 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
     try:
         source = load_detokenizer(directory).state_dict()
     except (CheckpointError, ConfigError, FileNotFoundError) as e:
-        raise ConfigError(f"init_from={str(directory)!r}: not a loadable diffusion detokenizer ({e})") from e
+        raise ConfigError(
+            f"init_from={str(directory)!r}: not a loadable diffusion detokenizer ({e}); pass the model/ "
+            "folder of a `lavit train diffusion` run (or a pipeline's diffusion/ folder)"
+        ) from e
     own = {k: v for k, v in source.items() if not k.startswith("vae.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
     bad = sorted(set(own) ^ set(target)) + sorted(
