@@ -23,7 +23,7 @@ from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recover
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import seeded_generators
 from lavit.train.codes_cache import cached_codes, train_world
-from lavit.train.tasks.diffusion import SceneCodes
+from lavit.train.tasks.diffusion import SceneCodes, batch_codes, collate_scene_codes
 from lavit.viz import image_grid
 from tokenizer import load_tokenizer
 
@@ -55,13 +55,13 @@ class VARTask:
         return SceneCodes(self.world, self.codes, self.vqvae.cfg.resolution)
 
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-        return {"codes": [c for c, _ in items], "images": torch.stack([im for _, im in items])}
+        return collate_scene_codes(items)
 
     def training_step(self, model: nn.Module, batch: dict, step: int):
         images = batch["images"]
         self.tokenizer.to(images.device)
         with torch.no_grad():
-            emb, mask = self.tokenizer.code_embeddings(batch["codes"])
+            emb, mask = self.tokenizer.code_embeddings(batch_codes(batch))
         drop = torch.rand(images.shape[0], device=images.device) < self.cfg.model.cond_drop_prob
         loss = model(images, emb, mask, drop)
         return loss, {"loss": loss.detach()}
