@@ -410,11 +410,13 @@ def test_init_from_takes_the_denoiser_and_keeps_its_own_vae(tmp_path, tokenizer_
         task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'nope'}").build_model()
 
 
-def test_a_batch_of_scene_codes_is_three_tensors_whatever_its_size():
+def test_a_batch_of_scene_codes_is_two_tensors_whatever_its_size():
     # A worker sends each tensor of a batch through its own file descriptor: a list of B code
     # tensors ran a batch-128 run with 5 workers out of descriptors ("Too many open files").
     items = [(torch.arange(n) + 10 * n, torch.full((3, 4, 4), float(n))) for n in (3, 1, 5, 2)]
-    batch = collate_scene_codes(items)
-    assert all(isinstance(v, torch.Tensor) for v in batch.values()) and len(batch) == 3
-    assert batch["images"].shape == (4, 3, 4, 4)
-    assert [c.tolist() for c in batch_codes(batch)] == [c.tolist() for c, _ in items]
+    for size in (1, 4):
+        batch = collate_scene_codes(items[:size])
+        assert sorted(k for k, v in batch.items() if isinstance(v, torch.Tensor)) == ["codes", "images"]
+        assert batch["code_lengths"] == [len(c) for c, _ in items[:size]]  # ints: no GPU read-back
+        assert batch["images"].shape == (size, 3, 4, 4)
+        assert [c.tolist() for c in batch_codes(batch)] == [c.tolist() for c, _ in items[:size]]

@@ -63,12 +63,23 @@ def cached_codes(
         if same:
             saved = load_file(path)
             if len(saved["lengths"]) >= n:
-                return list(torch.split(saved["flat"], saved["lengths"].tolist()))[:n]
+                return unpack_codes(saved["flat"], saved["lengths"])[:n]
     device = next(tokenizer.parameters()).device
     codes: list[torch.Tensor] = []
     for start in range(0, n, batch_size):
         images = torch.stack([to_tensor(world.image(i), size) for i in range(start, min(start + batch_size, n))])
         codes += [c.cpu() for c in tokenizer.encode(images.to(device))]
-    tensors = {"flat": torch.cat(codes), "lengths": torch.tensor([c.numel() for c in codes])}
+    tensors = pack_codes(codes)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"fingerprint": key}))
     return codes
+
+
+def pack_codes(codes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Variable-length code sequences as two tensors: ``flat`` (all of them concatenated) and
+    ``lengths``; :func:`unpack_codes` undoes it."""
+    return {"flat": torch.cat(codes), "lengths": torch.tensor([c.numel() for c in codes])}
+
+
+def unpack_codes(flat: torch.Tensor, lengths: torch.Tensor | list[int]) -> list[torch.Tensor]:
+    """The sequences of :func:`pack_codes` (``lengths`` as its tensor or as a list of ints)."""
+    return list(torch.split(flat, lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)))

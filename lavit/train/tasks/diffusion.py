@@ -35,7 +35,7 @@ from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import seeded_generators
-from lavit.train.codes_cache import cached_codes, train_world
+from lavit.train.codes_cache import cached_codes, pack_codes, train_world, unpack_codes
 from lavit.viz import image_grid
 from tokenizer import load_tokenizer
 
@@ -173,24 +173,25 @@ class SceneCodes(Dataset):
         return self.codes[i], to_tensor(self.world.image(i), self.resolution)
 
 
-def collate_scene_codes(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One batch of :class:`SceneCodes` items as three tensors, whatever the batch size: the
-    variable-length code sequences concatenated, their lengths (:func:`batch_codes` splits them
-    again) and the stacked images.
+def collate_scene_codes(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """One batch of :class:`SceneCodes` items as two tensors, whatever the batch size: the
+    variable-length code sequences concatenated (:func:`lavit.train.codes_cache.pack_codes`) and
+    the stacked images; the sequences' lengths travel as a list of ints, so that splitting them
+    again (:func:`batch_codes`) reads nothing back from the GPU.
 
     A DataLoader worker hands the main process each tensor of a batch through its own file
     descriptor, held while the batch waits in the prefetch queue. A list of B code tensors kept
     up to num_workers x prefetch_factor x B of them open: batch 128 with 5 workers went past the
     usual limit of 1,024 ("Too many open files") while the main process evaluated.
     """
-    codes = [c for c, _ in items]
+    packed = pack_codes([c for c, _ in items])
     return {
-        "codes": torch.cat(codes),
-        "code_lengths": torch.tensor([len(c) for c in codes]),
+        "codes": packed["flat"],
+        "code_lengths": packed["lengths"].tolist(),
         "images": torch.stack([im for _, im in items]),
     }
 
 
-def batch_codes(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def batch_codes(batch: dict) -> list[torch.Tensor]:
     """The per-scene code sequences of a :func:`collate_scene_codes` batch."""
-    return list(batch["codes"].split(batch["code_lengths"].tolist()))
+    return unpack_codes(batch["codes"], batch["code_lengths"])
