@@ -6,6 +6,10 @@ outlines, :func:`edge_weights`) plus a small KL term, then ``scaling_factor`` se
 latents' standard deviation) over training images, as Stable Diffusion's 0.18215 was. The result
 is a plain diffusers folder (``save_pretrained``), which ``space: latent`` reads through
 ``vae_path`` like any other AutoencoderKL.
+
+A trained VAE can be fine-tuned decoder-only (``init_from`` + ``freeze_encoder``, optionally with
+the loss focused on named shapes, ``focus_weight``): its latents stay, so a diffusion detokenizer
+trained in them takes the new decoder as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from detokenizer.diffusion.config import VAEConfig
+from lavit.config import ConfigError
 
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
@@ -52,18 +57,27 @@ class VAETrainer(nn.Module):
         self.cfg = cfg
         self.vae = build_vae(cfg)
 
-    def forward(self, images: torch.Tensor) -> VAEOutput:
+    def freeze_encoder(self) -> None:
+        """Train the decoder only: the encoder and its ``quant_conv`` (so every latent) stay."""
+        for module in (self.vae.encoder, self.vae.quant_conv):
+            module.requires_grad_(False)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.vae.encoder.parameters())
+
+    def forward(self, images: torch.Tensor, focus: torch.Tensor | None = None) -> VAEOutput:
+        """``images`` (B, 3, R, R) in [0, 1]; ``focus`` (B, 1, R, R) in {0, 1}, where the loss
+        weighs ``1 + cfg.focus_weight`` times more (:class:`VAEConfig`)."""
         target = images * 2 - 1
-        posterior = self.vae.encode(target).latent_dist
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            posterior = self.vae.encode(target).latent_dist
         latent = posterior.sample() if self.cfg.sample_posterior else posterior.mode()
         recon = self.vae.decode(latent).sample
         squared, absolute = (recon - target) ** 2, (recon - target).abs()
         err = squared + absolute
-        if self.cfg.edge_weight > 0:
-            w = edge_weights(target, self.cfg.edge_weight)
-            pixel = (err * w).sum() / (w.sum() * err.shape[1])
-        else:
-            pixel = err.mean()
+        w = pixel_weights(target, self.cfg, focus)
+        pixel = err.mean() if w is None else (err * w).sum() / (w.sum() * err.shape[1])
         # KL per latent element (not summed over the latent as SD's trainer does, which makes the
         # weight depend on the latent size).
         kl = posterior.kl().mean() / posterior.mean[0].numel()
@@ -75,6 +89,19 @@ class VAETrainer(nn.Module):
         """(B, 3, R, R) in [0, 1] -> the reconstruction from the latent mode, in [0, 1]."""
         latent = self.vae.encode(images * 2 - 1).latent_dist.mode()
         return ((self.vae.decode(latent).sample + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def pixel_weights(target: torch.Tensor, cfg: VAEConfig, focus: torch.Tensor | None) -> torch.Tensor | None:
+    """The pixel loss's (B, 1, H, W) weights for targets in [-1, 1]: :func:`edge_weights` times
+    ``1 + cfg.focus_weight * focus``; None for a plain mean."""
+    w = edge_weights(target, cfg.edge_weight) if cfg.edge_weight > 0 else None
+    if cfg.focus_weight > 0:
+        if focus is None:
+            raise ValueError("focus_weight > 0 needs the batch's focus masks (VAETask gives them)")
+        extra = 1 + cfg.focus_weight * focus.to(target.dtype)
+        w = extra if w is None else w * extra
+    return w
 
 
 @torch.no_grad()
@@ -90,6 +117,30 @@ def edge_weights(images: torch.Tensor, strength: float) -> torch.Tensor:
     edge = F.max_pool2d((gx + gy).amax(1, keepdim=True), 3, stride=1, padding=1)
     edge = edge / edge.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return 1 + strength * edge
+
+
+def load_vae_weights(vae: AutoencoderKL, directory: str | Path) -> None:
+    """Load a saved AutoencoderKL folder's weights and ``scaling_factor`` into ``vae``.
+
+    Raises:
+        ConfigError: the folder does not load, or its architecture differs from ``vae``'s.
+    """
+    try:
+        source = AutoencoderKL.from_pretrained(directory)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"init_from={str(directory)!r}: not an AutoencoderKL folder ({e})") from e
+    mine, theirs = vae.state_dict(), source.state_dict()
+    bad = sorted(set(mine) ^ set(theirs)) + sorted(
+        k for k in mine.keys() & theirs.keys() if mine[k].shape != theirs[k].shape
+    )
+    if bad:
+        raise ConfigError(
+            f"init_from={str(directory)!r}: its architecture differs from model's ({len(bad)} tensors, e.g. "
+            f"{bad[:3]}); give model the block_out_channels, layers_per_block and latent_channels of "
+            f"{directory}/config.json"
+        )
+    vae.load_state_dict(theirs)
+    vae.register_to_config(scaling_factor=source.config.scaling_factor)
 
 
 @torch.no_grad()

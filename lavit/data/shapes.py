@@ -228,3 +228,30 @@ def patch_labels(scene: Scene, resolution: int, patch: int, min_cover: float = 0
         ):
             labels[channel][wins] = 1 + index
     return labels
+
+
+def shape_matches(shape: Shape, description: str) -> bool:
+    """Whether ``shape`` fits a description of size and/or kind words ("small cross", "cross",
+    "small")."""
+    return set(description.split()) <= {shape.size, shape.kind}
+
+
+def check_shape_description(description: str) -> str | None:
+    """None for a valid description of size and/or kind words, else what is wrong with it."""
+    words = description.split()
+    unknown = [w for w in words if w not in SIZES and w not in KINDS]
+    if not words or unknown:
+        return f"{description!r}: use size and/or kind words, e.g. 'small cross' ({', '.join([*SIZES, *KINDS])})"
+    return None
+
+
+def shape_mask(scene: Scene, resolution: int, descriptions: list[str], pad: int = 2) -> np.ndarray:
+    """(R, R) bool: the bounding boxes, grown by ``pad`` pixels, of the scene's shapes that fit
+    any of ``descriptions`` (:func:`shape_matches`) in a ``resolution``-sided render."""
+    mask = np.zeros((resolution, resolution), dtype=bool)
+    for shape in scene.shapes:
+        if any(shape_matches(shape, d) for d in descriptions):
+            x0, y0, x1, y1 = shape.box(resolution)
+            r0, c0 = max(int(np.floor(y0)) - pad, 0), max(int(np.floor(x0)) - pad, 0)
+            mask[r0 : int(np.ceil(y1)) + pad, c0 : int(np.ceil(x1)) + pad] = True
+    return mask
