@@ -23,7 +23,7 @@ from detokenizer.diffusion.model import parse_ratio
 from detokenizer.diffusion.sampling import min_snr_weights, noise_scheduler, sampling_scheduler, training_target
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
-from lavit.train.tasks.diffusion import DiffusionTask, batch_codes, collate_scene_codes
+from lavit.train.tasks.diffusion import DiffusionTask, batch_codes, collate_scene_codes, focused_error
 from lavit.train.trainer import fit
 from tokenizer import load_tokenizer
 
@@ -227,7 +227,8 @@ def test_min_snr_weights_give_every_parameterisation_the_same_x0_loss(kind):
 
 def test_features_condition_and_spatial_layout(tmp_path, tokenizer_dir):
     """The tokenizer's rebuilt per-patch features as the condition, laid out on a 2x2 grid and
-    stacked on the denoiser's input: it trains, decodes any bucket, and a batch equals each alone."""
+    stacked on the denoiser's input: it trains (with a focused loss), decodes any bucket, and a
+    batch equals each alone."""
     tok = load_tokenizer(tokenizer_dir)
     cfg = load_config(
         CONFIGS / "train" / "diffusion_debug.yaml",
@@ -240,6 +241,8 @@ def test_features_condition_and_spatial_layout(tmp_path, tokenizer_dir):
             "model.condition=features",
             f"model.code_dim={tok.encoder.dim}",
             "model.spatial_channels=3",
+            "focus_weight=3",  # and the loss focused on small shapes
+            "focus_shapes=[small]",
         ],
     )
     fit(DiffusionTask(cfg), cfg.train)
@@ -420,3 +423,30 @@ def test_a_batch_of_scene_codes_is_two_tensors_whatever_its_size():
         assert batch["code_lengths"] == [len(c) for c, _ in items[:size]]  # ints: no GPU read-back
         assert batch["images"].shape == (size, 3, 4, 4)
         assert [c.tolist() for c in batch_codes(batch)] == [c.tolist() for c, _ in items[:size]]
+
+
+def test_focused_error_weighs_the_masked_cells_of_the_denoised_grid():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    sq = (pred - target) ** 2
+    torch.testing.assert_close(focused_error(pred, target, None, 5.0), sq.flatten(1).mean(1))
+    focus = torch.zeros(2, 1, 16, 16)
+    focus[0, 0, 5, 9] = 1  # one pixel: latent cell (1, 2) of a 4x4 grid
+    w = torch.ones(2, 1, 4, 4)
+    w[0, 0, 1, 2] = 6
+    torch.testing.assert_close(
+        focused_error(pred, target, focus, 5.0), (sq * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * 4)
+    )
+    # No mask in a row, or weight 0: the plain mean.
+    torch.testing.assert_close(focused_error(pred, target, focus, 5.0)[1], sq[1].mean())
+    torch.testing.assert_close(focused_error(pred, target, focus, 0.0), sq.flatten(1).mean(1))
+    with pytest.raises(ConfigError, match="'focus_shapes'"):
+        load_config(None, DiffusionRunConfig, ["focus_weight=2"])
+    with pytest.raises(ConfigError, match="'focus_shapes'"):
+        load_config(None, DiffusionRunConfig, ["focus_weight=2", "focus_shapes=[tiny blob]"])
+
+
+def test_focus_masks_travel_in_the_batch():
+    items = [(torch.arange(n), torch.zeros(3, 4, 4), torch.full((1, 4, 4), float(n % 2))) for n in (3, 1)]
+    batch = collate_scene_codes(items)
+    assert batch["focus"].shape == (2, 1, 4, 4) and batch["focus"][1].eq(1).all()

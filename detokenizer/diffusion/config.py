@@ -11,6 +11,20 @@ from lavit.data.shapes import check_shape_description
 SCHEDULERS = ("ddim", "ddpm", "euler", "dpm")
 
 
+def check_focus(weight: float, shapes: list[str]) -> None:
+    """Validate a ``focus_weight`` / ``focus_shapes`` pair (VAE and diffusion losses)."""
+    check(weight >= 0, "focus_weight", weight, "use 0 (off) or a positive weight")
+    check(
+        weight == 0 or bool(shapes),
+        "focus_shapes",
+        shapes,
+        "name the shapes focus_weight weighs, e.g. ['small cross'], or set focus_weight=0",
+    )
+    for description in shapes:
+        problem = check_shape_description(description)
+        check(problem is None, "focus_shapes", shapes, problem or "")
+
+
 @dataclass
 class ConditionerConfig:
     """Code embeddings -> learned queries -> a fixed-length conditioning sequence (LaVIT: 256)."""
@@ -150,8 +164,14 @@ class DiffusionRunConfig:
     # A trained detokenizer directory whose conditioner and UNet start this run (fine-tuning, e.g.
     # onto the latents of a VAE trained further). Its frozen VAE is not taken: model.vae_path's is.
     init_from: str | None = None
+    # Extra loss weight inside the boxes of the ShapesWorld shapes that fit focus_shapes (as in
+    # VAEConfig), taken to the denoised space's grid (a latent cell counts when any of its pixels
+    # is in a box): the error becomes sum(w * err^2) / sum(w) with w = 1 + focus_weight * mask.
+    focus_weight: float = 0.0
+    focus_shapes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_focus(self.focus_weight, self.focus_shapes)
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
         check(self.min_snr_gamma >= 0, "min_snr_gamma", self.min_snr_gamma, "use 0 (off) or a positive gamma, e.g. 5")
         check(
@@ -204,16 +224,7 @@ class VAEConfig:
         )
         check(self.kl_weight >= 0, "kl_weight", self.kl_weight, "use 0 or a small positive weight such as 1e-6")
         check(self.edge_weight >= 0, "edge_weight", self.edge_weight, "use 0 (a plain mean) or a positive weight")
-        check(self.focus_weight >= 0, "focus_weight", self.focus_weight, "use 0 (off) or a positive weight")
-        check(
-            self.focus_weight == 0 or bool(self.focus_shapes),
-            "focus_shapes",
-            self.focus_shapes,
-            "name the shapes focus_weight weighs, e.g. ['small cross'], or set focus_weight=0",
-        )
-        for description in self.focus_shapes:
-            problem = check_shape_description(description)
-            check(problem is None, "focus_shapes", self.focus_shapes, problem or "")
+        check_focus(self.focus_weight, self.focus_shapes)
 
 
 @dataclass

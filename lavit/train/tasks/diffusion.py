@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -31,6 +32,7 @@ from detokenizer.diffusion.sampling import (
 )
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError
+from lavit.data.shapes import shape_mask
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
 from lavit.data.transforms import to_pil, to_tensor
@@ -68,9 +70,10 @@ class DiffusionTask:
         return model
 
     def train_dataset(self) -> Dataset:
-        return SceneCodes(self.world, self.codes, self.cfg.model.resolution)
+        focus = self.cfg.focus_shapes if self.cfg.focus_weight > 0 else None
+        return SceneCodes(self.world, self.codes, self.cfg.model.resolution, focus)
 
-    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    def collate(self, items: list[tuple[torch.Tensor, ...]]) -> dict:
         return collate_scene_codes(items)
 
     def training_step(self, model: nn.Module, batch: dict, step: int):
@@ -87,7 +90,7 @@ class DiffusionTask:
         noisy = self.noise.add_noise(x0, noise, t)
         target = training_target(self.noise, x0, noise, t)
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
-        err = (model(noisy, t, emb, mask, drop).float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+        err = focused_error(model(noisy, t, emb, mask, drop), target, batch.get("focus"), self.cfg.focus_weight)
         if self.cfg.min_snr_gamma > 0:
             loss = (min_snr_weights(self.noise, t, self.cfg.min_snr_gamma) * err).mean()
         elif plain.cfg.sigma_data > 0:  # EDM: the x0 error in F's units, 1 / c_out^2
@@ -160,23 +163,40 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
     model.load_state_dict({**model.state_dict(), **own}, strict=True)
 
 
-class SceneCodes(Dataset):
-    """(codes, image at ``resolution``) for scene ``i``."""
+def focused_error(pred: torch.Tensor, target: torch.Tensor, focus: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """(B,) squared error of ``pred`` against ``target`` (B, C, h, w): the plain mean, or with
+    ``focus`` masks (B, 1, H, W) the mean weighted by ``1 + weight * mask`` on the (h, w) grid,
+    where a cell is in the mask when any of its H/h x W/w pixels is."""
+    sq = (pred.float() - target.float()).pow(2)
+    if focus is None or weight == 0:
+        return sq.flatten(1).mean(1)
+    w = 1 + weight * F.adaptive_max_pool2d(focus.float(), sq.shape[-2:])
+    return (sq * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * sq.shape[1])
 
-    def __init__(self, world: ShapesWorld, codes: list[torch.Tensor], resolution: int) -> None:
-        self.world, self.codes, self.resolution = world, codes, resolution
+
+class SceneCodes(Dataset):
+    """(codes, image at ``resolution``) for scene ``i``, and with ``focus`` (shape descriptions,
+    :func:`lavit.data.shapes.shape_mask`) the (1, R, R) mask of the boxes of its shapes that fit."""
+
+    def __init__(
+        self, world: ShapesWorld, codes: list[torch.Tensor], resolution: int, focus: list[str] | None = None
+    ) -> None:
+        self.world, self.codes, self.resolution, self.focus = world, codes, resolution, focus
 
     def __len__(self) -> int:
         return len(self.codes)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.codes[i], to_tensor(self.world.image(i), self.resolution)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        item = self.codes[i], to_tensor(self.world.image(i), self.resolution)
+        if self.focus is None:
+            return item
+        return *item, torch.from_numpy(shape_mask(self.world.scene(i), self.resolution, self.focus))[None].float()
 
 
-def collate_scene_codes(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """One batch of :class:`SceneCodes` items as two tensors, whatever the batch size: the
-    variable-length code sequences concatenated (:func:`lavit.train.codes_cache.pack_codes`) and
-    the stacked images; the sequences' lengths travel as a list of ints, so that splitting them
+def collate_scene_codes(items: list[tuple[torch.Tensor, ...]]) -> dict:
+    """One batch of :class:`SceneCodes` items as tensors, whatever the batch size: the
+    variable-length code sequences concatenated (:func:`lavit.train.codes_cache.pack_codes`), the
+    stacked images (and focus masks); the sequences' lengths travel as a list of ints, so that splitting them
     again (:func:`batch_codes`) reads nothing back from the GPU.
 
     A DataLoader worker hands the main process each tensor of a batch through its own file
@@ -184,12 +204,15 @@ def collate_scene_codes(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     up to num_workers x prefetch_factor x B of them open: batch 128 with 5 workers went past the
     usual limit of 1,024 ("Too many open files") while the main process evaluated.
     """
-    packed = pack_codes([c for c, _ in items])
-    return {
+    packed = pack_codes([item[0] for item in items])
+    batch = {
         "codes": packed["flat"],
         "code_lengths": packed["lengths"].tolist(),
-        "images": torch.stack([im for _, im in items]),
+        "images": torch.stack([item[1] for item in items]),
     }
+    if len(items[0]) == 3:
+        batch["focus"] = torch.stack([item[2] for item in items])
+    return batch
 
 
 def batch_codes(batch: dict) -> list[torch.Tensor]:
