@@ -260,11 +260,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     pipe = _pipeline(args, needs=(args.decoder,))
     with _bad_input():
         recons = pipe.reconstruct(
-            originals,
-            decoder=args.decoder,
-            seed=args.seed,
-            sampling=_decoder_sampling(pipe, args),
-            candidates=args.candidates,
+            originals, decoder=args.decoder, seed=args.seed, sampling=_decoder_sampling(pipe, args)
         )
     pairs = []
     for orig, rec in zip(originals, recons, strict=True):
@@ -433,12 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: <name>_reconstruction.png per image")
     _decoder_args(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=1,
-        help="renders per image; the one most consistent with its codes is kept (K times the decoding)",
-    )
     _model_args(p)
     p.set_defaults(func=cmd_reconstruct)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
@@ -57,8 +56,6 @@ from lavit.sequence import SequenceBuilder
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
 
 PIPELINE_FILE = "pipeline.yaml"
-# Seed offset between the candidate renders of one code sequence (LaVITPipeline.decode).
-CANDIDATE_SEED_STRIDE = 1_000_003
 ImageInput = str | os.PathLike[str] | Image.Image  # in a multimodal prompt a str is text
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 Images = Sequence[ImageInput] | torch.Tensor
@@ -360,19 +357,10 @@ class LaVITPipeline:
         size: tuple[int, int] | None = None,
         seed: int = 0,
         sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
-        candidates: int = 1,
     ) -> list[Image.Image]:
         """Code sequences -> PIL images; image ``j`` is rendered with seed ``seed + j``.
         ``sampling`` defaults to the pipeline's settings for ``decoder``; ``ratio`` picks an
-        aspect-ratio bucket (diffusion only: VAR renders its square resolution).
-
-        With ``candidates`` = K > 1 each image is rendered K times (candidate k seeded
-        ``seed + j + k * CANDIDATE_SEED_STRIDE``, so candidate 0 is the single render) and the one
-        most consistent with its codes is kept (:meth:`most_consistent`): K times the decoding
-        for a render chosen by the codes alone, never by a reference image.
-        """
-        if candidates < 1:
-            raise ValueError(f"candidates={candidates}: render at least 1 image per code sequence")
+        aspect-ratio bucket (diffusion only: VAR renders its square resolution)."""
         model = self._decoder(decoder)
         sampling = sampling or getattr(self.cfg, f"{decoder}_sampling")
         if ratio is not None:
@@ -380,41 +368,15 @@ class LaVITPipeline:
                 raise ValueError(f"the {decoder} decoder renders square images only; drop ratio={ratio!r}")
             sampling = dataclasses.replace(sampling, ratio=str(ratio))
         device = next(model.parameters()).device
-        codes = [c.to(device) for c in codes]
-        renders = [
-            DECODERS[decoder].decode(
-                model,
-                self.tokenizer,
-                codes,
-                sampling,
-                size=size,
-                generator=seeded_generators(len(codes), seed + k * CANDIDATE_SEED_STRIDE, device),
-            )
-            for k in range(candidates)
-        ]
-        images = renders[0] if candidates == 1 else self.most_consistent(codes, renders)
+        images = DECODERS[decoder].decode(
+            model,
+            self.tokenizer,
+            [c.to(device) for c in codes],
+            sampling,
+            size=size,
+            generator=seeded_generators(len(codes), seed, device),
+        )
         return [to_pil(im) for im in images]
-
-    def most_consistent(self, codes: list[torch.Tensor], renders: list[torch.Tensor]) -> torch.Tensor:
-        """Of K candidate renders (each (B, 3, H, W) in [0, 1]) of B code sequences, the (B, 3, H, W)
-        renders with the best :meth:`consistency`."""
-        best = self.consistency(codes, renders).argmax(1).tolist()
-        return torch.stack([renders[k][j] for j, k in enumerate(best)])
-
-    @torch.no_grad()
-    def consistency(self, codes: list[torch.Tensor], renders: list[torch.Tensor]) -> torch.Tensor:
-        """(B, K): how well each of K renders (each (B, 3, H, W) in [0, 1]) matches its codes: the
-        mean per-patch cosine between the encoder features its own codes (re-tokenized, resized to
-        the tokenizer's input) rebuild and those ``codes`` rebuild."""
-        tok = self.tokenizer
-        side = tok.cfg.encoder.image_size
-        want = tok.decode_features(codes).float()  # (B, N, Ce)
-        scores = []
-        for images in renders:
-            x = F.interpolate(images.float(), size=(side, side), mode="bilinear", antialias=True)
-            got = tok.decode_features(tok.encode(x.clamp(0, 1).to(want.device))).float()
-            scores.append(F.cosine_similarity(got, want, dim=-1).mean(1))
-        return torch.stack(scores, 1)
 
     def generate_image(
         self,
@@ -486,10 +448,7 @@ class LaVITPipeline:
         decoder: str = "diffusion",
         seed: int = 0,
         sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
-        candidates: int = 1,
     ) -> list[Image.Image]:
-        """Images -> their codes -> images again (square, at the decoder's resolution);
-        ``candidates`` as in :meth:`decode`."""
+        """Images -> their codes -> images again (square, at the decoder's resolution)."""
         res = self._decoder(decoder).resolution
-        codes = self.encode(images)
-        return self.decode(codes, decoder=decoder, size=(res, res), seed=seed, sampling=sampling, candidates=candidates)
+        return self.decode(self.encode(images), decoder=decoder, size=(res, res), seed=seed, sampling=sampling)

@@ -84,9 +84,6 @@ class EvalConfig:
     prompt: str | None = None  # caption prompt / VQA template with {}; None: the pipeline's
     decoding: TextDecodingConfig | None = None  # None: the pipeline's (LaVIT's) for the task
     decoder: str = "diffusion"  # text2image / reconstruct: "diffusion" or "var"
-    # text2image / reconstruct: renders per code sequence, the one most consistent with its codes
-    # kept (LaVITPipeline.decode); K times the decoding.
-    candidates: int = 1
     guidance_scale_for_llm: float | None = None  # None: the pipeline's (LaVIT: 4.0)
     save_images: bool = True  # text2image / reconstruct: keep every image as a PNG
 
@@ -99,7 +96,6 @@ class EvalConfig:
             f"the {self.task} task reads {', '.join(FORMATS[self.task])}",
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive batch size")
-        check(self.candidates >= 1, "candidates", self.candidates, "use 1 (one render) or more")
         check(self.decoder in ("diffusion", "var"), "decoder", self.decoder, "use diffusion or var")
         check(
             self.model is not None or self.tokenizer is not None,

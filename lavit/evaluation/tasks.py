@@ -153,7 +153,7 @@ class Text2ImageTask(_Task):
         codes = pipe.generate_tokens(
             [it.prompt for it in items], guidance_scale=self.cfg.guidance_scale_for_llm, seed=seed
         )
-        images = pipe.decode(codes, decoder=self.cfg.decoder, seed=seed, candidates=self.cfg.candidates)
+        images = pipe.decode(codes, decoder=self.cfg.decoder, seed=seed)
         records = []
         for it, c, image in zip(items, codes, images, strict=True):
             record: dict[str, Any] = {
@@ -202,7 +202,7 @@ class ReconstructTask(_Task):
         ok, images, records = self._load(indices)
         if not images:
             return records
-        recons = pipe.reconstruct(images, decoder=self.cfg.decoder, seed=seed, candidates=self.cfg.candidates)
+        recons = pipe.reconstruct(images, decoder=self.cfg.decoder, seed=seed)
         for i, original, recon in zip(ok, images, recons, strict=True):
             it = self.items[i]
             truth = to_tensor(original, recon.size[0])

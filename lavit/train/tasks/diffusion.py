@@ -2,9 +2,8 @@
 
 Each item is a train scene's codes and its image at the detokenizer's resolution. The loss is
 the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep
-(optionally Min-SNR-gamma weighted, and with ``focus_weight`` weighted towards the cells of
-named shapes); the condition is replaced by the learned null one with probability
-``cond_drop_prob`` (CFG).
+(optionally Min-SNR-gamma weighted); the condition is replaced by the learned null one with
+probability ``cond_drop_prob`` (CFG).
 """
 
 from __future__ import annotations
