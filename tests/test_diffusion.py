@@ -245,7 +245,14 @@ def test_features_condition_and_spatial_layout(tmp_path, tokenizer_dir):
             "focus_shapes=[small]",
         ],
     )
-    fit(DiffusionTask(cfg), cfg.train)
+    task = DiffusionTask(cfg)
+    data = task.train_dataset()
+    masks = [data[i][2] for i in range(len(data))]  # each item carries its scene's small-shape boxes
+    assert all(torch.equal(m, task.world.focus_mask(i, cfg.model.resolution, ["small"])) for i, m in enumerate(masks))
+    assert any(m.sum() > 0 for m in masks) and all(
+        m.shape == (1, cfg.model.resolution, cfg.model.resolution) for m in masks
+    )
+    fit(task, cfg.train)
     model = load_detokenizer(tmp_path / "model")
     assert model.unet.config.in_channels == model.channels + 3
     codes = [torch.tensor([1, 2, 3]), torch.tensor([4] * 10)]
@@ -429,7 +436,9 @@ def test_focused_error_weighs_the_masked_cells_of_the_denoised_grid():
     torch.manual_seed(0)
     pred, target = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
     sq = (pred - target) ** 2
-    torch.testing.assert_close(focused_error(pred, target, None, 5.0), sq.flatten(1).mean(1))
+    torch.testing.assert_close(focused_error(pred, target, None, 0.0), sq.flatten(1).mean(1))
+    with pytest.raises(ValueError, match="focus_weight=5.0 needs the batch's focus masks"):
+        focused_error(pred, target, None, 5.0)
     focus = torch.zeros(2, 1, 16, 16)
     focus[0, 0, 5, 9] = 1  # one pixel: latent cell (1, 2) of a 4x4 grid
     w = torch.ones(2, 1, 4, 4)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from lavit.config import ShapesWorldConfig
 from lavit.data import shapes_text
 from lavit.data.sample import QA, Sample
-from lavit.data.shapes import SPLITS, Scene, render, scene_for_index
+from lavit.data.shapes import SPLITS, Scene, render, scene_for_index, shape_mask
 
 _TEXT_STREAM = 1 << 20  # a separate RNG stream for words, so changing templates never moves scenes
 
@@ -52,6 +53,12 @@ class ShapesWorld(Dataset):
     def scene(self, index: int) -> Scene:
         self._check(index)
         return scene_for_index(self.cfg, self.split, index)
+
+    def focus_mask(self, index: int, resolution: int, descriptions: list[str]) -> torch.Tensor:
+        """(1, R, R) float in {0, 1}: the boxes of sample ``index``'s shapes that fit
+        ``descriptions`` in a ``resolution``-sided render (:func:`lavit.data.shapes.shape_mask`),
+        where the focused VAE and diffusion losses weigh more."""
+        return torch.from_numpy(shape_mask(self.scene(index), resolution, descriptions))[None].float()
 
     def words(self, index: int) -> Words:
         """Only the text of sample ``index``: captions, question/answers, text-to-image prompt."""

@@ -32,7 +32,6 @@ from detokenizer.diffusion.sampling import (
 )
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError
-from lavit.data.shapes import shape_mask
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
 from lavit.data.transforms import to_pil, to_tensor
@@ -164,19 +163,24 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
 
 
 def focused_error(pred: torch.Tensor, target: torch.Tensor, focus: torch.Tensor | None, weight: float) -> torch.Tensor:
-    """(B,) squared error of ``pred`` against ``target`` (B, C, h, w): the plain mean, or with
-    ``focus`` masks (B, 1, H, W) the mean weighted by ``1 + weight * mask`` on the (h, w) grid,
-    where a cell is in the mask when any of its H/h x W/w pixels is."""
+    """(B,) squared error of ``pred`` against ``target`` (B, C, h, w): the plain mean (``weight``
+    0), or with ``focus`` masks (B, 1, H, W) the mean weighted by ``1 + weight * mask`` on the
+    (h, w) grid, where a cell is in the mask when any of its H/h x W/w pixels is."""
     sq = (pred.float() - target.float()).pow(2)
-    if focus is None or weight == 0:
+    if weight == 0:
         return sq.flatten(1).mean(1)
+    if focus is None:
+        raise ValueError(
+            f"focus_weight={weight} needs the batch's focus masks: build the dataset with focus_shapes "
+            "(DiffusionTask.train_dataset does), or set focus_weight=0"
+        )
     w = 1 + weight * F.adaptive_max_pool2d(focus.float(), sq.shape[-2:])
     return (sq * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * sq.shape[1])
 
 
 class SceneCodes(Dataset):
-    """(codes, image at ``resolution``) for scene ``i``, and with ``focus`` (shape descriptions,
-    :func:`lavit.data.shapes.shape_mask`) the (1, R, R) mask of the boxes of its shapes that fit."""
+    """(codes, image at ``resolution``) for scene ``i``, and with ``focus`` (shape descriptions)
+    its (1, R, R) :meth:`ShapesWorld.focus_mask`."""
 
     def __init__(
         self, world: ShapesWorld, codes: list[torch.Tensor], resolution: int, focus: list[str] | None = None
@@ -190,14 +194,14 @@ class SceneCodes(Dataset):
         item = self.codes[i], to_tensor(self.world.image(i), self.resolution)
         if self.focus is None:
             return item
-        return *item, torch.from_numpy(shape_mask(self.world.scene(i), self.resolution, self.focus))[None].float()
+        return *item, self.world.focus_mask(i, self.resolution, self.focus)
 
 
 def collate_scene_codes(items: list[tuple[torch.Tensor, ...]]) -> dict:
     """One batch of :class:`SceneCodes` items as tensors, whatever the batch size: the
     variable-length code sequences concatenated (:func:`lavit.train.codes_cache.pack_codes`), the
-    stacked images (and focus masks); the sequences' lengths travel as a list of ints, so that splitting them
-    again (:func:`batch_codes`) reads nothing back from the GPU.
+    stacked images (and focus masks); the sequences' lengths travel as a list of ints, so that
+    splitting them again (:func:`batch_codes`) reads nothing back from the GPU.
 
     A DataLoader worker hands the main process each tensor of a batch through its own file
     descriptor, held while the batch waits in the prefetch queue. A list of B code tensors kept

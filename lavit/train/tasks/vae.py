@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 
 from detokenizer.diffusion.config import VAERunConfig
 from detokenizer.diffusion.vae import VAETrainer, calibrate_scaling, load_vae_weights, save_vae
-from lavit.data.shapes import shape_mask
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from lavit.train.tasks.autoencoder import AutoencoderTask
@@ -65,7 +64,7 @@ class VAETask(AutoencoderTask):
 
 class FocusImages(Dataset):
     """(image (3, R, R) in [0, 1], focus mask (1, R, R) float) per ShapesWorld scene: the mask
-    covers the boxes of the shapes that fit ``descriptions`` (:func:`shape_mask`)."""
+    covers the boxes of the shapes that fit ``descriptions`` (:meth:`ShapesWorld.focus_mask`)."""
 
     def __init__(self, world: ShapesWorld, resolution: int, descriptions: list[str]) -> None:
         self.world, self.resolution, self.descriptions = world, resolution, list(descriptions)
@@ -74,5 +73,5 @@ class FocusImages(Dataset):
         return len(self.world)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = shape_mask(self.world.scene(index), self.resolution, self.descriptions)
-        return to_tensor(self.world.image(index), self.resolution), torch.from_numpy(mask)[None].float()
+        mask = self.world.focus_mask(index, self.resolution, self.descriptions)
+        return to_tensor(self.world.image(index), self.resolution), mask
