@@ -91,28 +91,6 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class SelfBlock(nn.Module):
-    """Pre-norm block: self-attention, MLP.
-
-    ``zero_init`` zeroes both residual branches' output projections, so the block starts as the
-    identity: grown into a trained model, it changes nothing until training moves it.
-    """
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, zero_init: bool = False) -> None:
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio)
-        if zero_init:
-            for layer in (self.attn.out, self.mlp.fc2):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, C); mask: bool (B, 1|H, L, L) or (B, 1, 1, L), True where attention is allowed."""
-        x = x + self.attn(self.norm1(x), mask=mask)
-        return x + self.mlp(self.norm2(x))
-
-
 class CrossBlock(nn.Module):
     """Pre-norm block: self-attention, cross-attention to a context sequence, MLP.
 

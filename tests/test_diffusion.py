@@ -1,7 +1,7 @@
 """Diffusion detokenizer: seeded golden values, guidance g=1 == conditional alone, every bucket's
 output shape, batch == alone, every scheduler, latent space from a local AutoencoderKL folder,
-the training stage at debug size, fine-tuning from a trained detokenizer onto another VAE (and
-growing a code encoder into it), and bad input."""
+the training stage at debug size, fine-tuning from a trained detokenizer onto another VAE, and
+bad input."""
 
 from pathlib import Path
 
@@ -23,7 +23,6 @@ from detokenizer.diffusion.model import parse_ratio
 from detokenizer.diffusion.sampling import min_snr_weights, noise_scheduler, sampling_scheduler, training_target
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
-from lavit.layers import SelfBlock
 from lavit.train.tasks.diffusion import DiffusionTask, batch_codes, collate_scene_codes, focused_error
 from lavit.train.trainer import fit
 from tokenizer import load_tokenizer
@@ -419,41 +418,6 @@ def test_init_from_takes_the_denoiser_and_keeps_its_own_vae(tmp_path, tokenizer_
         task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'trained'}", "model.spatial_channels=4").build_model()
     with pytest.raises(ConfigError, match="not a loadable diffusion detokenizer"):
         task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'nope'}").build_model()
-    # A code encoder the source lacks is grown: it starts as the identity, so the conditioning
-    # (and every sample) is the source's until training moves it.
-    grown = task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'trained'}", "model.conditioner.encoder_depth=2")
-    grown = grown.build_model()
-    assert len(grown.conditioner.encoder) == 2
-    emb, mask = torch.randn(2, 5, source.cfg.code_dim), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
-    torch.testing.assert_close(grown.condition(emb, mask), source.condition(emb, mask), rtol=0, atol=0)
-    # The other way round (the source has blocks the model lacks) is a different denoiser.
-    save_detokenizer(grown, tmp_path / "grown")
-    with pytest.raises(ConfigError, match="its denoiser differs from model's.*conditioner.encoder"):
-        task(f"model.vae_path={new_vae}", f"init_from={tmp_path / 'grown'}").build_model()
-
-
-def test_code_encoder_starts_as_the_identity_and_mixes_real_codes_only():
-    torch.manual_seed(0)
-    block, x = SelfBlock(16, 4, zero_init=True), torch.randn(1, 5, 16)
-    mask = torch.tensor([[1, 1, 1, 0, 0]]).bool()[:, None, None]  # codes 3 and 4 are padding
-    assert torch.equal(block(x, mask), x)
-    with torch.no_grad():  # training moves it
-        for p in block.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    padded, real = x.clone(), x.clone()
-    padded[0, 4] += torch.randn_like(padded[0, 4])
-    real[0, 1] += torch.randn_like(real[0, 1])
-    torch.testing.assert_close(block(padded, mask)[:, :3], block(x, mask)[:, :3])
-    assert not torch.allclose(block(real, mask)[0, 0], block(x, mask)[0, 0])  # code 0 reads code 1
-    # The conditioner runs its codes through the encoder, padding still unseen.
-    m = DiffusionDetokenizer(debug_cfg("conditioner.encoder_depth=1")).eval()
-    with torch.no_grad():
-        for p in m.conditioner.encoder.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    emb, keep = torch.randn(1, 5, m.cfg.code_dim), mask[:, 0, 0]
-    padded = emb.clone()
-    padded[0, 4] += torch.randn_like(padded[0, 4])
-    torch.testing.assert_close(m.condition(padded, keep), m.condition(emb, keep))
 
 
 def test_a_batch_of_scene_codes_is_two_tensors_whatever_its_size():

@@ -30,13 +30,9 @@ class ConditionerConfig:
     """Code embeddings -> learned queries -> a fixed-length conditioning sequence (LaVIT: 256)."""
 
     width: int = 128
-    depth: int = 2  # query blocks: self-attention among the queries, cross-attention to the codes
+    depth: int = 2
     heads: int = 4
     num_queries: int = 16
-    # Self-attention blocks over the codes before the queries read them (0: the queries read the
-    # code embeddings as they are). They start as the identity, so init_from can grow them into a
-    # detokenizer trained without them.
-    encoder_depth: int = 0
     cond_dim: int = 128  # the UNet's cross_attention_dim
 
 

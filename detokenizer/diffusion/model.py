@@ -21,7 +21,7 @@ from torch import nn
 from detokenizer.diffusion.config import DiffusionConfig
 from detokenizer.diffusion.schedule import noise_scheduler
 from lavit.config import ConfigError
-from lavit.layers import CrossBlock, SelfBlock
+from lavit.layers import CrossBlock
 
 # LaVIT's aspect-ratio buckets (SDXL's, at 1024 px) as (height, width); transposes added below.
 LAVIT_BUCKETS = [(1024, 1024), (896, 1152), (832, 1216), (768, 1344)]
@@ -29,16 +29,13 @@ LAVIT_BUCKETS = [(1024, 1024), (896, 1152), (832, 1216), (768, 1344)]
 
 class Conditioner(nn.Module):
     """Learned queries read the code embeddings (cross-attention, key-padding mask) and become a
-    fixed-length conditioning sequence, whatever the number of codes. With ``encoder_depth`` the
-    codes first attend to each other (a kept code's place in the image depends on which others
-    were kept), through blocks that start as the identity."""
+    fixed-length conditioning sequence, whatever the number of codes."""
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         super().__init__()
         c = cfg.conditioner
         self.inp = nn.Linear(cfg.code_dim, c.width)
         self.pos = nn.Parameter(torch.zeros(cfg.max_codes, c.width))
-        self.encoder = nn.ModuleList(SelfBlock(c.width, c.heads, zero_init=True) for _ in range(c.encoder_depth))
         self.queries = nn.Parameter(torch.randn(c.num_queries, c.width) * 0.02)
         self.blocks = nn.ModuleList(CrossBlock(c.width, c.heads, context_dim=c.width) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.width)
@@ -55,10 +52,8 @@ class Conditioner(nn.Module):
                 "were these codes made by another tokenizer? Use the tokenizer this detokenizer was trained on"
             )
         ctx = self.inp(emb) + self.pos[:length]
-        ctx_mask = mask[:, None, None, :]  # (B, 1, 1, L): attention reaches the real codes only
-        for block in self.encoder:
-            ctx = block(ctx, ctx_mask)
         x = self.queries.expand(b, -1, -1)
+        ctx_mask = mask[:, None, None, :]  # (B, 1, 1, L): queries see the real codes only
         for block in self.blocks:
             x = block(x, ctx, None, ctx_mask)
         return self.out(self.norm(x))

@@ -134,13 +134,9 @@ class DiffusionTask:
         save_detokenizer(model, directory)
 
 
-GROWABLE = "conditioner.encoder."  # tensors init_from may add to a trained detokenizer
-
-
 def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
     """Load a trained detokenizer's weights into ``model``, all but its frozen VAE (``model``
-    keeps its own). Both must have the same conditioner and UNet, except that ``model`` may have
-    more code-encoder blocks (``conditioner.encoder_depth``): those start as the identity.
+    keeps its own). Both must have the same conditioner and UNet.
 
     Raises:
         ConfigError: the directory does not load, or its denoiser differs from ``model``'s.
@@ -154,9 +150,7 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
         ) from e
     own = {k: v for k, v in source.items() if not k.startswith("vae.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
-    # Code-encoder blocks the source lacks are grown: they keep their identity initialisation.
-    grown = sorted(k for k in set(target) - set(own) if k.startswith(GROWABLE))
-    bad = sorted((set(own) ^ set(target)) - set(grown)) + sorted(
+    bad = sorted(set(own) ^ set(target)) + sorted(
         k for k in own.keys() & target.keys() if own[k].shape != target[k].shape
     )
     if bad:
@@ -164,7 +158,7 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
             f"init_from={str(directory)!r}: its denoiser differs from model's ({len(bad)} tensors, e.g. "
             f"{bad[:3]}); give model the same conditioner, unet and spatial_channels as {directory}/config.yaml"
         )
-    # Strict: every tensor is the source's denoiser, a grown block's or this model's own VAE.
+    # Strict: every tensor is either the source's denoiser or this model's own VAE.
     model.load_state_dict({**model.state_dict(), **own}, strict=True)
 
 
