@@ -5,7 +5,8 @@
 
 Sections: captions and VQA answers (with the ground truth), text-to-image through every loaded
 decoder side by side (judged by the ShapesWorld parser), multimodal synthesis (image + text and
-image + image prompts), and reconstruction from tokens. The page and its PNGs are written to a
+image + image prompts), and reconstruction from tokens. ``overview.png`` puts every generated
+image of the page in one picture (the README shows it). The page and its PNGs are written to a
 temporary folder that replaces ``out`` only when complete.
 """
 
@@ -27,6 +28,7 @@ from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import parse_scene, prompt_satisfied
 from lavit.metrics.vqa import vqa_accuracy
 from lavit.pipeline import LaVITPipeline
+from lavit.viz import image_grid
 
 DEFAULT_MODEL = "checkpoints/lavit-shapes-tiny"
 
@@ -66,13 +68,21 @@ def run_demo(pipe: LaVITPipeline, out: str | Path, cfg: DemoConfig | None = None
 
 
 class _Page:
-    """Sections of cards (an image + a few lines of text), rendered to one static HTML file."""
+    """Sections of cards (an image + a few lines of text), rendered to one static HTML file, and
+    the cards of the sections that make images laid out in ``overview.png``."""
+
+    OVERVIEW_COLUMNS = 6
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.parts, self.count = folder, [], 0
+        self.overview_rows: list[list[tuple[Image.Image, str]]] = []
+        self.in_overview = False
 
-    def section(self, title: str, note: str) -> None:
+    def section(self, title: str, note: str, overview: bool = True) -> None:
         self.parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p><div class=row>")
+        self.in_overview = overview
+        if overview:
+            self.overview_rows.append([])  # a section starts a row
 
     def end(self) -> None:
         self.parts.append("</div>")
@@ -86,6 +96,23 @@ class _Page:
             figs.append(f"<figure><img src={name} width=128><figcaption>{html.escape(label)}</figcaption></figure>")
         text = "".join(f"<div>{html.escape(s)}</div>" for s in lines)
         self.parts.append(f"<div class=card>{''.join(figs)}{text}</div>")
+        if self.in_overview:  # whole cards, packed into rows of OVERVIEW_COLUMNS images
+            cells = [
+                (im, f"{label} | {lines[0]}" if j == 0 and lines else label) for j, (im, label) in enumerate(images)
+            ]
+            if len(self.overview_rows[-1]) + len(cells) > self.OVERVIEW_COLUMNS:
+                self.overview_rows.append([])
+            self.overview_rows[-1] += cells
+
+    def overview(self) -> Image.Image | None:
+        """The packed cards as one grid (rows padded with blank cells), or None without any."""
+        cells = []
+        for row in self.overview_rows:
+            blank = (Image.new("RGB", (1, 1), (255, 255, 255)), "")
+            cells += row + [blank] * (self.OVERVIEW_COLUMNS - len(row)) if row else []
+        if not cells:
+            return None
+        return image_grid([im for im, _ in cells], [t for _, t in cells], columns=self.OVERVIEW_COLUMNS, wrap=21)
 
     def write(self, summary: dict) -> None:
         style = (
@@ -95,6 +122,10 @@ class _Page:
         )
         head = f"<h1>LaVIT-style model demo</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
         body = head + "".join(self.parts)
+        overview = self.overview()
+        if overview is not None:
+            overview.save(self.folder / "overview.png")
+            body = f"{head}<h2>Overview</h2><img src=overview.png>" + "".join(self.parts)
         (self.folder / "index.html").write_text(f"<!doctype html><meta charset=utf-8><style>{style}</style>{body}")
 
 
@@ -105,7 +136,7 @@ def _understanding(pipe: LaVITPipeline, world: ShapesWorld, cfg: DemoConfig, pag
     qas = [world.words(i).qa[:2] for i in idx]
     flat = [(k, qa) for k, group in enumerate(qas) for qa in group]
     answers = pipe.answer([images[k] for k, _ in flat], [qa.question for _, qa in flat])
-    page.section("Understanding", "Captions and VQA answers for held-out scenes (truth in brackets).")
+    page.section("Understanding", "Captions and VQA answers for held-out scenes (truth in brackets).", overview=False)
     caption_ok, vqa_score, j = 0, 0.0, 0
     for k, i in enumerate(idx):
         ok = shapes_text.caption_names_scene(world.scene(i), captions[k])

@@ -48,15 +48,19 @@ def test_demo_writes_the_page(pipeline_dir, tmp_path, capsys):
     # understanding: 1 per scene; text to image: 1 per decoder; synthesis: 2 text prompts with 1
     # input image + 1 prompt with 2, 1 output per decoder each; reconstruction: original + decoders
     synthesis = len(cfg.synthesis_texts) + 2 + 2 * (len(cfg.synthesis_texts) + 1)
-    expected = cfg.understanding + 2 * cfg.prompts + synthesis + 3 * cfg.reconstructions
+    expected = cfg.understanding + 2 * cfg.prompts + synthesis + 3 * cfg.reconstructions + 1  # + overview.png
     assert len(pngs) == expected and all(f"src={p.name}" in page for p in pngs)
+    # The overview packs whole cards into rows of 6 images, a new row for each section:
+    # text to image 3 + 1 cards of 2; synthesis 2 cards of 2, then 1 of 3; reconstruction 2 + 2 of 3.
+    overview = Image.open(tmp_path / "demo" / "overview.png")
+    assert overview.size == (6 * 128, 6 * (128 + 48))  # 6 rows of 128 px cells over 4 label lines
     assert '"text2image_var"' in capsys.readouterr().out
 
 
 def test_demo_without_an_lm_still_reconstructs(tokenizer_dir, diffusion_dir, tmp_path):
     pipe = LaVITPipeline.from_parts(tokenizer_dir, None, diffusion=diffusion_dir)
     summary = run_demo(pipe, tmp_path / "d", DemoConfig(reconstructions=2))
-    assert summary["model_decoders"] == ["diffusion"] and len(list((tmp_path / "d").glob("*.png"))) == 4
+    assert summary["model_decoders"] == ["diffusion"] and len(list((tmp_path / "d").glob("*.png"))) == 4 + 1
 
 
 def test_cli_bad_input_one_line_and_nothing_written(pipeline_dir, scenes, tmp_path, capsys):
