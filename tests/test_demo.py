@@ -1,4 +1,8 @@
-"""`lavit demo`, multimodal synthesis (API and CLI), and the CLI's one-line errors."""
+"""`lavit demo`, multimodal synthesis (API and CLI, and benchmarks/synthesis_check.py), and the CLI's
+one-line errors."""
+
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -101,3 +105,17 @@ def test_image_tokens_never_exceed_the_tokenizer_patches(pipeline_dir):
     codes = pipe.generate_tokens(["a red circle."], sampling=sampling)
     assert len(codes[0]) == most
     assert pipe.decode(codes, decoder="diffusion")[0].size == (32, 32)
+
+
+def test_synthesis_check_reports_percentages(pipeline_dir):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from synthesis_check import check
+
+    report = check(LaVITPipeline.from_pretrained(pipeline_dir), scenes=3, decoders=["var"], batch=2)
+    assert set(report) == {"scenes", "synthesis_var", "text_only_var"}
+    assert set(report["synthesis_var"]) == {"text_shape", "input_shapes", "both"}
+    values = [*report["synthesis_var"].values(), report["text_only_var"]["text_shape"]]
+    assert all(v in {0.0, 33.3, 66.7, 100.0} for v in values)
+    assert report["synthesis_var"]["both"] <= min(
+        report["synthesis_var"]["text_shape"], report["synthesis_var"]["input_shapes"]
+    )

@@ -1,0 +1,71 @@
+"""Does multimodal synthesis follow its prompt? Printed as JSON.
+
+Each held-out ShapesWorld scene is given with a random "a <colour> <kind>" text
+(``pipe.synthesize([[image, text]])``), and the ShapesWorld parser reads each output: how often
+the text's shape is in it, how often all of the input image's shapes (by colour and kind) are,
+and both. The same texts alone through text to image are the control.
+
+    python benchmarks/synthesis_check.py [--model DIR] [--scenes 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+
+from lavit.config import ShapesWorldConfig
+from lavit.data.shapes import COLOURS, KINDS
+from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes_parser import parse_scene
+from lavit.demo import DEFAULT_MODEL
+from lavit.pipeline import LaVITPipeline
+
+
+def check(pipe: LaVITPipeline, scenes: int, decoders: list[str], batch: int = 25, seed: int = 0) -> dict:
+    world = ShapesWorld(ShapesWorldConfig(), "val")
+    rng = random.Random(seed)
+    texts = [(rng.choice(list(COLOURS)), rng.choice(list(KINDS))) for _ in range(scenes)]
+    images = [world.image(i) for i in range(scenes)]
+
+    def found(outputs) -> dict:
+        """Percent of outputs with the text's shape, with every input shape, with both."""
+        text, inputs = [], []
+        for i, out in enumerate(outputs):
+            got = Counter((p.colour, p.kind) for p in parse_scene(out))
+            need = Counter((s.colour, s.kind) for s in world.scene(i).shapes)
+            text.append(got[texts[i]] > 0)
+            inputs.append(all(got[k] >= n for k, n in need.items()))
+        both = [t and a for t, a in zip(text, inputs, strict=True)]
+        return {
+            k: round(100 * sum(v) / scenes, 1)
+            for k, v in zip(("text_shape", "input_shapes", "both"), (text, inputs, both), strict=True)
+        }
+
+    report: dict = {"scenes": scenes}
+    for d in decoders:
+        outs = []
+        for b in range(0, scenes, batch):
+            prompts = [[images[i], f"a {c} {k}"] for i, (c, k) in enumerate(texts[b : b + batch], start=b)]
+            outs += pipe.synthesize(prompts, decoder=d, seed=seed + b)
+        report[f"synthesis_{d}"] = found(outs)
+        outs = []
+        for b in range(0, scenes, batch):
+            outs += pipe.generate_image([f"a {c} {k}." for c, k in texts[b : b + batch]], decoder=d, seed=seed + b)
+        report[f"text_only_{d}"] = {"text_shape": found(outs)["text_shape"]}
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--scenes", type=int, default=50)
+    ap.add_argument("--decoders", nargs="+", default=None, help="default: every decoder the model has")
+    args = ap.parse_args()
+    pipe = LaVITPipeline.from_pretrained(args.model)
+    print(json.dumps(check(pipe, args.scenes, args.decoders or sorted(pipe.decoders)), indent=1))
+
+
+if __name__ == "__main__":
+    main()
