@@ -25,8 +25,8 @@ from lavit.pipeline import LaVITPipeline
 
 def check(pipe: LaVITPipeline, scenes: int, decoders: list[str], batch: int = 25, seed: int = 0) -> dict:
     world = ShapesWorld(ShapesWorldConfig(), "val")
-    rng = random.Random(seed)
-    texts = [(rng.choice(list(COLOURS)), rng.choice(list(KINDS))) for _ in range(scenes)]
+    rng, colours = random.Random(seed), list(COLOURS)
+    texts = [(rng.choice(colours), rng.choice(KINDS)) for _ in range(scenes)]
     images = [world.image(i) for i in range(scenes)]
 
     def found(outputs) -> dict:
@@ -43,17 +43,17 @@ def check(pipe: LaVITPipeline, scenes: int, decoders: list[str], batch: int = 25
             for k, v in zip(("text_shape", "input_shapes", "both"), (text, inputs, both), strict=True)
         }
 
+    def batched(render, prompts: list, decoder: str) -> list:  # bounded memory, one seed per batch
+        return [
+            im for b in range(0, scenes, batch) for im in render(prompts[b : b + batch], decoder=decoder, seed=seed + b)
+        ]
+
+    with_image = [[images[i], f"a {c} {k}"] for i, (c, k) in enumerate(texts)]
+    alone = [f"a {c} {k}." for c, k in texts]
     report: dict = {"scenes": scenes}
     for d in decoders:
-        outs = []
-        for b in range(0, scenes, batch):
-            prompts = [[images[i], f"a {c} {k}"] for i, (c, k) in enumerate(texts[b : b + batch], start=b)]
-            outs += pipe.synthesize(prompts, decoder=d, seed=seed + b)
-        report[f"synthesis_{d}"] = found(outs)
-        outs = []
-        for b in range(0, scenes, batch):
-            outs += pipe.generate_image([f"a {c} {k}." for c, k in texts[b : b + batch]], decoder=d, seed=seed + b)
-        report[f"text_only_{d}"] = {"text_shape": found(outs)["text_shape"]}
+        report[f"synthesis_{d}"] = found(batched(pipe.synthesize, with_image, d))
+        report[f"text_only_{d}"] = {"text_shape": found(batched(pipe.generate_image, alone, d))["text_shape"]}
     return report
 
 

@@ -106,12 +106,11 @@ class _Page:
 
     def overview(self) -> Image.Image | None:
         """The packed cards as one grid (rows padded with blank cells), or None without any."""
-        cells = []
-        for row in self.overview_rows:
-            blank = (Image.new("RGB", (1, 1), (255, 255, 255)), "")
-            cells += row + [blank] * (self.OVERVIEW_COLUMNS - len(row)) if row else []
-        if not cells:
+        rows = [row for row in self.overview_rows if row]  # a section may have made no card
+        if not rows:
             return None
+        blank = (Image.new("RGB", (1, 1), (255, 255, 255)), "")
+        cells = [cell for row in rows for cell in row + [blank] * (self.OVERVIEW_COLUMNS - len(row))]
         return image_grid([im for im, _ in cells], [t for _, t in cells], columns=self.OVERVIEW_COLUMNS, wrap=21)
 
     def write(self, summary: dict) -> None:
@@ -121,11 +120,11 @@ class _Page:
             "img{image-rendering:pixelated}figcaption{font-size:12px;text-align:center}"
         )
         head = f"<h1>LaVIT-style model demo</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
-        body = head + "".join(self.parts)
-        overview = self.overview()
+        overview, intro = self.overview(), ""
         if overview is not None:
             overview.save(self.folder / "overview.png")
-            body = f"{head}<h2>Overview</h2><img src=overview.png>" + "".join(self.parts)
+            intro = "<h2>Overview</h2><img src=overview.png>"
+        body = head + intro + "".join(self.parts)
         (self.folder / "index.html").write_text(f"<!doctype html><meta charset=utf-8><style>{style}</style>{body}")
 
 
