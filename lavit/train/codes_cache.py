@@ -1,8 +1,10 @@
 """Codes of ShapesWorld train scenes from a frozen tokenizer, extracted once to safetensors.
 
 Every stage trained on a frozen tokenizer's codes (the LM, the detokenizers) shares this cache.
-It is keyed by a fingerprint of the tokenizer's weights and the data config, so a retrained
-tokenizer with the same codebook size never silently reuses stale codes.
+It is keyed by a fingerprint of the tokenizer's weights and config and of the data config, so a
+retrained tokenizer with the same codebook size, or the same one set to keep a different share of
+patches (``selector.target_keep``, which lives in its config, not its weights), never silently
+reuses stale codes.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ def train_world(data: ShapesWorldConfig, num_scenes: int) -> ShapesWorld:
     return world
 
 
-def fingerprint(tokenizer_dir: str | Path, world: ShapesWorld, image_size: int) -> str:
-    """sha256 of the tokenizer's weights file plus the data config and image size."""
+def fingerprint(tokenizer: DynamicVisualTokenizer, tokenizer_dir: str | Path, world: ShapesWorld) -> str:
+    """sha256 of the tokenizer's weights file and config plus the data config."""
     h = hashlib.sha256()
     with open(Path(tokenizer_dir) / "tokenizer.safetensors", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    h.update(repr((dataclasses.asdict(world.cfg), image_size)).encode())
+    h.update(repr((dataclasses.asdict(tokenizer.cfg), dataclasses.asdict(world.cfg))).encode())
     return h.hexdigest()
 
 
@@ -56,7 +58,7 @@ def cached_codes(
     tokenizer and data config with at least ``n`` scenes, else extracted and written."""
     path = Path(path)
     size = tokenizer.cfg.encoder.image_size
-    key = fingerprint(tokenizer_dir, world, size)
+    key = fingerprint(tokenizer, tokenizer_dir, world)
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
             same = (f.metadata() or {}).get("fingerprint") == key
