@@ -288,6 +288,10 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     ckpt_every: int = 200
     keep_checkpoints: int = 2
+    # > 0 (e.g. 0.999): an exponential moving average of the parameters, decay ramped as
+    # min(ema_decay, (1 + step) / (10 + step)); evaluations and the saved model use it (buffers,
+    # such as a codebook's EMA, stay live). Checkpoints carry it, so a resumed run keeps it exactly.
+    ema_decay: float = 0.0
     progress: bool = True  # tqdm bar on rank 0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -301,6 +305,7 @@ class TrainConfig:
         )
         check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "use auto, bf16 or fp32")
         check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "use ddp or fsdp")
+        check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "use 0 (off) or a decay in (0, 1)")
 
 
 @dataclass

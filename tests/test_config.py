@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lavit.config import ConfigError, ShapesWorldConfig, config_diff, from_yaml, load_config, to_yaml
+from lavit.config import ConfigError, ShapesWorldConfig, TrainConfig, config_diff, from_yaml, load_config, to_yaml
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -113,3 +113,8 @@ def test_every_config_folder_is_covered():
     covered |= set(CONFIGS.glob("recipes/*.yaml"))  # test_every_recipe_loads
     covered |= set(CONFIGS.glob("eval/*.yaml"))  # tests/test_evaluation.py::test_every_eval_config_loads
     assert covered == set(CONFIGS.rglob("*.yaml"))
+
+
+def test_ema_decay_outside_its_range_names_key_and_fix():
+    with pytest.raises(ConfigError, match=r"1\.0 for .train\.ema_decay.: use 0 \(off\) or a decay in \(0, 1\)"):
+        load_config(None, TrainConfig, ["ema_decay=1.0"])

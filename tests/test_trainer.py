@@ -77,14 +77,15 @@ def _strip_timing(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "sec_per_step"} for r in records]
 
 
-def test_killed_run_resumes_step_for_step(tmp_path):
+@pytest.mark.parametrize("ema", [(), ("train.ema_decay=0.9",)], ids=["plain", "ema"])
+def test_killed_run_resumes_step_for_step(tmp_path, ema):
     # Every stochastic part on: Gumbel noise, k-means init, dead-code replacement.
-    straight = fit(TokenizerTask(run_cfg(tmp_path / "a")), run_cfg(tmp_path / "a").train)
+    straight = fit(TokenizerTask(run_cfg(tmp_path / "a", *ema)), run_cfg(tmp_path / "a", *ema).train)
     with pytest.raises(KeyboardInterrupt):
-        fit(CrashingTask(run_cfg(tmp_path / "b"), crash_at=5), run_cfg(tmp_path / "b").train)
+        fit(CrashingTask(run_cfg(tmp_path / "b", *ema), crash_at=5), run_cfg(tmp_path / "b", *ema).train)
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step_0000003"
     assert max(r["step"] for r in _metrics(tmp_path / "b")) == 5  # steps 4-5 logged, then lost
-    resumed = fit(TokenizerTask(run_cfg(tmp_path / "b")), run_cfg(tmp_path / "b").train)
+    resumed = fit(TokenizerTask(run_cfg(tmp_path / "b", *ema)), run_cfg(tmp_path / "b", *ema).train)
     assert _strip_timing(_metrics(tmp_path / "a")) == _strip_timing(_metrics(tmp_path / "b"))
     assert straight == resumed
     a, b = (
@@ -106,6 +107,27 @@ def test_run_writes_curves_checkpoints_and_a_loadable_model(tmp_path):
     # Running again finds the finished checkpoint and does no more steps.
     fit(TokenizerTask(cfg), cfg.train)
     assert max(r["step"] for r in _metrics(tmp_path)) == 8
+
+
+def test_ema_of_the_weights_is_what_evaluation_and_the_saved_model_use(tmp_path):
+    decay, steps = 0.5, 5
+    cfg = run_cfg(tmp_path, f"train.ema_decay={decay}", f"train.steps={steps}", "train.ckpt_every=1")
+    cfg.train.keep_checkpoints = steps
+    fit(TokenizerTask(cfg), cfg.train)
+    names = [n for n, _ in TokenizerTask(cfg).build_model().named_parameters()]
+    ckpt = lambda k, f: load_tree(tmp_path / "checkpoints" / f"step_{k:07d}" / f"{f}.safetensors")  # noqa: E731
+    for k in range(1, steps):  # the update after step k+1 used decay min(decay, (1 + k) / (10 + k))
+        d = min(decay, (1 + k) / (10 + k))
+        ema, live, after = ckpt(k, "ema"), ckpt(k + 1, "model"), ckpt(k + 1, "ema")
+        for n in names:
+            torch.testing.assert_close(after[n], ema[n] + (1 - d) * (live[n] - ema[n]), atol=1e-6, rtol=0, msg=n)
+    saved, last = load_file(tmp_path / "model" / "tokenizer.safetensors"), ckpt(steps, "ema")
+    assert all(torch.equal(saved[n], last[n]) for n in names)
+    assert not all(torch.equal(saved[n], ckpt(steps, "model")[n]) for n in names)
+    # Resuming an EMA run from a checkpoint written without one is a clear error.
+    (tmp_path / "checkpoints" / f"step_{steps:07d}" / "ema.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="holds no ema.safetensors .* resume with train.ema_decay=0"):
+        fit(TokenizerTask(cfg), cfg.train)
 
 
 def test_resume_with_another_world_size_fails_clearly(tmp_path):
@@ -172,7 +194,14 @@ def test_two_process_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_fsdp2_equals_one_process(tmp_path):
-    _torchrun(1, tmp_path / "one")
-    _torchrun(2, tmp_path / "fsdp", "train.parallel=fsdp", "train.ckpt_every=3")
+@pytest.mark.parametrize("ema", [(), ("train.ema_decay=0.9",)], ids=["plain", "ema"])
+def test_two_process_fsdp2_equals_one_process(tmp_path, ema):
+    # With EMA the saved model is the EMA, gathered from the shards (and resharded on resume).
+    _torchrun(1, tmp_path / "one", *ema)
+    _torchrun(2, tmp_path / "fsdp", "train.parallel=fsdp", "train.ckpt_every=3", *ema)
     _assert_same_weights(tmp_path / "one", tmp_path / "fsdp")
+    if ema:  # a rerun resumes the finished run (EMA resharded from its full checkpoint) and saves it again
+        first = load_file(tmp_path / "fsdp" / "model" / "tokenizer.safetensors")
+        _torchrun(2, tmp_path / "fsdp", "train.parallel=fsdp", "train.ckpt_every=3", *ema)
+        again = load_file(tmp_path / "fsdp" / "model" / "tokenizer.safetensors")
+        assert all(torch.equal(first[k], again[k]) for k in first)

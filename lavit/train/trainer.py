@@ -4,14 +4,15 @@
 
 torchrun/torch.distributed (DDP; FSDP2 ``fully_shard`` of the task's blocks for large models),
 bf16 autocast where supported, gradient accumulation, clipping, AdamW with linear warmup and
-cosine decay, tqdm progress, a loss-curve PNG, atomic checkpoints and exact resume (model,
-optimizer, scheduler, per-rank RNG, data position). Runs unchanged on one CPU.
+cosine decay, an optional EMA of the weights, tqdm progress, a loss-curve PNG, atomic checkpoints
+and exact resume (model, EMA, optimizer, scheduler, per-rank RNG, data position). Runs unchanged
+on one CPU.
 
 Layout of ``train_cfg.out_dir``:
 
     metrics.jsonl            one line per logged step (and per evaluation)
     loss.png                 loss curves
-    checkpoints/step_0000200/{model,trainer,rng_rank0,...}.safetensors, latest
+    checkpoints/step_0000200/{model,ema,trainer,rng_rank0,...}.safetensors, latest
     model/                   the final model directory (task.save)
 """
 
@@ -22,7 +23,7 @@ import math
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.amp_dtype = autocast_dtype(cfg, self.info.device)
         self.step = 0
+        # The EMA shadow of each parameter (a DTensor shard under FSDP2, like the parameter).
+        self.ema = [p.detach().clone() for p in self.raw.parameters()] if cfg.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------
 
@@ -162,6 +165,45 @@ class Trainer:
         return get_state_dict(self.raw, self.optimizer, options=opts)
 
     # ---------------------------------------------------------------------------------------
+    # EMA of the weights
+    # ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        for shadow, p in zip(self.ema, self.raw.parameters(), strict=True):
+            shadow.lerp_(p.detach(), 1 - decay)
+
+    @contextmanager
+    def _ema_weights(self):
+        """The EMA in the model's parameters for the duration (nothing changes without EMA), so
+        evaluation, saving and state-dict gathering (FSDP2 included) see it as the model."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.raw.parameters())
+        with torch.no_grad():
+            live = [p.detach().clone() for p in params]
+            for p, shadow in zip(params, self.ema, strict=True):
+                p.copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(params, live, strict=True):
+                    p.copy_(value)
+
+    def _full_ema_state(self) -> dict | None:
+        """The EMA as a full model state dict (valid on rank 0; collective under FSDP2)."""
+        if self.ema is None:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        with self._ema_weights():
+            full = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return {k: v.clone() for k, v in full.items()}  # copies: the live weights come back next
+
+    # ---------------------------------------------------------------------------------------
     # Checkpoints
     # ---------------------------------------------------------------------------------------
 
@@ -170,6 +212,7 @@ class Trainer:
         name = f"step_{self.step:07d}"
         final, tmp = self.ckpt_root / name, self.ckpt_root / f".{name}.tmp"
         model_sd, optim_sd = self._full_state()
+        ema_sd = self._full_ema_state()
         if self.info.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -178,6 +221,8 @@ class Trainer:
         save_tree(tmp / f"rng_rank{self.info.rank}.safetensors", _rng_state())
         if self.info.is_main:
             save_tree(tmp / "model.safetensors", model_sd)
+            if ema_sd is not None:
+                save_tree(tmp / "ema.safetensors", ema_sd)
             save_tree(
                 tmp / "trainer.safetensors",
                 {
@@ -214,8 +259,8 @@ class Trainer:
         return path
 
     def resume(self, path: Path) -> None:
-        """Restore model, optimizer, scheduler, this rank's RNG and the step from ``path``."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        """Restore model, EMA, optimizer, scheduler, this rank's RNG and the step from ``path``."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
         state = load_tree(path / "trainer.safetensors")
         if state["world_size"] != self.info.world_size:
@@ -226,6 +271,15 @@ class Trainer:
             )
         model_sd = load_tree(path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True, strict=True)
+        if self.ema is not None:
+            if not (path / "ema.safetensors").is_file():
+                raise CheckpointError(
+                    f"{path} holds no ema.safetensors (it was written with train.ema_decay=0): resume "
+                    "with train.ema_decay=0, or start a new out_dir"
+                )
+            # Through the model, so that FSDP2 shards the full EMA as it shards the weights.
+            set_model_state_dict(self.raw, load_tree(path / "ema.safetensors"), options=opts)
+            self.ema = [p.detach().clone() for p in self.raw.parameters()]
         set_state_dict(
             self.raw, self.optimizer, model_state_dict=model_sd, optim_state_dict=state["optimizer"], options=opts
         )
@@ -280,14 +334,17 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items() if k in ("loss", "lr")})
                 self._log({"step": self.step, **reduced})
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self._evaluate()
+                with self._ema_weights():
+                    self._evaluate()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
-        metrics = self._evaluate()
-        plain = self._plain_model()
+        with self._ema_weights():
+            metrics = self._evaluate()
+            plain = self._plain_model()
+            if info.is_main:
+                task.save(plain, self.out / "model")
         if info.is_main:
-            task.save(plain, self.out / "model")
             self._plot()
         barrier(info)
         return metrics
@@ -322,6 +379,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self._update_ema()
         return sums
 
     def _plain_model(self) -> nn.Module | None:
