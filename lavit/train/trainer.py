@@ -132,8 +132,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.amp_dtype = autocast_dtype(cfg, self.info.device)
         self.step = 0
-        # The EMA shadow of each parameter (a DTensor shard under FSDP2, like the parameter).
-        self.ema = [p.detach().clone() for p in self.raw.parameters()] if cfg.ema_decay > 0 else None
+        # The EMA shadow of each trained parameter (a DTensor shard under FSDP2, like the
+        # parameter); frozen ones (a VAE, a frozen ViT) never change and need none.
+        self.ema = [p.detach().clone() for p in self._trained()] if cfg.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------
 
@@ -168,10 +169,14 @@ class Trainer:
     # EMA of the weights
     # ---------------------------------------------------------------------------------------
 
+    def _trained(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates (requires_grad is fixed when a task builds its model)."""
+        return [p for p in self.raw.parameters() if p.requires_grad]
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for shadow, p in zip(self.ema, self.raw.parameters(), strict=True):
+        for shadow, p in zip(self.ema, self._trained(), strict=True):
             shadow.lerp_(p.detach(), 1 - decay)
 
     @contextmanager
@@ -181,7 +186,7 @@ class Trainer:
         if self.ema is None:
             yield
             return
-        params = list(self.raw.parameters())
+        params = self._trained()
         with torch.no_grad():
             live = [p.detach().clone() for p in params]
             for p, shadow in zip(params, self.ema, strict=True):
@@ -279,7 +284,7 @@ class Trainer:
                 )
             # Through the model, so that FSDP2 shards the full EMA as it shards the weights.
             set_model_state_dict(self.raw, load_tree(path / "ema.safetensors"), options=opts)
-            self.ema = [p.detach().clone() for p in self.raw.parameters()]
+            self.ema = [p.detach().clone() for p in self._trained()]
         set_state_dict(
             self.raw, self.optimizer, model_state_dict=model_sd, optim_state_dict=state["optimizer"], options=opts
         )
