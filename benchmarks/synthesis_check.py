@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter
 
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes import COLOURS, KINDS
 from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import parse_scene
+from lavit.data.shapes_parser import colour_kinds, parse_scene
 from lavit.demo import DEFAULT_MODEL
 from lavit.pipeline import LaVITPipeline
 
@@ -33,10 +32,9 @@ def check(pipe: LaVITPipeline, scenes: int, decoders: list[str], batch: int = 25
         """Percent of outputs with the text's shape, with every input shape, with both."""
         text, inputs = [], []
         for i, out in enumerate(outputs):
-            got = Counter((p.colour, p.kind) for p in parse_scene(out))
-            need = Counter((s.colour, s.kind) for s in world.scene(i).shapes)
+            got = colour_kinds(parse_scene(out))
             text.append(got[texts[i]] > 0)
-            inputs.append(all(got[k] >= n for k, n in need.items()))
+            inputs.append(colour_kinds(world.scene(i).shapes) <= got)  # every input shape, counted
         both = [t and a for t, a in zip(text, inputs, strict=True)]
         return {
             k: round(100 * sum(v) / scenes, 1)

@@ -267,10 +267,15 @@ def scene_recovered(scene: Scene, parsed: list[ParsedShape]) -> bool:
     return Counter(s.key() for s in scene.shapes) == Counter(p.key() for p in parsed)
 
 
+def colour_kinds(shapes) -> Counter:
+    """How many shapes of each (colour, kind), for scene shapes and parsed shapes alike."""
+    return Counter((s.colour, s.kind) for s in shapes)
+
+
 def attributes_kept(scene: Scene, parsed: list[ParsedShape]) -> bool:
     """True when the parsed shapes have the scene's colours and kinds (counted), wherever they are
     and whatever their size: the reconstruction criterion for a detokenizer."""
-    return Counter((s.colour, s.kind) for s in scene.shapes) == Counter((p.colour, p.kind) for p in parsed)
+    return colour_kinds(scene.shapes) == colour_kinds(parsed)
 
 
 def prompt_satisfied(scene: Scene, parsed: list[ParsedShape]) -> bool:
