@@ -133,8 +133,11 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg, self.info.device)
         self.step = 0
         # The EMA shadow of each trained parameter (a DTensor shard under FSDP2, like the
-        # parameter); frozen ones (a VAE, a frozen ViT) never change and need none.
-        self.ema = [p.detach().clone() for p in self._trained()] if cfg.ema_decay > 0 else None
+        # parameter); frozen ones (a VAE, a frozen ViT) never change and need none. requires_grad
+        # is fixed when a task builds its model, and loading a state dict copies into the same
+        # parameters, so the list is taken once.
+        self.trained = [p for p in self.raw.parameters() if p.requires_grad]
+        self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------
 
@@ -169,14 +172,10 @@ class Trainer:
     # EMA of the weights
     # ---------------------------------------------------------------------------------------
 
-    def _trained(self) -> list[nn.Parameter]:
-        """The parameters the optimizer updates (requires_grad is fixed when a task builds its model)."""
-        return [p for p in self.raw.parameters() if p.requires_grad]
-
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for shadow, p in zip(self.ema, self._trained(), strict=True):
+        for shadow, p in zip(self.ema, self.trained, strict=True):
             shadow.lerp_(p.detach(), 1 - decay)
 
     @contextmanager
@@ -186,16 +185,15 @@ class Trainer:
         if self.ema is None:
             yield
             return
-        params = self._trained()
         with torch.no_grad():
-            live = [p.detach().clone() for p in params]
-            for p, shadow in zip(params, self.ema, strict=True):
+            live = [p.detach().clone() for p in self.trained]
+            for p, shadow in zip(self.trained, self.ema, strict=True):
                 p.copy_(shadow)
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, value in zip(params, live, strict=True):
+                for p, value in zip(self.trained, live, strict=True):
                     p.copy_(value)
 
     def _full_ema_state(self) -> dict | None:
@@ -284,7 +282,7 @@ class Trainer:
                 )
             # Through the model, so that FSDP2 shards the full EMA as it shards the weights.
             set_model_state_dict(self.raw, load_tree(path / "ema.safetensors"), options=opts)
-            self.ema = [p.detach().clone() for p in self._trained()]
+            self.ema = [p.detach().clone() for p in self.trained]
         set_state_dict(
             self.raw, self.optimizer, model_state_dict=model_sd, optim_state_dict=state["optimizer"], options=opts
         )
