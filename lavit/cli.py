@@ -277,9 +277,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     _check_prompts(args)
     pipe = _pipeline(args, needs=("lm", args.decoder))
+    if args.candidates is not None and args.candidates < 1:
+        raise UsageError(f"--candidates must be at least 1, got {args.candidates}")
     with _bad_input():
-        images = pipe.generate_image(
+        gen = pipe.generate(
             args.prompts,
+            candidates=args.candidates,
             guidance_scale_for_llm=args.guidance_scale,
             decoder=args.decoder,
             ratio=args.ratio,
@@ -287,9 +290,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
             num_images=args.num_images,
             decoder_sampling=_decoder_sampling(pipe, args),
         )
-    names = [f"{i // args.num_images:03d}_{i % args.num_images}.png" for i in range(len(images))]
-    paths = _save_pngs(Path(args.out), images, names)
-    records = [{"prompt": args.prompts[i // args.num_images], "file": p.name} for i, p in enumerate(paths)]
+    names = [f"{i // args.num_images:03d}_{i % args.num_images}.png" for i in range(len(gen.images))]
+    paths = _save_pngs(Path(args.out), gen.images, names)
+    records = [
+        {"prompt": args.prompts[i // args.num_images], "file": p.name, "candidate": gen.candidate[i]}
+        for i, p in enumerate(paths)
+    ]
     atomic_write(Path(args.out) / "prompts.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
     for r in records:
         print(f"{Path(args.out) / r['file']}: {r['prompt']}")
@@ -420,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: NNN_J.png per prompt NNN and image J, prompts.json")
     _image_prompt_args(p)
     p.add_argument("--ratio", default=None, help="aspect ratio width:height, e.g. 4:3 (default 1:1)")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="draw N per image, keep the one whose caption likelihood of the prompt is highest (default: the pipeline's, 1)",
+    )
     _decoder_args(p)
     _model_args(p)
     p.set_defaults(func=cmd_generate)

@@ -127,13 +127,8 @@ class UnifiedLM(nn.Module):
         Returns:
             LMOutput with the weighted mean loss and per-kind losses in ``logs``.
         """
-        emb = self.embed(input_ids, features, feature_mask)
-        logits = self.hf(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False).logits  # (B, L, V)
-        logits_BlV, targets = _at_least_fp32(logits[:, :-1]), input_ids[:, 1:]
-        weights = loss_weights[:, 1:].float()
-        ce = F.cross_entropy(
-            logits_BlV.reshape(-1, logits_BlV.shape[-1]), targets.reshape(-1), reduction="none"
-        ).view_as(targets)
+        logits, ce = self._token_ce(input_ids, attention_mask, features, feature_mask)
+        targets, weights = input_ids[:, 1:], loss_weights[:, 1:].float()
         loss = (ce * weights).sum() / weights.sum().clamp_min(1e-6)
         is_code = self.layout.is_code(targets) & (weights > 0)
         is_text = ~self.layout.is_code(targets) & (weights > 0)
@@ -142,6 +137,34 @@ class UnifiedLM(nn.Module):
             "loss_text": (ce * is_text).sum().detach() / is_text.sum().clamp_min(1),
         }
         return LMOutput(loss=loss, logits=logits, logs=logs)
+
+    @torch.no_grad()
+    def sequence_logprob(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        loss_weights: torch.Tensor,
+        features: torch.Tensor | None = None,
+        feature_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scoring: each row's log-likelihood of its weighted targets, sum_t w_t log p(ids[t] |
+        ids[:t]) -> (B,). The arguments are :meth:`forward`'s (``collate``'s output)."""
+        _, ce = self._token_ce(input_ids, attention_mask, features, feature_mask)
+        return -(ce * loss_weights[:, 1:].float()).sum(dim=1)
+
+    def _token_ce(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor | None,
+        feature_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, L, V), cross-entropy of predicting ids[t] from ids[:t] (B, L - 1), fp32)."""
+        emb = self.embed(input_ids, features, feature_mask)
+        logits = self.hf(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False).logits  # (B, L, V)
+        logits_BlV, targets = _at_least_fp32(logits[:, :-1]), input_ids[:, 1:]
+        ce = F.cross_entropy(logits_BlV.transpose(1, 2), targets, reduction="none")  # (B, L - 1)
+        return logits, ce
 
     # ----------------------------------------------------------------------------------------
     # Generation steps (the loops are in lavit/generate.py)

@@ -5,6 +5,7 @@
     pipe.answer(["cat.png"], ["What animal is this?"])                # -> ["cat"]
     codes = pipe.generate_tokens(["a red circle"], num_images=2, seed=0)
     images = pipe.generate_image(["a red circle"], ratio="4:3", seed=0)   # PIL images
+    best = pipe.generate(["a red circle"], candidates=8)              # best of 8 by the LM's caption score
     images = pipe.synthesize([[Path("cat.png"), "in watercolour"]])   # image + text -> image
     images = pipe.reconstruct(["cat.png"])                            # image -> codes -> image
 
@@ -52,7 +53,7 @@ from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import generate_image_tokens, generate_text, seeded_generators
 from lavit.lm_io import load_lm, save_lm
 from lavit.model import UnifiedLM
-from lavit.sequence import SequenceBuilder
+from lavit.sequence import SequenceBuilder, collate
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
 
 PIPELINE_FILE = "pipeline.yaml"
@@ -94,9 +95,27 @@ class PipelineConfig:
     image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
     diffusion_sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
     var_sampling: VARSamplingConfig = field(default_factory=VARSamplingConfig)
+    # Text to image: draw this many images per one asked for and keep the one the LM's own
+    # understanding likes best (LaVITPipeline.generate); 1 draws one and skips the scoring.
+    image_candidates: int = 1
 
     def __post_init__(self) -> None:
         check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")
+        check(self.image_candidates >= 1, "image_candidates", self.image_candidates, "use 1 (no reranking) or more")
+
+
+class Generation(NamedTuple):
+    """What :meth:`LaVITPipeline.generate` returns, one entry per image, prompt-major."""
+
+    images: list[Image.Image]
+    codes: list[torch.Tensor]  # the codes each image was rendered from
+    scores: torch.Tensor | None  # log p(prompt | image) of each kept image; None without candidates
+    candidate: list[int]  # which candidate was kept (0: the one drawn without reranking)
+
+
+# Candidate k of image j is drawn with seed + j + k * CANDIDATE_SEED_STRIDE, so candidate 0 is the
+# image drawn without reranking and an image's candidates do not depend on what shares its batch.
+CANDIDATE_SEED_STRIDE = 1_000_000
 
 
 class LaVITPipeline:
@@ -247,6 +266,25 @@ class LaVITPipeline:
         seqs = [self.builder.understanding_prompt(c, p) for c, p in zip(codes, prompts, strict=True)]
         return generate_text(lm, self.builder, seqs, decoding, features=features)
 
+    @torch.no_grad()
+    def caption_logprob(self, images: Images, texts: Sequence[str], prompt: str | None = None) -> torch.Tensor:
+        """How well each text captions its image under the LM: log p(text </s> | image, caption
+        prompt), summed over the text's tokens -> (B,) float tensor. Higher is a better match."""
+        batch = self.images_to_tensor(images)
+        if batch.shape[0] != len(texts):
+            raise ValueError(f"{batch.shape[0]} images for {len(texts)} texts")
+        lm = self._need_lm("caption scoring")
+        prompt = self.cfg.caption_prompt if prompt is None else prompt
+        codes = self.tokenizer.encode(batch)
+        seqs = [self.builder.understanding(c, prompt, t) for c, t in zip(codes, texts, strict=True)]
+        inputs = {k: v.to(self.device) for k, v in collate(seqs, self.text_tokenizer.pad_token_id).items()}
+        features = feature_mask = None
+        if lm.cfg.understanding_input == "continuous":
+            features, feature_mask = torch.cat(self.tokenizer.encode_features(batch)), inputs["image_mask"]
+        return lm.sequence_logprob(
+            inputs["input_ids"], inputs["attention_mask"], inputs["loss_weights"], features, feature_mask
+        ).float()
+
     def caption(
         self, images: Images, prompt: str | None = None, decoding: TextDecodingConfig | None = None
     ) -> list[str]:
@@ -390,21 +428,83 @@ class LaVITPipeline:
         negative_prompt: str | None = None,
         sampling: ImageSamplingConfig | None = None,
         decoder_sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
+        candidates: int | None = None,
     ) -> list[Image.Image]:
         """Text (or multimodal) prompts -> image codes from the LM -> pixels from ``decoder``.
 
-        Returns ``len(prompts) * num_images`` PIL images, prompt-major.
+        Returns ``len(prompts) * num_images`` PIL images, prompt-major. With ``candidates`` > 1
+        (default ``cfg.image_candidates``), each is the best of that many (see :meth:`generate`).
         """
-        self._decoder(decoder)  # fail before the LM runs
-        codes = self.generate_tokens(
+        return self.generate(
             prompts,
-            num_images=num_images,
-            guidance_scale=guidance_scale_for_llm,
-            negative_prompt=negative_prompt,
+            candidates=candidates,
+            guidance_scale_for_llm=guidance_scale_for_llm,
+            decoder=decoder,
+            ratio=ratio,
             seed=seed,
+            num_images=num_images,
+            negative_prompt=negative_prompt,
             sampling=sampling,
+            decoder_sampling=decoder_sampling,
+        ).images
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[str | ImageInput | torch.Tensor] | None],
+        *,
+        candidates: int | None = None,
+        guidance_scale_for_llm: float | None = None,
+        decoder: str = "diffusion",
+        ratio: str | float | None = None,
+        seed: int = 0,
+        num_images: int = 1,
+        negative_prompt: str | None = None,
+        sampling: ImageSamplingConfig | None = None,
+        decoder_sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
+    ) -> Generation:
+        """:meth:`generate_image`, keeping the codes, optionally as best of ``candidates``.
+
+        Self-reranking: with ``candidates`` = n > 1 (default ``cfg.image_candidates``) each image
+        is drawn n times (candidate k with seed ``seed + j + k * CANDIDATE_SEED_STRIDE``), every
+        render is scored by the LM's own understanding, :meth:`caption_logprob` of the prompt, and
+        the best is kept, as DALL-E reranks its samples with CLIP; it costs n times the
+        generation. Text prompts only: the score is the prompt read as the image's caption.
+        """
+        n = self.cfg.image_candidates if candidates is None else candidates
+        check(n >= 1, "candidates", n, "use 1 (no reranking) or more")
+        if n > 1:
+            bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+            if bad:
+                raise ValueError(
+                    f"prompt {bad[0]} is not text: reranking candidates scores the prompt as the image's "
+                    "caption, so it needs text prompts; use candidates=1 for unconditional or multimodal ones"
+                )
+        self._decoder(decoder)  # fail before the LM runs
+        drawn: list[tuple[list[torch.Tensor], list[Image.Image], torch.Tensor | None]] = []
+        for k in range(n):
+            s = seed + k * CANDIDATE_SEED_STRIDE
+            codes = self.generate_tokens(
+                prompts,
+                num_images=num_images,
+                guidance_scale=guidance_scale_for_llm,
+                negative_prompt=negative_prompt,
+                seed=s,
+                sampling=sampling,
+            )
+            images = self.decode(codes, decoder=decoder, ratio=ratio, seed=s, sampling=decoder_sampling)
+            texts = [p for p in prompts for _ in range(num_images)]
+            drawn.append((codes, images, self.caption_logprob(images, texts) if n > 1 else None))
+        if n == 1:
+            codes, images, _ = drawn[0]
+            return Generation(images, codes, None, [0] * len(images))
+        top = torch.stack([d[2] for d in drawn], dim=1).max(dim=1)  # over (images, candidates)
+        best = top.indices.tolist()
+        return Generation(
+            [drawn[k][1][j] for j, k in enumerate(best)],
+            [drawn[k][0][j] for j, k in enumerate(best)],
+            top.values.cpu(),
+            best,
         )
-        return self.decode(codes, decoder=decoder, ratio=ratio, seed=seed, sampling=decoder_sampling)
 
     def synthesize(
         self,
@@ -439,6 +539,7 @@ class LaVITPipeline:
             ratio=ratio,
             seed=seed,
             num_images=num_images,
+            candidates=1,  # reranking scores a text prompt as the caption; these are multimodal
         )
 
     def reconstruct(

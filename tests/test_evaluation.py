@@ -79,6 +79,23 @@ class Killed(RuntimeError):
     pass
 
 
+def test_text2image_best_of_candidates_is_each_prompt_reranked_alone(pipeline_dir, tmp_path):
+    from lavit.pipeline import LaVITPipeline
+
+    cfg = shapes_cfg("text2image", tmp_path / "t2i", pipeline_dir, "candidates=2", "data.limit=3")
+    task = build_task(cfg)
+    report = evaluate(cfg, task, ONE)
+    assert report["candidates"] == 2
+    preds = predictions(tmp_path / "t2i")
+    pipe = LaVITPipeline.from_pretrained(pipeline_dir)
+    for i, it in enumerate(task.items):  # item i is seeded seed + i whatever its batch
+        alone = pipe.generate([it.prompt], candidates=2, seed=cfg.seed + i)
+        assert preds[it.key]["candidate"] == alone.candidate[0]
+        assert preds[it.key]["codes"] == alone.codes[0].tolist()
+    with pytest.raises(ConfigError, match="candidates"):
+        shapes_cfg("text2image", tmp_path / "bad", pipeline_dir, "candidates=0")
+
+
 def test_killed_run_resumes_to_the_same_report(pipeline_dir, tmp_path):
     full_cfg = shapes_cfg("caption", tmp_path / "full", pipeline_dir)
     full = evaluate(full_cfg, build_task(full_cfg), ONE)

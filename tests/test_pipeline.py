@@ -2,6 +2,7 @@
 for both understanding inputs, save -> load round trip, seeding, and bad input."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,70 @@ def test_images_from_text_and_from_their_own_codes(pipe, images):
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).sum())
 
 
+def test_caption_logprob_is_the_training_loss_of_each_pair(pipe, images):
+    texts = ["a red circle.", "there are a blue square and a green cross."]
+    got = pipe.caption_logprob(images[:2], texts)
+    for i, text in enumerate(texts):  # alone, through forward's weighted-mean training loss
+        codes = pipe.encode(images[i : i + 1])
+        seq = pipe.builder.understanding(codes[0], pipe.cfg.caption_prompt, text)
+        ids, w = torch.tensor([seq.ids]), torch.tensor([seq.weights])
+        feats = mask = None
+        if pipe.lm.cfg.understanding_input == "continuous":
+            feats = torch.cat(pipe.tokenizer.encode_features(pipe.images_to_tensor(images[i : i + 1])))
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            mask[0, seq.image_spans[0][0] : seq.image_spans[0][1]] = True
+        with torch.no_grad():
+            loss = pipe.lm(ids, torch.ones_like(ids), w, feats, mask).loss
+        assert got[i] == pytest.approx(-float(loss) * w[0, 1:].sum().item(), rel=1e-4)
+
+
+def test_generate_keeps_the_candidate_the_lm_captions_best(pipe, images):
+    from lavit.pipeline import CANDIDATE_SEED_STRIDE
+
+    prompts = ["a red circle.", "a blue square."]
+    one = pipe.generate(prompts, seed=2)  # the pipeline's default: one candidate, no scoring
+    assert one.scores is None and one.candidate == [0, 0]
+    best = pipe.generate(prompts, seed=2, candidates=3)
+    # candidate k is what a plain call seeded seed + k * stride draws; the kept one scores highest
+    drawn = [pipe.generate(prompts, seed=2 + k * CANDIDATE_SEED_STRIDE) for k in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(drawn[0].codes, one.codes, strict=True))
+    scores = torch.stack([pipe.caption_logprob(d.images, prompts) for d in drawn], dim=1)
+    assert best.candidate == scores.argmax(dim=1).tolist()
+    assert torch.allclose(best.scores, scores.max(dim=1).values)
+    for j, k in enumerate(best.candidate):
+        assert torch.equal(best.codes[j], drawn[k].codes[j])
+        assert best.images[j].tobytes() == drawn[k].images[j].tobytes()
+    assert pipe.generate_image(prompts, seed=2)[1].tobytes() == one.images[1].tobytes()
+    # a pipeline that reranks by default (pipeline.yaml: image_candidates) still synthesizes
+    two = LaVITPipeline(
+        pipe.tokenizer, pipe.lm, pipe.text_tokenizer, replace(pipe.cfg, image_candidates=3), pipe.decoders
+    )
+    assert two.generate_image(prompts, seed=2)[0].tobytes() == best.images[0].tobytes()
+    assert len(two.synthesize([[Path(images[0]), "in red."]])) == 1
+    with pytest.raises(ValueError, match="prompt 1 is not text: reranking candidates"):
+        pipe.generate(["a red circle.", None], candidates=2)
+    with pytest.raises(ConfigError, match="candidates"):
+        pipe.generate(prompts, candidates=0)
+    with pytest.raises(ConfigError, match="image_candidates"):
+        PipelineConfig(image_candidates=0)
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "lavit-shapes-tiny"
+
+
+@pytest.mark.skipif(not (SHIPPED / "pipeline.yaml").is_file(), reason="no shipped model")
+def test_the_shipped_lm_scores_each_scene_own_caption_highest():
+    from lavit.evaluation.config import EvalDataConfig
+    from lavit.evaluation.sets import build_items
+
+    pipe = LaVITPipeline.from_pretrained(SHIPPED)
+    items = build_items("caption", EvalDataConfig(split="val", limit=8))
+    images, captions = [it.image() for it in items], [it.captions[0] for it in items]
+    n = len(items)
+    scores = pipe.caption_logprob([im for im in images for _ in range(n)], captions * n).view(n, n)
+    assert scores.argmax(dim=1).tolist() == list(range(n)), scores  # what reranking relies on
+
+
 def test_save_and_load_round_trip(pipe, images, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     again = LaVITPipeline.from_pretrained(tmp_path / "pipe")
@@ -195,6 +260,9 @@ def test_cli_generate_and_reconstruct(tokenizer_dir, lm_dirs, diffusion_dir, ima
     model = ["--model", str(tmp_path / "model")]
     assert main(["generate", "a red circle.", "a blue square.", "--out", str(tmp_path / "gen"), *model]) == 0
     assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["000_0.png", "001_0.png", "prompts.json"]
+    gen2 = ["generate", "a red circle.", "--candidates", "2", "--out", str(tmp_path / "gen2"), *model]
+    assert main(gen2) == 0
+    assert json.loads((tmp_path / "gen2" / "prompts.json").read_text())[0]["candidate"] in (0, 1)
     assert main(["reconstruct", *images[:2], "--out", str(tmp_path / "rec"), "--steps", "1", *model]) == 0
     pair = Image.open(tmp_path / "rec" / "scene0_reconstruction.png")
     assert pair.size == (64, 32)
@@ -212,6 +280,7 @@ def test_cli_generate_and_reconstruct(tokenizer_dir, lm_dirs, diffusion_dir, ima
             "--diffusion DIR",
         ),
         (["generate", " ", "--out", str(tmp_path / "bad"), *model], "empty prompt"),
+        (["generate", "a red circle.", "--candidates", "0", "--out", str(tmp_path / "bad"), *model], "--candidates"),
         (["generate", "a red circle.", "--ratio", "wide", "--out", str(tmp_path / "bad"), *model], "bad aspect ratio"),
     ]
     for argv, message in cases:

@@ -85,6 +85,7 @@ class EvalConfig:
     decoding: TextDecodingConfig | None = None  # None: the pipeline's (LaVIT's) for the task
     decoder: str = "diffusion"  # text2image / reconstruct: "diffusion" or "var"
     guidance_scale_for_llm: float | None = None  # None: the pipeline's (LaVIT: 4.0)
+    candidates: int | None = None  # text2image: best of N by the LM's caption score; None: the pipeline's
     save_images: bool = True  # text2image / reconstruct: keep every image as a PNG
 
     def __post_init__(self) -> None:
@@ -97,6 +98,7 @@ class EvalConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive batch size")
         check(self.decoder in ("diffusion", "var"), "decoder", self.decoder, "use diffusion or var")
+        check(self.candidates is None or self.candidates >= 1, "candidates", self.candidates, "use null, 1 or more")
         check(
             self.model is not None or self.tokenizer is not None,
             "model",

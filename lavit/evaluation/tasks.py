@@ -9,7 +9,7 @@ metrics; the run goes on.
 - vqa: the official VQAv2 accuracy (also OK-VQA, VizWiz, ShapesWorld) or GQA exact match.
 - text2image: ShapesWorld scene accuracy (every shape's colour, kind, count and relative
   position, judged by the parser) and attribute accuracy; FID and CLIP score when their local
-  weights are given.
+  weights are given. ``candidates`` > 1 scores the best of N per prompt (LaVITPipeline.generate).
 - reconstruct: PSNR against the input at the decoder's resolution; ShapesWorld scenes kept
   (colours and kinds) and recovered (everything); FID when its weights are given.
 """
@@ -149,18 +149,23 @@ def _question_id(key: str) -> int | str:
 class Text2ImageTask(_Task):
     def predict(self, pipe, indices: list[int], seed: int) -> list[dict]:
         items = [self.items[i] for i in indices]
-        # Tokens, then pixels (what generate_image does), so the codes are kept for re-rendering.
-        codes = pipe.generate_tokens(
-            [it.prompt for it in items], guidance_scale=self.cfg.guidance_scale_for_llm, seed=seed
+        # generate_image, keeping the codes for re-rendering (and with candidates, which was kept).
+        gen = pipe.generate(
+            [it.prompt for it in items],
+            candidates=self.cfg.candidates,
+            guidance_scale_for_llm=self.cfg.guidance_scale_for_llm,
+            decoder=self.cfg.decoder,
+            seed=seed,
         )
-        images = pipe.decode(codes, decoder=self.cfg.decoder, seed=seed)
         records = []
-        for it, c, image in zip(items, codes, images, strict=True):
+        for j, (it, c, image) in enumerate(zip(items, gen.codes, gen.images, strict=True)):
             record: dict[str, Any] = {
                 "key": it.key,
                 "prompt": it.prompt,
                 "codes": c.tolist(),
                 "image": self._save(it.key, image),
+                "candidates": pipe.cfg.image_candidates if self.cfg.candidates is None else self.cfg.candidates,
+                "candidate": gen.candidate[j],
             }
             if it.scene is not None:
                 parsed = parse_scene(image)
@@ -171,6 +176,9 @@ class Text2ImageTask(_Task):
 
     def score(self, records: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {"decoder": self.cfg.decoder}
+        drawn = sorted({r.get("candidates", 1) for r in records})
+        if drawn:
+            out["candidates"] = drawn[0] if len(drawn) == 1 else drawn
         judged = [r for r in records if "scene_ok" in r]
         if judged:
             out["scene_accuracy"] = _percent(sum(r["scene_ok"] for r in judged), len(judged))
