@@ -39,6 +39,7 @@ eval-shapes: $(STAMP)
 	$(BIN)/python eval/vqa.py --config configs/eval/shapes_vqa.yaml model=$(MODEL) out_dir=$(EVAL)/vqa
 	for d in diffusion var; do \
 	  $(BIN)/python eval/text2image.py --config configs/eval/shapes_text2image.yaml model=$(MODEL) decoder=$$d out_dir=$(EVAL)/text2image_$$d || exit 1; \
+	  $(BIN)/python eval/text2image.py --config configs/eval/shapes_text2image_best8.yaml model=$(MODEL) decoder=$$d out_dir=$(EVAL)/text2image_best8_$$d || exit 1; \
 	  $(BIN)/python eval/reconstruct.py --config configs/eval/shapes_reconstruct.yaml model=$(MODEL) decoder=$$d out_dir=$(EVAL)/reconstruct_$$d || exit 1; \
 	done
 	$(BIN)/python eval/report.py $(EVAL)/*/report.json | tee $(EVAL)/report.md

@@ -39,6 +39,7 @@ class DemoConfig:
 
     understanding: int = 6  # held-out scenes captioned and questioned
     prompts: int = 4  # text-to-image prompts (held-out scenes' prompts)
+    candidates: int = 8  # text to image also as the best of this many by the LM's caption score (1: not shown)
     reconstructions: int = 4
     first_scene: int = 0  # index of the first held-out (val) scene used
     seed: int = 0
@@ -155,17 +156,28 @@ def _text_to_image(pipe, world: ShapesWorld, cfg: DemoConfig, page: _Page, decod
     prompts = [world.words(i).prompt for i in idx]
     codes = pipe.generate_tokens(prompts, seed=cfg.seed)  # one set of codes, rendered by every decoder
     rendered = {d: pipe.decode(codes, decoder=d, seed=cfg.seed) for d in decoders}
-    page.section("Text to image", f"LM image tokens (CFG) rendered by {' and '.join(decoders)}; parser verdict.")
+    columns = list(decoders)
+    if cfg.candidates > 1:  # the first decoder again, as the best of N (LaVITPipeline.generate)
+        best = f"{decoders[0]}, best of {cfg.candidates}"
+        rendered[best] = pipe.generate(prompts, candidates=cfg.candidates, decoder=decoders[0], seed=cfg.seed).images
+        columns.append(best)
+    note = f"LM image tokens (CFG) rendered by {' and '.join(decoders)}; parser verdict."
+    if cfg.candidates > 1:
+        note += f" Last: {decoders[0]}, the best of {cfg.candidates} draws by the LM's caption log-likelihood of the prompt."
+    page.section("Text to image", note)
     satisfied = Counter()
     for k, i in enumerate(idx):
         figs = []
-        for d in decoders:
-            ok = prompt_satisfied(world.scene(i), parse_scene(rendered[d][k]))
-            satisfied[d] += ok
-            figs.append((rendered[d][k], f"{d} {'OK' if ok else 'X'}"))
+        for col in columns:
+            ok = prompt_satisfied(world.scene(i), parse_scene(rendered[col][k]))
+            satisfied[col] += ok
+            figs.append((rendered[col][k], f"{col} {'OK' if ok else 'X'}"))
         page.card(figs, [prompts[k], f"{len(codes[k])} codes"])
     page.end()
-    return {f"text2image_{d}": f"{satisfied[d]}/{len(prompts)} prompts satisfied" for d in decoders}
+    return {
+        f"text2image_{col.replace(', ', '_').replace(' ', '')}": f"{satisfied[col]}/{len(prompts)} prompts satisfied"
+        for col in columns
+    }
 
 
 def _synthesis(pipe, world: ShapesWorld, cfg: DemoConfig, page: _Page, decoders: list[str]) -> None:

@@ -49,16 +49,18 @@ def test_demo_writes_the_page(pipeline_dir, tmp_path, capsys):
         assert section in page
     pngs = sorted((tmp_path / "demo").glob("*.png"))
     cfg = DemoConfig()
-    # understanding: 1 per scene; text to image: 1 per decoder; synthesis: 2 text prompts with 1
-    # input image + 1 prompt with 2, 1 output per decoder each; reconstruction: original + decoders
+    # understanding: 1 per scene; text to image: 1 per decoder + the best of N; synthesis: 2 text
+    # prompts with 1 input image + 1 prompt with 2, 1 output per decoder each; reconstruction:
+    # original + decoders
     synthesis = len(cfg.synthesis_texts) + 2 + 2 * (len(cfg.synthesis_texts) + 1)
-    expected = cfg.understanding + 2 * cfg.prompts + synthesis + 3 * cfg.reconstructions + 1  # + overview.png
+    expected = cfg.understanding + 3 * cfg.prompts + synthesis + 3 * cfg.reconstructions + 1  # + overview.png
     assert len(pngs) == expected and all(f"src={p.name}" in page for p in pngs)
     # The overview packs whole cards into rows of 6 images, a new row for each section:
-    # text to image 3 + 1 cards of 2; synthesis 2 cards of 2, then 1 of 3; reconstruction 2 + 2 of 3.
+    # text to image 2 + 2 cards of 3; synthesis 2 cards of 2, then 1 of 3; reconstruction 2 + 2 of 3.
     overview = Image.open(tmp_path / "demo" / "overview.png")
     assert overview.size == (6 * 128, 6 * (128 + 48))  # 6 rows of 128 px cells over 4 label lines
-    assert '"text2image_var"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"text2image_var"' in out and f'"text2image_diffusion_bestof{cfg.candidates}"' in out
 
 
 def test_demo_without_an_lm_still_reconstructs(tokenizer_dir, diffusion_dir, tmp_path):
