@@ -139,6 +139,10 @@ def test_generate_keeps_the_candidate_the_lm_captions_best(pipe, images):
         assert torch.equal(best.codes[j], drawn[k].codes[j])
         assert best.images[j].tobytes() == drawn[k].images[j].tobytes()
     assert pipe.generate_image(prompts, seed=2)[1].tobytes() == one.images[1].tobytes()
+    # several images per prompt: image j (prompt-major) is scored against its own prompt
+    many = pipe.generate(prompts, seed=2, candidates=2, num_images=2)
+    assert len(many.images) == 4 and len(many.candidate) == 4
+    assert torch.allclose(many.scores[2:], pipe.caption_logprob(many.images[2:], [prompts[1]] * 2))
     # a pipeline that reranks by default (pipeline.yaml: image_candidates) still synthesizes
     two = LaVITPipeline(
         pipe.tokenizer, pipe.lm, pipe.text_tokenizer, replace(pipe.cfg, image_candidates=3), pipe.decoders
