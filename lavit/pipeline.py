@@ -480,6 +480,7 @@ class LaVITPipeline:
                     "caption, so it needs text prompts; use candidates=1 for unconditional or multimodal ones"
                 )
         self._decoder(decoder)  # fail before the LM runs
+        texts = [p for p in prompts for _ in range(num_images)]  # each image's prompt, prompt-major
         drawn: list[tuple[list[torch.Tensor], list[Image.Image], torch.Tensor | None]] = []
         for k in range(n):
             s = seed + k * CANDIDATE_SEED_STRIDE
@@ -492,7 +493,6 @@ class LaVITPipeline:
                 sampling=sampling,
             )
             images = self.decode(codes, decoder=decoder, ratio=ratio, seed=s, sampling=decoder_sampling)
-            texts = [p for p in prompts for _ in range(num_images)]
             drawn.append((codes, images, self.caption_logprob(images, texts) if n > 1 else None))
         if n == 1:
             codes, images, _ = drawn[0]
