@@ -156,28 +156,24 @@ def _text_to_image(pipe, world: ShapesWorld, cfg: DemoConfig, page: _Page, decod
     prompts = [world.words(i).prompt for i in idx]
     codes = pipe.generate_tokens(prompts, seed=cfg.seed)  # one set of codes, rendered by every decoder
     rendered = {d: pipe.decode(codes, decoder=d, seed=cfg.seed) for d in decoders}
-    columns = list(decoders)
+    keys = {d: f"text2image_{d}" for d in decoders}  # column label -> summary key
+    note = f"LM image tokens (CFG) rendered by {' and '.join(decoders)}; parser verdict."
     if cfg.candidates > 1:  # the first decoder again, as the best of N (LaVITPipeline.generate)
         best = f"{decoders[0]}, best of {cfg.candidates}"
         rendered[best] = pipe.generate(prompts, candidates=cfg.candidates, decoder=decoders[0], seed=cfg.seed).images
-        columns.append(best)
-    note = f"LM image tokens (CFG) rendered by {' and '.join(decoders)}; parser verdict."
-    if cfg.candidates > 1:
-        note += f" Last: {decoders[0]}, the best of {cfg.candidates} draws by the LM's caption log-likelihood of the prompt."
+        keys[best] = f"text2image_{decoders[0]}_bestof{cfg.candidates}"
+        note += f" Last: {best} draws by the LM's caption log-likelihood of the prompt."
     page.section("Text to image", note)
     satisfied = Counter()
     for k, i in enumerate(idx):
         figs = []
-        for col in columns:
+        for col in keys:
             ok = prompt_satisfied(world.scene(i), parse_scene(rendered[col][k]))
             satisfied[col] += ok
             figs.append((rendered[col][k], f"{col} {'OK' if ok else 'X'}"))
         page.card(figs, [prompts[k], f"{len(codes[k])} codes"])
     page.end()
-    return {
-        f"text2image_{col.replace(', ', '_').replace(' ', '')}": f"{satisfied[col]}/{len(prompts)} prompts satisfied"
-        for col in columns
-    }
+    return {key: f"{satisfied[col]}/{len(prompts)} prompts satisfied" for col, key in keys.items()}
 
 
 def _synthesis(pipe, world: ShapesWorld, cfg: DemoConfig, page: _Page, decoders: list[str]) -> None:

@@ -157,6 +157,7 @@ class Text2ImageTask(_Task):
             decoder=self.cfg.decoder,
             seed=seed,
         )
+        drawn = pipe.cfg.image_candidates if self.cfg.candidates is None else self.cfg.candidates
         records = []
         for j, (it, c, image) in enumerate(zip(items, gen.codes, gen.images, strict=True)):
             record: dict[str, Any] = {
@@ -164,7 +165,7 @@ class Text2ImageTask(_Task):
                 "prompt": it.prompt,
                 "codes": c.tolist(),
                 "image": self._save(it.key, image),
-                "candidates": pipe.cfg.image_candidates if self.cfg.candidates is None else self.cfg.candidates,
+                "candidates": drawn,
                 "candidate": gen.candidate[j],
             }
             if it.scene is not None:
