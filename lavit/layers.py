@@ -115,3 +115,55 @@ class CrossBlock(nn.Module):
         x = x + self.self_attn(self.norm1(x), mask=self_mask)
         x = x + self.cross_attn(self.norm2(x), self.norm_ctx(context), mask=context_mask)
         return x + self.mlp(self.norm3(x))
+
+
+class QueryReader(nn.Module):
+    """Learned queries read a variable-length code sequence: a fixed-length (B, Q, out_dim)
+    output, whatever the number of codes.
+
+    Each code gets a learned embedding of its rank, so the sequence's order (the tokenizer keeps
+    its codes in raster order) reaches the queries. The diffusion detokenizer's conditioner and
+    the VAR decoder's layout map are both this reader.
+
+    Args:
+        in_dim: width of the codes read; width: the queries'; depth: CrossBlocks.
+        num_queries: Q; out_dim: output width; max_codes: the longest sequence.
+        null: also hold a learned (Q, out_dim) ``null`` output (classifier-free guidance).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_queries: int,
+        out_dim: int,
+        max_codes: int,
+        null: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inp = nn.Linear(in_dim, width)
+        self.pos = nn.Parameter(torch.zeros(max_codes, width))
+        self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
+        self.blocks = nn.ModuleList(CrossBlock(width, heads, context_dim=width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+        if null:
+            self.null = nn.Parameter(torch.randn(num_queries, out_dim) * 0.02)  # the "no condition" output
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """emb: (B, L, in_dim) code embeddings, mask: (B, L) bool (True = real) -> (B, Q, out_dim)."""
+        b, length, _ = emb.shape
+        if length > self.pos.shape[0]:
+            raise ValueError(
+                f"{length} codes exceed the detokenizer's max_codes={self.pos.shape[0]}: "
+                "were these codes made by another tokenizer? Use the tokenizer this detokenizer was trained on"
+            )
+        ctx = self.inp(emb) + self.pos[:length]
+        x = self.queries.expand(b, -1, -1)
+        ctx_mask = mask[:, None, None, :]  # (B, 1, 1, L): queries see the real codes only
+        for block in self.blocks:
+            x = block(x, ctx, None, ctx_mask)
+        return self.out(self.norm(x))

@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from detokenizer.var.config import VARDecoderConfig, VARRunConfig
-from detokenizer.var.decoder import VARDecoder, decode_codes_var, save_var_decoder
+from detokenizer.var.decoder import VARDecoder, decode_codes_var, load_var_decoder, save_var_decoder
 from detokenizer.var.io import load_vqvae
+from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -49,6 +50,11 @@ class VARTask:
     def build_model(self) -> nn.Module:
         model = VARDecoder(VARDecoderConfig(vqvae=self.vqvae.cfg, transformer=self.cfg.model))
         model.vqvae.load_state_dict(self.vqvae.state_dict())
+        if self.cfg.init_from:
+            init_transformer(model, self.cfg.init_from)
+        if self.cfg.layout_only:
+            for name, param in model.transformer.named_parameters():
+                param.requires_grad_(name.startswith("layout."))
         return model
 
     def train_dataset(self) -> Dataset:
@@ -96,3 +102,39 @@ class VARTask:
 
     def save(self, model: VARDecoder, directory: Path) -> None:
         save_var_decoder(model, directory)
+
+
+def init_transformer(model: VARDecoder, directory: str | Path) -> None:
+    """Load a trained VAR decoder's transformer into ``model``, whose own additions (tensors
+    the source lacks, under ``transformer.layout.``) keep their init.
+
+    Raises:
+        ConfigError: the directory does not load, its VQ-VAE differs from ``model``'s, or its
+            transformer does not fit ``model``'s.
+    """
+    where = f"init_from={str(directory)!r}"
+    try:
+        source = load_var_decoder(directory)
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        raise ConfigError(
+            f"{where}: not a loadable VAR decoder ({e}); pass the model/ folder of a `lavit train var` "
+            "run (or a pipeline's var/ folder)"
+        ) from e
+    mine, theirs = model.vqvae.state_dict(), source.vqvae.state_dict()
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k].to(mine[k].dtype)) for k in mine):
+        raise ConfigError(
+            f"{where}: its VQ-VAE differs from vqvae_dir's, and the tokens it predicts are its own "
+            f"VQ-VAE's; set vqvae_dir={str(directory)!r}"
+        )
+    own, target = source.transformer.state_dict(), model.transformer.state_dict()
+    bad = (
+        sorted(set(own) - set(target))
+        + sorted(k for k in set(target) - set(own) if not k.startswith("layout."))
+        + sorted(k for k in own.keys() & target.keys() if own[k].shape != target[k].shape)
+    )
+    if bad:
+        raise ConfigError(
+            f"{where}: its transformer differs from model's ({len(bad)} tensors, e.g. {bad[:3]}); give "
+            f"model the width, depth and heads of {directory}/config.yaml (layout_depth may differ)"
+        )
+    model.transformer.load_state_dict({**target, **own}, strict=True)
