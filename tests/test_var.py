@@ -162,9 +162,7 @@ def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tm
 # ---------------------------------------------------------------------------------------------
 
 
-def make_var(seed: int = 0, layout_depth: int = 0, grown: bool = True):
-    """A tiny transformer with working blocks; with ``layout_depth`` a layout reader, whose
-    zero-initialised output is given weights unless ``grown`` is False."""
+def make_var(seed: int = 0):
     from detokenizer.var.config import VARConfig
     from detokenizer.var.transformer import NextScaleTransformer
 
@@ -174,12 +172,9 @@ def make_var(seed: int = 0, layout_depth: int = 0, grown: bool = True):
     torch.manual_seed(seed)
     q = MultiScaleQuantizer(8, 32, vq_cfg.scales)
     q.codebook.weight.data.normal_()
-    cfg = VARConfig(width=32, depth=2, heads=2, cond_dim=12, layout_depth=layout_depth, max_codes=8)
-    model = NextScaleTransformer(cfg, vq_cfg).eval()
+    model = NextScaleTransformer(VARConfig(width=32, depth=2, heads=2, cond_dim=12), vq_cfg).eval()
     for block in model.blocks:  # leave adaLN-zero so the blocks actually act in the tests
         block.ada[1].weight.data.normal_(0, 0.05)
-    if layout_depth and grown:
-        model.layout.out.weight.data.normal_(0, 0.5)
     return model, q.eval()
 
 
@@ -213,12 +208,11 @@ def test_block_causal_mask_never_lets_a_token_see_a_later_scale():
         assert not torch.allclose(out[:, end:], base[:, end:]) or k == 3
 
 
-@pytest.mark.parametrize("layout_depth", [0, 1])
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_kv_cached_sampling_gives_the_logits_of_recomputing_all_scales(guidance, layout_depth):
+def test_kv_cached_sampling_gives_the_logits_of_recomputing_all_scales(guidance):
     from detokenizer.var.config import VARSamplingConfig
 
-    model, q = make_var(layout_depth=layout_depth)
+    model, q = make_var()
     cond, mask = condition()
     _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
     # Inference fed the same tokens builds the same inputs as teacher forcing, scale by scale.
@@ -259,30 +253,7 @@ def test_condition_dropout_uses_the_null_sequence():
     torch.testing.assert_close(dropped[1], model(cond, mask, indices, q)[1])
 
 
-def test_the_layout_reads_the_codes_in_order_where_cross_attention_reads_a_set():
-    cond, mask = condition()
-    mask[:] = True
-    _, indices, _, _ = make_var()[1](torch.randn(2, 8, 4, 4))
-    flipped = cond.flip(1)
-    plain, q = make_var()
-    torch.testing.assert_close(plain(flipped, mask, indices, q), plain(cond, mask, indices, q))
-    laid, q = make_var(layout_depth=1)
-    assert not torch.allclose(laid(flipped, mask, indices, q), laid(cond, mask, indices, q), atol=1e-3)
-
-
-def test_a_new_layout_starts_as_no_layout():
-    plain, q = make_var()
-    laid, _ = make_var(layout_depth=1, grown=False)
-    missing, unexpected = laid.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("layout.") for k in missing)
-    cond, mask = condition()
-    _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
-    torch.testing.assert_close(laid(cond, mask, indices, q), plain(cond, mask, indices, q))
-    with pytest.raises(ValueError, match="9 codes exceed the detokenizer's max_codes=8"):
-        laid(torch.randn(2, 9, 12), torch.ones(2, 9, dtype=torch.bool), indices, q)
-
-
-def test_init_from_continues_a_trained_decoder_and_grows_a_layout(tmp_path, tokenizer_dir, var_dir):
+def test_init_from_continues_a_trained_decoder(tmp_path, tokenizer_dir, var_dir):
     from dataclasses import replace
 
     from conftest import debug_var_cfg
@@ -296,19 +267,10 @@ def test_init_from_continues_a_trained_decoder_and_grows_a_layout(tmp_path, toke
     vq = load_vqvae(var_dir)
     mine, theirs = vq.state_dict(), source.vqvae.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    cfg = debug_var_cfg(tmp_path, tokenizer_dir, f"vqvae_dir={var_dir}", f"init_from={var_dir}", "model.layout_depth=1")
+    cfg = debug_var_cfg(tmp_path, tokenizer_dir, f"vqvae_dir={var_dir}", f"init_from={var_dir}")
     task = VARTask(cfg)
-    model = task.build_model()
-    theirs, mine = source.transformer.state_dict(), model.transformer.state_dict()
-    assert all(torch.equal(theirs[k], mine[k]) for k in theirs)
-    assert {k for k in mine if k not in theirs} == {k for k in mine if k.startswith("layout.")} != set()
-    assert float(model.transformer.layout.out.weight.abs().sum()) == 0  # starts as the source decoder
-    assert all(p.requires_grad for p in model.transformer.parameters())
-    task.cfg = replace(cfg, layout_only=True)  # the new reader alone learns
-    trained = {n for n, p in task.build_model().named_parameters() if p.requires_grad}
-    assert trained == {n for n, _ in model.named_parameters() if n.startswith("transformer.layout.")}
-    with pytest.raises(ConfigError, match="layout_only"):
-        replace(cfg, init_from=None, layout_only=True)
+    mine, theirs = task.build_model().transformer.state_dict(), source.transformer.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
     vq.decoder.conv_out.bias.data += 0.1  # another VQ-VAE
     save_vqvae(vq, tmp_path / "other_vq")

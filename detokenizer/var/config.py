@@ -86,20 +86,10 @@ class VARConfig:
     cond_dim: int = 128
     cond_drop_prob: float = 0.1  # condition replaced by the learned null one (for CFG)
     attention_backend: str = "sdpa"
-    # The layout map (0 = off): a QueryReader of this depth in which one learned query per
-    # position of the finest token map reads the condition sequence, in order (each code gets an
-    # embedding of its rank); the map, area-pooled to each scale's side, is added to that
-    # scale's token embeddings through a zero-initialised projection, so a trained decoder can
-    # grow one (``init_from``). Without it the cross-attention reads the codes as an unordered
-    # set. The diffusion decoder's per-position conditioner is the same idea.
-    layout_depth: int = 0
-    max_codes: int = 64  # the longest condition sequence the layout reads (the tokenizer's patches)
 
     def __post_init__(self) -> None:
         check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
-        check(self.layout_depth >= 0, "layout_depth", self.layout_depth, "use 0 (no layout map) or a block count")
-        check(self.max_codes >= 1, "max_codes", self.max_codes, "use the tokenizer's patch count")
 
 
 @dataclass
@@ -134,25 +124,12 @@ class VARRunConfig:
     vqvae_dir: str = "runs/var_vqvae_tiny/model"  # or a VAR decoder's folder (its VQ-VAE)
     tokenizer_dir: str = "runs/tokenizer_tiny/model"
     # A trained VAR decoder folder (a `lavit train var` run's model/, or a pipeline's var/) whose
-    # transformer starts this run; what model adds to it (a layout reader) starts at its own
-    # init. Its tokens are its VQ-VAE's, so vqvae_dir must hold the same VQ-VAE (the folder
-    # itself will do).
+    # transformer starts this run (to train the shipped decoder on). Its tokens are its
+    # VQ-VAE's, so vqvae_dir must hold the same VQ-VAE (the folder itself will do).
     init_from: str | None = None
-    # With init_from and model.layout_depth: train the new layout reader alone, init_from's
-    # transformer frozen, so that the reader has learned something before it can disturb the rest
-    # (a second run without it then fine-tunes everything).
-    layout_only: bool = False
     data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     num_scenes: int = 20_000  # training scenes; their tokenizer codes are extracted once and cached
     codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
     eval_scenes: int = 200
     sampling: VARSamplingConfig = field(default_factory=VARSamplingConfig)
-
-    def __post_init__(self) -> None:
-        check(
-            not self.layout_only or (bool(self.init_from) and self.model.layout_depth > 0),
-            "layout_only",
-            self.layout_only,
-            "it trains a new layout reader on a trained decoder: set init_from and model.layout_depth > 0",
-        )

@@ -3,8 +3,7 @@
 Sequence layout: scale 0 is one start token made from the pooled condition; scale k >= 1 holds
 the ``p_k^2`` positions of the cumulative ``f_hat`` after scales < k, area-downsampled to
 ``p_k`` (:meth:`MultiScaleQuantizer.step`), embedded by a linear map. Each position gets a
-learned position embedding and its scale's level embedding, and, with ``layout_depth``, the
-layout map read from the condition, area-pooled to its scale. Attention is block-causal (a token
+learned position embedding and its scale's level embedding. Attention is block-causal (a token
 sees its own scale and every earlier one); blocks are AdaLN-modulated by the pooled condition
 (zero-initialised gates) and cross-attend to the condition sequence. At inference the
 condition and the learned null condition run as one doubled batch, with guidance ramped
@@ -22,7 +21,7 @@ from torch import nn
 from detokenizer.var.config import VARConfig, VARSamplingConfig, VQVAEConfig
 from detokenizer.var.quantizer import MultiScaleQuantizer
 from lavit.generate import Generators, sample_logits
-from lavit.layers import MLP, Attention, QueryReader, attention
+from lavit.layers import MLP, Attention, attention
 
 
 @dataclass
@@ -93,12 +92,6 @@ class NextScaleTransformer(nn.Module):
         self.head_norm = nn.LayerNorm(w, elementwise_affine=False)
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
         self.head = nn.Linear(w, vq.codebook_size)
-        self.layout = None
-        if cfg.layout_depth:
-            side = self.scales[-1]
-            self.layout = QueryReader(cfg.cond_dim, w, cfg.layout_depth, cfg.heads, side * side, w, cfg.max_codes)
-            nn.init.zeros_(self.layout.out.weight)  # starts as no layout: init_from keeps its model's outputs
-            nn.init.zeros_(self.layout.out.bias)
 
     # ----------------------------------------------------------------------------------------
     # Condition
@@ -121,39 +114,22 @@ class NextScaleTransformer(nn.Module):
         m = mask[..., None].to(cond.dtype)
         return self.cond_pool((cond * m).sum(1) / m.sum(1).clamp_min(1))
 
-    def layout_tokens(self, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor | None:
-        """(B, L, width): the layout map read from the condition, area-pooled to every scale's
-        side and laid out as the token sequence (None without a layout reader)."""
-        if self.layout is None:
-            return None
-        side = self.scales[-1]
-        grid = self.layout(cond, cond_mask).transpose(1, 2).reshape(cond.shape[0], -1, side, side)
-        maps = [F.interpolate(grid, size=(p, p), mode="area").flatten(2) for p in self.scales]
-        return torch.cat(maps, dim=2).transpose(1, 2)
-
     # ----------------------------------------------------------------------------------------
     # Training (teacher forcing)
     # ----------------------------------------------------------------------------------------
 
     def embed(
-        self,
-        pooled: torch.Tensor | None,
-        scale_inputs: torch.Tensor | None,
-        start: int,
-        end: int,
-        layout: torch.Tensor | None = None,
+        self, pooled: torch.Tensor | None, scale_inputs: torch.Tensor | None, start: int, end: int
     ) -> torch.Tensor:
         """Token embeddings of sequence positions [start, end): the start token from ``pooled``
-        when start == 0, then the (B, n, Cvae) next-scale inputs; plus ``layout_tokens``'s
-        positions [start, end) when given."""
+        when start == 0, then the (B, n, Cvae) next-scale inputs."""
         parts = []
         if start == 0:
             parts.append(pooled[:, None])
         if scale_inputs is not None:
             parts.append(self.word_embed(scale_inputs))
         x = torch.cat(parts, dim=1)
-        x = x + self.pos[:, start:end] + self.level(self.levels[start:end])[None]
-        return x if layout is None else x + layout[:, start:end]
+        return x + self.pos[:, start:end] + self.level(self.levels[start:end])[None]
 
     def logits(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         shift, scale = self.head_ada(pooled)[:, None].chunk(2, dim=-1)
@@ -172,8 +148,7 @@ class NextScaleTransformer(nn.Module):
         if drop is not None:
             cond, cond_mask = self.drop_condition(cond, cond_mask, drop)
         pooled = self.pooled(cond, cond_mask)
-        layout = self.layout_tokens(cond, cond_mask)
-        x = self.embed(pooled, quantizer.teacher_forcing_inputs(indices), 0, self.spans[-1][1], layout)
+        x = self.embed(pooled, quantizer.teacher_forcing_inputs(indices), 0, self.spans[-1][1])
         for block in self.blocks:
             x = block(x, pooled, cond, cond_mask, self.mask[None, None])
         return self.logits(x, pooled)
@@ -211,10 +186,9 @@ class NextScaleTransformer(nn.Module):
             null, null_mask = self.null_condition(b, cond.shape[1])
             cond, cond_mask = torch.cat([cond, null.to(cond.dtype)]), torch.cat([cond_mask, null_mask])
         pooled = self.pooled(cond, cond_mask)
-        layout = self.layout_tokens(cond, cond_mask)
         caches = [{} for _ in self.blocks]
         f_hat = quantizer.codebook.weight.new_zeros(b, quantizer.dim, quantizer.side, quantizer.side)
-        x = self.embed(pooled, None, 0, 1, layout)
+        x = self.embed(pooled, None, 0, 1)
         tokens, all_logits, f_hats = [], [], []
         num = len(self.scales)
         for k, p in enumerate(self.scales):
@@ -241,6 +215,6 @@ class NextScaleTransformer(nn.Module):
             f_hats.append(f_hat)
             if nxt is not None:
                 start, end = self.spans[k + 1]
-                x = torch.cat([nxt, nxt]) if guided else nxt  # both halves read the same f_hat
-                x = self.embed(None, x, start, end, layout)
+                x = self.embed(None, nxt, start, end)
+                x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
         return VARSample(tokens=tokens, f_hat=f_hat, logits=all_logits, f_hats=f_hats)

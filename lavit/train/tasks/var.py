@@ -52,9 +52,6 @@ class VARTask:
         model.vqvae.load_state_dict(self.vqvae.state_dict())
         if self.cfg.init_from:
             init_transformer(model, self.cfg.init_from)
-        if self.cfg.layout_only:
-            for name, param in model.transformer.named_parameters():
-                param.requires_grad_(name.startswith("layout."))
         return model
 
     def train_dataset(self) -> Dataset:
@@ -105,12 +102,11 @@ class VARTask:
 
 
 def init_transformer(model: VARDecoder, directory: str | Path) -> None:
-    """Load a trained VAR decoder's transformer into ``model``, whose own additions (tensors
-    the source lacks, under ``transformer.layout.``) keep their init.
+    """Load a trained VAR decoder's transformer into ``model``.
 
     Raises:
         ConfigError: the directory does not load, its VQ-VAE differs from ``model``'s, or its
-            transformer does not fit ``model``'s.
+            transformer from ``model``'s.
     """
     where = f"init_from={str(directory)!r}"
     try:
@@ -127,14 +123,12 @@ def init_transformer(model: VARDecoder, directory: str | Path) -> None:
             f"VQ-VAE's; set vqvae_dir={str(directory)!r}"
         )
     own, target = source.transformer.state_dict(), model.transformer.state_dict()
-    bad = (
-        sorted(set(own) - set(target))
-        + sorted(k for k in set(target) - set(own) if not k.startswith("layout."))
-        + sorted(k for k in own.keys() & target.keys() if own[k].shape != target[k].shape)
+    bad = sorted(set(own) ^ set(target)) + sorted(
+        k for k in own.keys() & target.keys() if own[k].shape != target[k].shape
     )
     if bad:
         raise ConfigError(
             f"{where}: its transformer differs from model's ({len(bad)} tensors, e.g. {bad[:3]}); give "
-            f"model the width, depth and heads of {directory}/config.yaml (layout_depth may differ)"
+            f"model the width, depth and heads of {directory}/config.yaml"
         )
-    model.transformer.load_state_dict({**target, **own}, strict=True)
+    model.transformer.load_state_dict(own, strict=True)
