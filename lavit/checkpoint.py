@@ -209,6 +209,12 @@ def cast_weights(directory: str | Path, dtype: str) -> int:
     return total
 
 
+def state_mismatch(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[str]:
+    """The tensor names of two state dicts that do not line up: in one only, or in both with
+    different shapes (each group sorted). Empty when one loads into the other strictly."""
+    return sorted(set(a) ^ set(b)) + sorted(k for k in a.keys() & b.keys() if a[k].shape != b[k].shape)
+
+
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Load a safetensors file into ``module`` strictly, naming every missing, unexpected or
     mis-shaped tensor."""

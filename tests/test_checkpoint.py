@@ -16,6 +16,7 @@ from lavit.checkpoint import (
     read_config,
     save_model_dir,
     save_tree,
+    state_mismatch,
 )
 from lavit.config import ConfigError, ShapesWorldConfig
 
@@ -212,3 +213,10 @@ def test_state_tree_rejects_unstorable_values(tmp_path):
 
         save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
         load_tree(tmp_path / "plain.safetensors")
+
+
+def test_state_mismatch_names_tensors_in_one_only_or_of_another_shape():
+    a = {"w": torch.zeros(2, 3), "b": torch.zeros(3), "only_a": torch.zeros(1)}
+    b = {"w": torch.zeros(3, 2), "b": torch.ones(3), "only_b": torch.zeros(1)}
+    assert state_mismatch(a, b) == ["only_a", "only_b", "w"]
+    assert state_mismatch(a, a) == []

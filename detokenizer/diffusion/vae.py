@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from detokenizer.diffusion.config import VAEConfig
+from lavit.checkpoint import state_mismatch
 from lavit.config import ConfigError
 
 
@@ -130,9 +131,7 @@ def load_vae_weights(vae: AutoencoderKL, directory: str | Path) -> None:
     except (OSError, ValueError) as e:
         raise ConfigError(f"init_from={str(directory)!r}: not an AutoencoderKL folder ({e})") from e
     mine, theirs = vae.state_dict(), source.state_dict()
-    bad = sorted(set(mine) ^ set(theirs)) + sorted(
-        k for k in mine.keys() & theirs.keys() if mine[k].shape != theirs[k].shape
-    )
+    bad = state_mismatch(mine, theirs)
     if bad:
         raise ConfigError(
             f"init_from={str(directory)!r}: its architecture differs from model's ({len(bad)} tensors, e.g. "

@@ -30,7 +30,7 @@ from detokenizer.diffusion.sampling import (
     noise_scheduler,
     training_target,
 )
-from lavit.checkpoint import CheckpointError
+from lavit.checkpoint import CheckpointError, state_mismatch
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -150,9 +150,7 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
         ) from e
     own = {k: v for k, v in source.items() if not k.startswith("vae.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
-    bad = sorted(set(own) ^ set(target)) + sorted(
-        k for k in own.keys() & target.keys() if own[k].shape != target[k].shape
-    )
+    bad = state_mismatch(own, target)
     if bad:
         raise ConfigError(
             f"init_from={str(directory)!r}: its denoiser differs from model's ({len(bad)} tensors, e.g. "

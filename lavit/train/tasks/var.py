@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from detokenizer.var.config import VARDecoderConfig, VARRunConfig
 from detokenizer.var.decoder import VARDecoder, decode_codes_var, load_var_decoder, save_var_decoder
 from detokenizer.var.io import load_vqvae
-from lavit.checkpoint import CheckpointError
+from lavit.checkpoint import CheckpointError, state_mismatch
 from lavit.config import ConfigError
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
@@ -123,9 +123,7 @@ def init_transformer(model: VARDecoder, directory: str | Path) -> None:
             f"VQ-VAE's; set vqvae_dir={str(directory)!r}"
         )
     own, target = source.transformer.state_dict(), model.transformer.state_dict()
-    bad = sorted(set(own) ^ set(target)) + sorted(
-        k for k in own.keys() & target.keys() if own[k].shape != target[k].shape
-    )
+    bad = state_mismatch(own, target)
     if bad:
         raise ConfigError(
             f"{where}: its transformer differs from model's ({len(bad)} tensors, e.g. {bad[:3]}); give "
