@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, Cache, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, Cache, DynamicCache, PretrainedConfig
 
 from lavit.config import ConfigError, LMConfig
 from lavit.vocab import VocabLayout
@@ -58,12 +58,17 @@ class UnifiedLM(nn.Module):
         model of ``cfg.text_vocab_size`` text ids is built.
     init_new_rows: draw the new embedding rows from the old rows' statistics; False when saved
         weights are about to replace them (loading a checkpoint), which skips that work.
+    hf_config: build this Hugging Face architecture (its ``vocab_size`` text ids) instead of
+        reading ``cfg.pretrained_path``; how a saved LM that started from a pretrained folder is
+        rebuilt without it (lavit.lm_io).
     """
 
-    def __init__(self, cfg: LMConfig, init_new_rows: bool = True) -> None:
+    def __init__(self, cfg: LMConfig, init_new_rows: bool = True, hf_config: PretrainedConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        if cfg.pretrained_path:
+        if hf_config is not None:
+            self.hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
+        elif cfg.pretrained_path:
             path = Path(cfg.pretrained_path)
             if not (path / "config.json").is_file():
                 raise ConfigError(

@@ -1,6 +1,7 @@
 """Generation loops: cache == recompute, batched CFG == unbatched reference, batch == alone,
 the image slice mask, beam search optimality, and bad input."""
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -233,3 +234,25 @@ def test_bad_input(setup, tmp_path):
     small = VocabLayout(text_size=100, num_codes=40)
     with pytest.raises(ValueError, match="do not belong together"):
         SequenceBuilder(sb.tok, small, 128)
+
+
+def test_an_lm_started_from_a_pretrained_folder_loads_without_it(setup, tmp_path):
+    """lm.pretrained_path (LaVIT's LLaMA) is where training starts; the saved directory carries the
+    architecture (hf_config.json) and loads after that folder is gone, giving the same logits."""
+    import shutil
+
+    from lavit.lm_io import load_lm, save_lm
+
+    lm, sb = setup
+    base = tmp_path / "text_lm"
+    text_only = UnifiedLM(dataclasses.replace(lm.cfg, num_codes=1)).hf
+    text_only.resize_token_embeddings(lm.layout.text_size)
+    text_only.save_pretrained(base)
+    started = UnifiedLM(dataclasses.replace(lm.cfg, pretrained_path=str(base))).eval()
+    save_lm(started, sb.tok, tmp_path / "saved")
+    shutil.rmtree(base)
+    loaded, tok = load_lm(tmp_path / "saved")
+    assert loaded.cfg.pretrained_path == str(base) and loaded.layout == started.layout and len(tok) == len(sb.tok)
+    ids = torch.randint(0, started.layout.total, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded.hf(ids).logits, started.hf(ids).logits)
