@@ -66,9 +66,7 @@ class UnifiedLM(nn.Module):
     def __init__(self, cfg: LMConfig, init_new_rows: bool = True, hf_config: PretrainedConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        if hf_config is not None:
-            self.hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
-        elif cfg.pretrained_path:
+        if hf_config is None and cfg.pretrained_path:
             path = Path(cfg.pretrained_path)
             if not (path / "config.json").is_file():
                 raise ConfigError(
@@ -79,9 +77,9 @@ class UnifiedLM(nn.Module):
                 path, local_files_only=True, attn_implementation=cfg.attn_implementation
             )
         else:
-            self.hf = AutoModelForCausalLM.from_config(
-                _hf_config(cfg, cfg.text_vocab_size), attn_implementation=cfg.attn_implementation
-            )
+            if hf_config is None:
+                hf_config = _hf_config(cfg, cfg.text_vocab_size)
+            self.hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
         text_size = self.hf.get_input_embeddings().num_embeddings
         self.layout = VocabLayout(text_size=text_size, num_codes=cfg.num_codes, num_locations=cfg.num_locations)
         # New rows (specials, codes, locations) are drawn from a Gaussian with the mean and
