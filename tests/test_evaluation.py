@@ -86,6 +86,7 @@ def test_text2image_best_of_candidates_is_each_prompt_reranked_alone(pipeline_di
     task = build_task(cfg)
     report = evaluate(cfg, task, ONE)
     assert report["candidates"] == 2
+    assert {"scene_accuracy", "attribute_accuracy", "layout_accuracy"} <= report.keys()
     preds = predictions(tmp_path / "t2i")
     pipe = LaVITPipeline.from_pretrained(pipeline_dir)
     for i, it in enumerate(task.items):  # item i is seeded seed + i whatever its batch

@@ -7,10 +7,12 @@ import pytest
 from PIL import Image, ImageFilter
 
 from lavit.config import ShapesWorldConfig
-from lavit.data.shapes import Scene, Shape, render, scene_for_index
+from lavit.data import shapes_text
+from lavit.data.shapes import CELL_CENTRES, Scene, Shape, render, scene_for_index
 from lavit.data.shapes_parser import (
     attributes_kept,
     label_components,
+    layout_matches,
     parse_scene,
     prompt_satisfied,
     scene_recovered,
@@ -120,3 +122,52 @@ def test_reconstruction_and_prompt_criteria():
     moved = Scene(shapes=(replace(s, row=row, col=col, cx=(col + 0.5) / 3, cy=(row + 0.5) / 3),), background=0.5)
     parsed = parse_scene(render(moved, 64))
     assert attributes_kept(one, parsed) and not prompt_satisfied(one, parsed)
+
+
+def _placed(colour: str, kind: str, row: int, col: int) -> Shape:
+    return Shape(colour, kind, "large", row, col, CELL_CENTRES[col], CELL_CENTRES[row])
+
+
+def test_prompt_judge_asks_what_the_prompt_states():
+    """Three shapes: the prompt gives the first two's relation and the third's cell, nothing else."""
+    a, b, c = _placed("red", "circle", 0, 0), _placed("blue", "square", 0, 2), _placed("green", "triangle", 2, 1)
+    scene = Scene(shapes=(a, b, c), background=0.5)
+    text = shapes_text.prompt(scene, np.random.default_rng(0))
+    assert text == "a large red circle to the left of a large blue square and a large green triangle at the bottom."
+    assert shapes_text.stated_layout(scene) == ((0, "left of", 1), {2: (2, 1)})
+    assert shapes_text.parse_relations(text) == [(("red", "circle"), "left of", ("blue", "square"))]
+
+    def judged(*shapes):
+        parsed = parse_scene(render(Scene(shapes=shapes, background=0.5), 64))
+        return prompt_satisfied(scene, parsed), layout_matches(scene, parsed)
+
+    assert judged(a, b, c) == (True, True)
+    # The circle moves above the triangle: still left of the square, so the prompt holds; the
+    # circle-triangle relation (unstated) changed, which the old layout check counted as wrong.
+    assert judged(replace(a, col=1, cx=CELL_CENTRES[1]), b, c) == (True, False)
+    # The triangle leaves its stated cell ("at the bottom") but keeps every pairwise relation.
+    assert judged(a, b, replace(c, row=1, cy=CELL_CENTRES[1])) == (False, True)
+    # The triangle drawn small where the prompt says large: the old check ignored sizes.
+    assert judged(a, b, replace(c, size="small")) == (False, True)
+    # The stated relation broken (the circle right of the square): wrong under both.
+    assert judged(
+        replace(a, row=1, col=2, cx=CELL_CENTRES[2], cy=CELL_CENTRES[1]), replace(b, col=0, cx=CELL_CENTRES[0]), c
+    ) == (False, False)
+
+
+def test_prompt_judge_follows_the_prompts_of_held_out_scenes():
+    """Every val scene's prompt states its first relation and the later shapes' cells."""
+    cfg = ShapesWorldConfig(resolution=64)
+    for i in range(200):
+        scene = scene_for_index(cfg, "val", i)
+        text = shapes_text.prompt(scene, np.random.default_rng(0))
+        stated, cells = shapes_text.stated_layout(scene)
+        if stated is None:
+            (only,) = scene.shapes
+            assert text.endswith(f"{only.colour} {only.kind} {shapes_text._where(only)}.")
+            continue
+        first, rel, second = (scene.shapes[stated[0]], stated[1], scene.shapes[stated[2]])
+        assert shapes_text.parse_relations(text)[0] == ((first.colour, first.kind), rel, (second.colour, second.kind))
+        for k in cells:
+            s = scene.shapes[k]
+            assert f"{s.colour} {s.kind} {shapes_text._where(s)}" in text

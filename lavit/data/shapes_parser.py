@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from lavit.data.shapes import CELL_CENTRES, COLOURS, KINDS, SIZES, Scene, cell_name, colour_hue
+from lavit.data.shapes import CELL_CENTRES, COLOURS, KINDS, SIZES, Scene, cell_name, colour_hue, relation
+from lavit.data.shapes_text import stated_layout
 
 CHROMA_THRESHOLD = 0.2  # palette chroma is >= 0.69; noise on grey stays far below
 _PALETTE = list(COLOURS)
@@ -278,24 +279,50 @@ def attributes_kept(scene: Scene, parsed: list[ParsedShape]) -> bool:
     return colour_kinds(scene.shapes) == colour_kinds(parsed)
 
 
-def prompt_satisfied(scene: Scene, parsed: list[ParsedShape]) -> bool:
-    """Text-to-image correctness for a prompt describing ``scene``: the same shapes by colour and
-    kind (so the count too), laid out alike: every pair in the same relative position (left of /
-    right of / above / below, as :func:`lavit.data.shapes.relation`), and a lone shape in its cell.
-    Sizes are not judged. Shapes that repeat a colour and kind may match in any order."""
+def _relation(a: ParsedShape, b: ParsedShape) -> str | None:
+    """:func:`lavit.data.shapes.relation` for parsed shapes; None for two in one cell."""
+    return None if (a.row, a.col) == (b.row, b.col) else relation(a, b)
+
+
+def _matchings(scene: Scene, parsed: list[ParsedShape]):
+    """Orderings of ``parsed`` that pair each scene shape with one of its colour and kind
+    (shapes repeating a colour and kind may match either way)."""
     if not attributes_kept(scene, parsed):
-        return False
-    shapes = list(scene.shapes)
-    if len(shapes) == 1:
-        return (parsed[0].row, parsed[0].col) == (shapes[0].row, shapes[0].col)
-
-    def rel(a, b) -> tuple[int, int]:
-        # relation() in comparable form: column order if columns differ, else row order
-        return (0, (a.col > b.col) - (a.col < b.col)) if a.col != b.col else (1, (a.row > b.row) - (a.row < b.row))
-
+        return
     for order in itertools.permutations(parsed):
-        if all((p.colour, p.kind) == (s.colour, s.kind) for p, s in zip(order, shapes, strict=True)) and all(
-            rel(order[i], order[j]) == rel(shapes[i], shapes[j])
+        if all((p.colour, p.kind) == (s.colour, s.kind) for p, s in zip(order, scene.shapes, strict=True)):
+            yield order
+
+
+def prompt_satisfied(scene: Scene, parsed: list[ParsedShape]) -> bool:
+    """Text-to-image correctness: the image shows what the prompt written from ``scene``
+    (:func:`lavit.data.shapes_text.prompt`) says, no more. Every shape by colour, kind and size
+    (so the count too); the stated relation of the first two shapes (left of / right of / above /
+    below, as :func:`lavit.data.shapes.relation`); every shape the prompt places by name (a lone
+    shape, a third one) in that cell. Relations the prompt leaves open are not judged."""
+    stated, cells = stated_layout(scene)
+    for order in _matchings(scene, parsed):
+        if any(p.size != s.size for p, s in zip(order, scene.shapes, strict=True)):
+            continue
+        if stated is not None and _relation(order[stated[0]], order[stated[2]]) != stated[1]:
+            continue
+        if all((order[i].row, order[i].col) == cell for i, cell in cells.items()):
+            return True
+    return False
+
+
+def layout_matches(scene: Scene, parsed: list[ParsedShape]) -> bool:
+    """The layout check that text to image was judged by until 2026-11-24: the shapes
+    of :func:`attributes_kept`, every pair in the scene's relative position and a lone shape in
+    its cell. For three shapes it asks relations the prompt does not state (the third one's to
+    the first two) and does not ask the third one's stated cell, nor any size."""
+    shapes = scene.shapes
+    for order in _matchings(scene, parsed):
+        if len(shapes) == 1:
+            if (order[0].row, order[0].col) == (shapes[0].row, shapes[0].col):
+                return True
+        elif all(
+            _relation(order[i], order[j]) == relation(shapes[i], shapes[j])
             for i in range(len(shapes))
             for j in range(i + 1, len(shapes))
         ):

@@ -75,14 +75,27 @@ def captions(scene: Scene, rng: np.random.Generator, n: int = 3) -> list[str]:
     return [cands[i] for i in order[: min(n, len(cands))]]
 
 
-def prompt(scene: Scene, rng: np.random.Generator) -> str:
-    """A text-to-image prompt naming every shape (colour, kind, size) and the layout."""
+def stated_layout(scene: Scene) -> tuple[tuple[int, str, int] | None, dict[int, tuple[int, int]]]:
+    """What :func:`prompt` says of ``scene``'s layout: ``(0, relation, 1)`` for the first two
+    shapes when there are two or more (else None), and the (row, col) cell of every shape it
+    places by name (the lone shape; the third). Nothing else: a prompt for three shapes does not
+    say where the third sits relative to the first two, beyond their stated cells."""
     shapes = scene.shapes
     if len(shapes) == 1:
+        return None, {0: (shapes[0].row, shapes[0].col)}
+    return (0, relation(shapes[0], shapes[1]), 1), {i: (s.row, s.col) for i, s in enumerate(shapes) if i >= 2}
+
+
+def prompt(scene: Scene, rng: np.random.Generator) -> str:
+    """A text-to-image prompt naming every shape (colour, kind, size) and the layout that
+    :func:`stated_layout` gives: the first two shapes by their relation, any other by its cell."""
+    shapes = scene.shapes
+    stated, _ = stated_layout(scene)
+    if stated is None:
         return f"{_noun(shapes[0], True)} {_where(shapes[0])}."
-    a, b = shapes[0], shapes[1]
-    rel = f"{_noun(a, True)} {_REL_WORDS[relation(a, b)]} {_noun(b, True)}"
-    return _join([rel] + [f"{_noun(s, True)} {_where(s)}" for s in shapes[2:]]) + "."
+    a, rel, b = stated
+    first = f"{_noun(shapes[a], True)} {_REL_WORDS[rel]} {_noun(shapes[b], True)}"
+    return _join([first] + [f"{_noun(s, True)} {_where(s)}" for s in shapes[2:]]) + "."
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:

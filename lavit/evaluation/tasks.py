@@ -7,9 +7,11 @@ metrics; the run goes on.
 - caption: BLEU-4, METEOR (with Java), ROUGE-L, CIDEr (lavit/metrics/caption.py); ShapesWorld
   adds attribute accuracy (every shape's colour and kind named, counts included).
 - vqa: the official VQAv2 accuracy (also OK-VQA, VizWiz, ShapesWorld) or GQA exact match.
-- text2image: ShapesWorld scene accuracy (every shape's colour, kind, count and relative
-  position, judged by the parser) and attribute accuracy; FID and CLIP score when their local
-  weights are given. ``candidates`` > 1 scores the best of N per prompt (LaVITPipeline.generate).
+- text2image: ShapesWorld scene accuracy (the image shows what its prompt says: every shape's
+  colour, kind, size and count, the stated relation and the stated cells, judged by the parser),
+  attribute accuracy (colours, kinds and counts only) and layout accuracy (the judge
+  used until 2026-11-24: every pair of shapes as in the prompt's source scene); FID and CLIP
+  score when their local weights are given. ``candidates`` > 1 scores the best of N per prompt (LaVITPipeline.generate).
 - reconstruct: PSNR against the input at the decoder's resolution; ShapesWorld scenes kept
   (colours and kinds) and recovered (everything); FID when its weights are given.
 """
@@ -27,7 +29,13 @@ from PIL import Image
 
 from lavit.data import shapes_text
 from lavit.data.image_io import ImageLoadError, load_image
-from lavit.data.shapes_parser import attributes_kept, parse_scene, prompt_satisfied, scene_recovered
+from lavit.data.shapes_parser import (
+    attributes_kept,
+    layout_matches,
+    parse_scene,
+    prompt_satisfied,
+    scene_recovered,
+)
 from lavit.data.transforms import to_tensor
 from lavit.evaluation.config import EvalConfig
 from lavit.evaluation.sets import Item, build_items
@@ -172,6 +180,7 @@ class Text2ImageTask(_Task):
                 parsed = parse_scene(image)
                 record["scene_ok"] = prompt_satisfied(it.scene, parsed)
                 record["attributes_ok"] = attributes_kept(it.scene, parsed)
+                record["layout_ok"] = layout_matches(it.scene, parsed)
             records.append(record)
         return records
 
@@ -184,6 +193,9 @@ class Text2ImageTask(_Task):
         if judged:
             out["scene_accuracy"] = _percent(sum(r["scene_ok"] for r in judged), len(judged))
             out["attribute_accuracy"] = _percent(sum(r["attributes_ok"] for r in judged), len(judged))
+            laid = [r for r in judged if "layout_ok" in r]  # absent from runs before 2026-11-24
+            if laid:
+                out["layout_accuracy"] = _percent(sum(r["layout_ok"] for r in laid), len(laid))
         saved = [r for r in records if r["image"] is not None]
         if self.cfg.metrics.fid_weights is not None or self.cfg.metrics.clip_model is not None:
             if len(saved) < len(records):
