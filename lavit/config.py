@@ -369,6 +369,9 @@ def load_config(path: str | Path | None, schema: type[T], overrides: Sequence[st
     """
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
+    for key in base:  # a free-form dict field (dict[str, Any]) takes any key; __post_init__ judges them
+        if OmegaConf.get_type(base, key) is dict:
+            OmegaConf.set_struct(base[key], False)
     sources: list[tuple[str, DictConfig]] = []
     if path is not None:
         path = Path(path)

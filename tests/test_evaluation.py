@@ -97,6 +97,31 @@ def test_text2image_best_of_candidates_is_each_prompt_reranked_alone(pipeline_di
         shapes_cfg("text2image", tmp_path / "bad", pipeline_dir, "candidates=0")
 
 
+def test_decoder_sampling_overrides_reach_the_decoder(pipeline_dir, tmp_path):
+    import dataclasses
+
+    from lavit.pipeline import LaVITPipeline
+
+    cfg = shapes_cfg("reconstruct", tmp_path / "rec", pipeline_dir, "data.limit=2", "decoder_sampling.steps=3")
+    task = build_task(cfg)
+    evaluate(cfg, task, ONE)
+    assert json.loads((tmp_path / "rec" / "run.json").read_text())["config"]["decoder_sampling"] == {"steps": 3}
+    pipe = LaVITPipeline.from_pretrained(pipeline_dir)
+    three_steps = dataclasses.replace(pipe.cfg.diffusion_sampling, steps=3)
+    assert pipe.cfg.diffusion_sampling.steps != 3
+    for i, it in enumerate(task.items):
+        saved = Image.open(tmp_path / "rec" / predictions(tmp_path / "rec")[it.key]["image"])
+        (same,) = pipe.reconstruct([it.image()], seed=cfg.seed + i, sampling=three_steps)
+        (default,) = pipe.reconstruct([it.image()], seed=cfg.seed + i)
+        assert saved.tobytes() == same.tobytes() != default.tobytes()
+    with pytest.raises(ConfigError, match="decoder_sampling.stepz: the diffusion decoder has no such"):
+        shapes_cfg("reconstruct", tmp_path / "bad", pipeline_dir, "decoder_sampling.stepz=2")
+    with pytest.raises(ConfigError, match="decoder_sampling.steps: the var decoder has no such"):
+        shapes_cfg("reconstruct", tmp_path / "bad", pipeline_dir, "decoder=var", "decoder_sampling.steps=2")
+    with pytest.raises(ConfigError, match="decoder_sampling: invalid value 0 for 'steps'"):
+        shapes_cfg("reconstruct", tmp_path / "bad", pipeline_dir, "decoder_sampling.steps=0")
+
+
 def test_killed_run_resumes_to_the_same_report(pipeline_dir, tmp_path):
     full_cfg = shapes_cfg("caption", tmp_path / "full", pipeline_dir)
     full = evaluate(full_cfg, build_task(full_cfg), ONE)

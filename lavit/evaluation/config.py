@@ -8,11 +8,16 @@ VQA as "Question: {} Answer:" with 5 beams and up to 10.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
-from lavit.config import ShapesWorldConfig, TextDecodingConfig, check
+from detokenizer.diffusion.config import DiffusionSamplingConfig
+from detokenizer.var.config import VARSamplingConfig
+from lavit.config import ConfigError, ShapesWorldConfig, TextDecodingConfig, check
 
 TASKS = ("caption", "vqa", "text2image", "reconstruct")
+DECODER_SAMPLING = {"diffusion": DiffusionSamplingConfig, "var": VARSamplingConfig}
 
 # Which data formats each task reads (lavit/evaluation/sets.py builds them).
 FORMATS = {
@@ -86,7 +91,25 @@ class EvalConfig:
     decoder: str = "diffusion"  # text2image / reconstruct: "diffusion" or "var"
     guidance_scale_for_llm: float | None = None  # None: the pipeline's (LaVIT: 4.0)
     candidates: int | None = None  # text2image: best of N by the LM's caption score; None: the pipeline's
+    # text2image / reconstruct: the decoder's sampling settings that differ from the pipeline's,
+    # e.g. decoder_sampling.guidance_scale=3 decoder_sampling.steps=50 (diffusion) or
+    # decoder_sampling.top_k=900 (var); the fields of DiffusionSamplingConfig / VARSamplingConfig.
+    decoder_sampling: dict[str, Any] = field(default_factory=dict)
     save_images: bool = True  # text2image / reconstruct: keep every image as a PNG
+
+    def sampling_overrides(self, sampling: DiffusionSamplingConfig | VARSamplingConfig):
+        """``sampling`` (the pipeline's settings for ``decoder``) with ``decoder_sampling`` applied."""
+        known = {f.name for f in dataclasses.fields(sampling)}
+        unknown = sorted(set(self.decoder_sampling) - known)
+        if unknown:
+            raise ConfigError(
+                f"decoder_sampling.{unknown[0]}: the {self.decoder} decoder has no such sampling setting; "
+                f"use one of {', '.join(sorted(known))}"
+            )
+        try:
+            return dataclasses.replace(sampling, **self.decoder_sampling)
+        except (ConfigError, TypeError) as e:  # the sampling config's own validation
+            raise ConfigError(f"decoder_sampling: {e}") from None
 
     def __post_init__(self) -> None:
         check(self.task in TASKS, "task", self.task, f"use one of {', '.join(TASKS)}")
@@ -99,6 +122,7 @@ class EvalConfig:
         check(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive batch size")
         check(self.decoder in ("diffusion", "var"), "decoder", self.decoder, "use diffusion or var")
         check(self.candidates is None or self.candidates >= 1, "candidates", self.candidates, "use null, 1 or more")
+        self.sampling_overrides(DECODER_SAMPLING[self.decoder]())  # unknown or bad settings fail here
         check(
             self.model is not None or self.tokenizer is not None,
             "model",

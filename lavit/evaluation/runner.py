@@ -139,6 +139,8 @@ def _fingerprint(cfg: EvalConfig, keys: list[str]) -> dict[str, Any]:
     fields = dataclasses.asdict(cfg)
     for name in ("out_dir", "metrics"):
         fields.pop(name)
+    if not fields["decoder_sampling"]:  # no overrides: as a run from before the field existed
+        fields.pop("decoder_sampling")
     digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
     folders = [cfg.model] if cfg.model is not None else [cfg.tokenizer, cfg.lm, cfg.diffusion, cfg.var]
     weights = {str(f): weights_digest(Path(f)) for f in folders if f is not None}

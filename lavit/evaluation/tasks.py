@@ -68,6 +68,10 @@ class _Task:
                 errors.append({"key": self.items[i].key, "error": str(e)})
         return ok, images, errors
 
+    def _sampling(self, pipe):
+        """The pipeline's sampling settings for the decoder, with the config's overrides."""
+        return self.cfg.sampling_overrides(getattr(pipe.cfg, f"{self.cfg.decoder}_sampling"))
+
     def _image_path(self, key: str) -> Path:
         return Path(IMAGES) / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".png")
 
@@ -164,6 +168,7 @@ class Text2ImageTask(_Task):
             guidance_scale_for_llm=self.cfg.guidance_scale_for_llm,
             decoder=self.cfg.decoder,
             seed=seed,
+            decoder_sampling=self._sampling(pipe),
         )
         drawn = pipe.cfg.image_candidates if self.cfg.candidates is None else self.cfg.candidates
         records = []
@@ -223,7 +228,7 @@ class ReconstructTask(_Task):
         ok, images, records = self._load(indices)
         if not images:
             return records
-        recons = pipe.reconstruct(images, decoder=self.cfg.decoder, seed=seed)
+        recons = pipe.reconstruct(images, decoder=self.cfg.decoder, seed=seed, sampling=self._sampling(pipe))
         for i, original, recon in zip(ok, images, recons, strict=True):
             it = self.items[i]
             truth = to_tensor(original, recon.size[0])
