@@ -90,12 +90,13 @@ def prompt(scene: Scene, rng: np.random.Generator) -> str:
     """A text-to-image prompt naming every shape (colour, kind, size) and the layout that
     :func:`stated_layout` gives: the first two shapes by their relation, any other by its cell."""
     shapes = scene.shapes
-    stated, _ = stated_layout(scene)
-    if stated is None:
-        return f"{_noun(shapes[0], True)} {_where(shapes[0])}."
-    a, rel, b = stated
-    first = f"{_noun(shapes[a], True)} {_REL_WORDS[rel]} {_noun(shapes[b], True)}"
-    return _join([first] + [f"{_noun(s, True)} {_where(s)}" for s in shapes[2:]]) + "."
+    stated, cells = stated_layout(scene)
+    parts = []
+    if stated is not None:
+        a, rel, b = stated
+        parts.append(f"{_noun(shapes[a], True)} {_REL_WORDS[rel]} {_noun(shapes[b], True)}")
+    parts += [f"{_noun(shapes[i], True)} {_where(shapes[i])}" for i in cells]
+    return _join(parts) + "."
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:

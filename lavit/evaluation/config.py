@@ -120,7 +120,7 @@ class EvalConfig:
             f"the {self.task} task reads {', '.join(FORMATS[self.task])}",
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive batch size")
-        check(self.decoder in ("diffusion", "var"), "decoder", self.decoder, "use diffusion or var")
+        check(self.decoder in DECODER_SAMPLING, "decoder", self.decoder, "use diffusion or var")
         check(self.candidates is None or self.candidates >= 1, "candidates", self.candidates, "use null, 1 or more")
         self.sampling_overrides(DECODER_SAMPLING[self.decoder]())  # unknown or bad settings fail here
         check(
