@@ -292,6 +292,10 @@ class TrainConfig:
     # min(ema_decay, (1 + step) / (10 + step)); evaluations and the saved model use it (buffers,
     # such as a codebook's EMA, stay live). Checkpoints carry it, so a resumed run keeps it exactly.
     ema_decay: float = 0.0
+    # > 0: a wall-clock budget for this invocation. After the step on which it runs out the run
+    # checkpoints, evaluates and saves model/ as at its end, with the LR schedule still that of
+    # ``steps``; running the same command again resumes towards ``steps``.
+    max_minutes: float = 0.0
     progress: bool = True  # tqdm bar on rank 0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -306,6 +310,7 @@ class TrainConfig:
         check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "use auto, bf16 or fp32")
         check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "use ddp or fsdp")
         check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "use 0 (off) or a decay in (0, 1)")
+        check(self.max_minutes >= 0.0, "train.max_minutes", self.max_minutes, "use 0 (no limit) or a positive budget")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lavit.train.recipe as recipe_module
+from lavit.checkpoint import CheckpointError
 from lavit.cli import main
 from lavit.config import ConfigError, ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
@@ -94,6 +95,29 @@ def test_debug_recipe_skips_finished_stages_resumes_the_interrupted_one_and_asse
     assert pipe.cfg.caption_decoding.max_new_tokens == 8  # the recipe's pipeline section
     captions = pipe.caption([ShapesWorld(ShapesWorldConfig(resolution=32), "val").image(0)])
     assert len(captions) == 1 and isinstance(captions[0], str)
+
+
+def test_a_stage_stopped_by_max_minutes_stops_the_recipe_and_is_resumed_not_skipped(tmp_path, monkeypatch):
+    stages = [{**TOKENIZER, "overrides": [f"train.out_dir={tmp_path / 'tok'}", "train.steps=4"]}]
+    recipe = load_recipe(_write_recipe(tmp_path, stages))
+    reached = []
+
+    def fit_stopping_at_step_2(task, cfg):  # what fit leaves when train.max_minutes runs out
+        reached.append(min(4, 2 * (len(reached) + 1)))
+        (Path(cfg.out_dir) / "model").mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out_dir) / "checkpoints").mkdir(exist_ok=True)
+        (Path(cfg.out_dir) / "checkpoints" / "latest").write_text(f"step_{reached[-1]:07d}")
+        return {}
+
+    monkeypatch.setattr(recipe_module, "fit", fit_stopping_at_step_2)
+    lines = []
+    assert run_recipe(recipe, log=lines.append) is None
+    assert "stopped at step 2 of 4" in lines[-1] and "rerun the recipe to resume" in lines[-1]
+    assert not (tmp_path / "pipe").exists()
+    lines.clear()
+    with pytest.raises(CheckpointError, match="no meta.json"):  # resumed to step 4; the fake model./ is empty
+        run_recipe(recipe, log=lines.append)
+    assert reached == [2, 4] and "(resuming from step 2 of 4)" in lines[0] and lines[1].endswith("done in 0.0 s")
 
 
 def _write_recipe(folder: Path, stages: list[dict]) -> Path:

@@ -95,6 +95,21 @@ def test_killed_run_resumes_step_for_step(tmp_path, ema):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_max_minutes_stops_saves_and_resumes_to_the_same_model(tmp_path):
+    fit(TokenizerTask(run_cfg(tmp_path / "a")), run_cfg(tmp_path / "a").train)
+    budget = run_cfg(tmp_path / "b", "train.max_minutes=1e-9")  # runs out after every step
+    for step in (1, 2):
+        metrics = fit(TokenizerTask(budget), budget.train)
+        assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == f"step_{step:07d}"
+        assert metrics and (tmp_path / "b" / "model" / "tokenizer.safetensors").is_file()
+    assert {"step": 2, "stopped": "train.max_minutes=1e-09 ran out"} in _metrics(tmp_path / "b")
+    fit(TokenizerTask(run_cfg(tmp_path / "b")), run_cfg(tmp_path / "b").train)  # no budget: on to step 8
+    a, b = (load_file(tmp_path / run / "model" / "tokenizer.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trained = lambda out: [r for r in _metrics(out) if "loss" in r]  # noqa: E731
+    assert _strip_timing(trained(tmp_path / "a")) == _strip_timing(trained(tmp_path / "b"))
+
+
 def test_run_writes_curves_checkpoints_and_a_loadable_model(tmp_path):
     cfg = run_cfg(tmp_path, "train.keep_checkpoints=1")
     metrics = fit(TokenizerTask(cfg), cfg.train)

@@ -175,7 +175,7 @@ def latest_step(out_dir: str | Path) -> int | None:
     return int(pointer.read_text().strip().removeprefix("step_"))
 
 
-def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> Path | None:
     """Train the recipe's stages in order (skipping finished ones, resuming interrupted ones),
     then write the pipeline directory and its ``recipe_report.json``.
 
@@ -186,7 +186,8 @@ def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[st
         log: where the per-stage headers, timings and the summary go.
 
     Returns:
-        The pipeline directory, ``recipe.out_dir``.
+        The pipeline directory, ``recipe.out_dir``; None when a stage stopped short of its steps
+        on its ``train.max_minutes`` (nothing later is trained or written; rerun to resume).
 
     Raises:
         ConfigError: a stage config that does not load, two stages sharing an out_dir, or stages
@@ -203,12 +204,12 @@ def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[st
     for s in steps:
         tag = f"[{s.index + 1}/{total}] {s.entry.stage}"
         head = f"{tag}: {_show(s.entry.config)} -> {s.out}"
-        if s.model_dir.is_dir():
+        start = latest_step(s.out)
+        todo = s.cfg.train.steps
+        if s.model_dir.is_dir() and (start is None or start >= todo):
             say(f"{head}: finished ({s.model_dir} exists), skipping")
             records.append(_record(s, "skipped", None, 0.0, _final_metrics(s.out)))
             continue
-        start = latest_step(s.out)
-        todo = s.cfg.train.steps
         say(f"{head} (resuming from step {start} of {todo})" if start else f"{head} ({todo} steps)")
         t0 = time.perf_counter()
         try:
@@ -217,6 +218,13 @@ def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[st
             say(f"{tag} stopped after {_hms(time.perf_counter() - t0)}; rerun the recipe to resume from {s.out}")
             raise
         seconds = time.perf_counter() - t0
+        reached = latest_step(s.out)
+        if reached is not None and reached < todo:
+            say(
+                f"{tag} stopped at step {reached} of {todo} (train.max_minutes={s.cfg.train.max_minutes}) after "
+                f"{_hms(seconds)}; rerun the recipe to resume from {s.out}"
+            )
+            return None
         say(f"{tag} done in {_hms(seconds)}")
         records.append(_record(s, "resumed" if start else "trained", start, seconds, metrics))
 

@@ -35,7 +35,14 @@ from tqdm import tqdm
 
 from lavit.checkpoint import CheckpointError, atomic_write, load_tree, save_tree
 from lavit.config import TrainConfig
-from lavit.train.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across_ranks
+from lavit.train.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    mean_across_ranks,
+)
 from lavit.train.sampler import StepBatchSampler
 from lavit.train.task import Task
 from lavit.viz import plot_curves
@@ -323,7 +330,7 @@ class Trainer:
         )
         self.wrapped.train()
         metrics: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0 = started = time.perf_counter()
         while self.step < cfg.steps:
             logs = self._optimizer_step(batches)
             self.step += 1
@@ -339,8 +346,12 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 with self._ema_weights():
                     self._evaluate()
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+            out_of_time = self._out_of_time(started)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save_checkpoint()
+            if out_of_time:
+                self._log({"step": self.step, "stopped": f"train.max_minutes={cfg.max_minutes} ran out"})
+                break
         bar.close()
         with self._ema_weights():
             metrics = self._evaluate()
@@ -351,6 +362,12 @@ class Trainer:
             self._plot()
         barrier(info)
         return metrics
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``train.max_minutes`` has run out; rank 0's clock decides for every rank."""
+        if not self.cfg.max_minutes or self.step == self.cfg.steps:
+            return False
+        return bool(broadcast_object(time.perf_counter() - started > 60 * self.cfg.max_minutes, self.info))
 
     def _optimizer_step(self, batches) -> dict[str, torch.Tensor]:
         cfg = self.cfg
