@@ -14,6 +14,24 @@ from lavit.train.trainer import fit
 
 torch.set_num_threads(2)
 
+HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "unique", "nonzero", "bincount"}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor calls that read a value back to the host (on a GPU, each one waits for
+    every queued kernel): ``with HostReads() as reads: ...; reads.calls``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 

@@ -178,10 +178,25 @@ def test_bad_images_raise_clear_errors(tok, x, match):
 def test_bad_codes_raise_clear_errors(tok):
     with pytest.raises(ValueError, match="outside \\[0, 64\\)"):
         tok.code_embeddings([torch.tensor([1, 64])])
+    with pytest.raises(ValueError, match="code sequence 1 has codes outside .* min -1, max 3"):
+        tok.code_embeddings([torch.tensor([1, 2]), torch.tensor([3, -1])])
     with pytest.raises(ValueError, match="non-empty 1-D"):
         tok.code_embeddings([torch.tensor([], dtype=torch.long)])
     with pytest.raises(ValueError, match="at least one"):
         tok.code_embeddings([])
+
+
+def test_code_embeddings_read_the_device_once_for_a_whole_batch(tok):
+    from conftest import HostReads
+
+    codes = [torch.randint(0, 64, (n,)) for n in (3, 5, 1, 5)]
+    with HostReads() as reads:
+        emb, mask = tok.code_embeddings(codes)
+    assert reads.calls == ["tolist"]  # the range check, one for the batch (it was 2 per sequence)
+    assert mask.tolist() == [[i < n for i in range(5)] for n in (3, 5, 1, 5)]
+    padded, _ = tok.pad_codes(codes)
+    assert all(torch.equal(padded[i, : len(c)], c) and not padded[i, len(c) :].any() for i, c in enumerate(codes))
+    assert emb[2, 1:].abs().sum() == 0 and emb.shape == (4, 5, tok.cfg.width)
 
 
 def test_encode_never_initialises_the_codebook():

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from vector_quantize_pytorch import VectorQuantize
 
 from lavit.checkpoint import load_weights
@@ -341,23 +342,26 @@ class DynamicVisualTokenizer(nn.Module):
             self.quantizer.train(was)
 
     def pad_codes(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """B variable-length code tensors -> ((B, L) left-aligned, 0-padded, (B, L) bool mask)."""
+        """B variable-length code tensors -> ((B, L) left-aligned, 0-padded, (B, L) bool mask).
+
+        One read from the device per call (the range check), however many sequences: a check per
+        sequence stalled a GPU training step on 2B round trips to the host."""
         if len(codes) == 0:
             raise ValueError("need at least one code sequence")
         for i, c in enumerate(codes):
             if c.ndim != 1 or c.numel() == 0:
                 raise ValueError(f"code sequence {i} must be a non-empty 1-D LongTensor, got shape {tuple(c.shape)}")
-            if c.min() < 0 or c.max() >= self.codebook_size:
-                raise ValueError(
-                    f"code sequence {i} has codes outside [0, {self.codebook_size}): "
-                    f"min {int(c.min())}, max {int(c.max())}"
-                )
-        length = max(c.numel() for c in codes)
         device = self.quantizer.codebook.device
-        padded = torch.zeros(len(codes), length, dtype=torch.long, device=device)
-        mask = torch.zeros(len(codes), length, dtype=torch.bool, device=device)
-        for i, c in enumerate(codes):
-            padded[i, : c.numel()], mask[i, : c.numel()] = c.to(device), True
+        codes = [c.to(device) for c in codes]
+        lo, hi = torch.stack(torch.aminmax(torch.cat(codes))).tolist()
+        if lo < 0 or hi >= self.codebook_size:
+            i = next(i for i, c in enumerate(codes) if c.min() < 0 or c.max() >= self.codebook_size)
+            raise ValueError(
+                f"code sequence {i} has codes outside [0, {self.codebook_size}): "
+                f"min {int(codes[i].min())}, max {int(codes[i].max())}"
+            )
+        padded = pad_sequence(codes, batch_first=True).long()
+        mask = pad_sequence([torch.ones_like(c, dtype=torch.bool) for c in codes], batch_first=True)
         return padded, mask
 
     def check_reader(self, width: int, reader: str, stage: str) -> None:

@@ -68,6 +68,7 @@ class MultiScaleQuantizer(nn.Module):
         self.codebook = nn.Embedding(codebook_size, dim)
         nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)
         self.phis = nn.ModuleList(Phi(dim, phi_ratio) for _ in range(num_phi))
+        self.phi_of_scale = [phi_index(k, len(self.scales), num_phi) for k in range(len(self.scales))]
         self.register_buffer("usage", torch.ones(codebook_size))  # EMA of uses per step
 
     @property
@@ -101,7 +102,7 @@ class MultiScaleQuantizer(nn.Module):
         h = self.codebook(indices).permute(0, 3, 1, 2)  # (B, C, p, p)
         if self.scales[k] != self.side:
             h = F.interpolate(h, size=(self.side, self.side), mode="bicubic")
-        return self.phis[phi_index(k, self.num_scales, len(self.phis))](h)
+        return self.phis[self.phi_of_scale[k]](h)
 
     def step(self, f_hat: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Add scale ``k``'s codes to the cumulative ``f_hat``; return it and the next scale's
@@ -113,6 +114,12 @@ class MultiScaleQuantizer(nn.Module):
         p = self.scales[k + 1]
         nxt = F.interpolate(f_hat, size=(p, p), mode="area")
         return f_hat, nxt.flatten(2).transpose(1, 2)
+
+    def usage_share(self, indices: torch.Tensor) -> torch.Tensor:
+        """The share of the book that ``indices`` use, as a tensor on their device (computed
+        without reading them back: ``unique()`` is a host round trip per call)."""
+        hit = torch.zeros(self.codebook_size, device=indices.device).scatter_(0, indices.flatten(), 1.0)
+        return hit.mean()
 
     # ----------------------------------------------------------------------------------------
     # Encoding / decoding
@@ -146,10 +153,7 @@ class MultiScaleQuantizer(nn.Module):
             indices.append(idx)
             loss = loss + F.mse_loss(f_hat, f_nograd) + self.commitment_weight * F.mse_loss(f_hat.detach(), f)
         loss = loss / self.num_scales
-        logs = {
-            f"usage_scale{p}": torch.tensor(idx.unique().numel() / self.codebook_size)
-            for p, idx in zip(self.scales, indices, strict=True)
-        }
+        logs = {f"usage_scale{p}": self.usage_share(idx) for p, idx in zip(self.scales, indices, strict=True)}
         if self.training and torch.is_grad_enabled():
             logs["dead_codes_restarted"] = torch.tensor(float(self._restart_dead_codes(indices, inputs)))
         return f + (f_hat - f).detach(), indices, loss, logs  # value f_hat, gradient to f only
@@ -162,8 +166,8 @@ class MultiScaleQuantizer(nn.Module):
         the tokens of a 4x4 one) and the coarse scales' usage starves."""
         device = inputs[0].device
         counts = torch.zeros(self.codebook_size, device=device)
-        for idx in indices:
-            counts += torch.bincount(idx.flatten(), minlength=self.codebook_size).float()
+        for idx in indices:  # index_add_, not bincount: on a GPU bincount reads the max back first
+            counts.index_add_(0, idx.flatten(), torch.ones(idx.numel(), device=device))
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
         dead = self.usage < self.dead_code_threshold
         n = int(dead.sum())
