@@ -292,9 +292,9 @@ class TrainConfig:
     # min(ema_decay, (1 + step) / (10 + step)); evaluations and the saved model use it (buffers,
     # such as a codebook's EMA, stay live). Checkpoints carry it, so a resumed run keeps it exactly.
     ema_decay: float = 0.0
-    # > 0: a wall-clock budget for this invocation. After the step on which it runs out the run
-    # checkpoints, evaluates and saves model/ as at its end, with the LR schedule still that of
-    # ``steps``; running the same command again resumes towards ``steps``.
+    # > 0: a wall-clock budget for this invocation, checked at each logged step (log_every). At the
+    # first one past it the run checkpoints, evaluates and saves model/ as at its end, with the LR
+    # schedule still that of ``steps``; running the same command again resumes towards ``steps``.
     max_minutes: float = 0.0
     progress: bool = True  # tqdm bar on rank 0
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -117,7 +117,7 @@ def test_a_stage_stopped_by_max_minutes_stops_the_recipe_and_is_resumed_not_skip
     lines.clear()
     with pytest.raises(CheckpointError, match="no meta.json"):  # resumed to step 4; the fake model./ is empty
         run_recipe(recipe, log=lines.append)
-    assert reached == [2, 4] and "(resuming from step 2 of 4)" in lines[0] and lines[1].endswith("done in 0.0 s")
+    assert reached == [2, 4] and "(resuming from step 2 of 4)" in lines[0] and " done in " in lines[1]
 
 
 def _write_recipe(folder: Path, stages: list[dict]) -> Path:

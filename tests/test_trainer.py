@@ -108,6 +108,9 @@ def test_max_minutes_stops_saves_and_resumes_to_the_same_model(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     trained = lambda out: [r for r in _metrics(out) if "loss" in r]  # noqa: E731
     assert _strip_timing(trained(tmp_path / "a")) == _strip_timing(trained(tmp_path / "b"))
+    sparse = run_cfg(tmp_path / "c", "train.max_minutes=1e-9", "train.log_every=3")  # asked at logged steps
+    fit(TokenizerTask(sparse), sparse.train)
+    assert (tmp_path / "c" / "checkpoints" / "latest").read_text().strip() == "step_0000003"
 
 
 def test_run_writes_curves_checkpoints_and_a_loadable_model(tmp_path):

@@ -364,10 +364,12 @@ class Trainer:
         return metrics
 
     def _out_of_time(self, started: float) -> bool:
-        """Whether ``train.max_minutes`` has run out; rank 0's clock decides for every rank."""
-        if not self.cfg.max_minutes or self.step == self.cfg.steps:
+        """Whether ``train.max_minutes`` has run out, asked at logged steps only (under DDP the
+        answer is a collective: rank 0's clock decides for every rank)."""
+        cfg = self.cfg
+        if not cfg.max_minutes or self.step % cfg.log_every or self.step == cfg.steps:
             return False
-        return bool(broadcast_object(time.perf_counter() - started > 60 * self.cfg.max_minutes, self.info))
+        return bool(broadcast_object(time.perf_counter() - started > 60 * cfg.max_minutes, self.info))
 
     def _optimizer_step(self, batches) -> dict[str, torch.Tensor]:
         cfg = self.cfg
