@@ -115,3 +115,40 @@ class CrossBlock(nn.Module):
         x = x + self.self_attn(self.norm1(x), mask=self_mask)
         x = x + self.cross_attn(self.norm2(x), self.norm_ctx(context), mask=context_mask)
         return x + self.mlp(self.norm3(x))
+
+
+class QueryConditioner(nn.Module):
+    """Learned queries read a variable-length condition sequence (cross-attention under its
+    key-padding mask; a learned position per index) and become a fixed-length one, whatever the
+    sequence's length. ``null`` is the learned "no condition" output (classifier-free guidance).
+
+    The diffusion detokenizer's conditioner, and the VAR transformer's layout reader.
+    """
+
+    def __init__(
+        self, in_dim: int, width: int, depth: int, heads: int, num_queries: int, out_dim: int, max_length: int
+    ) -> None:
+        super().__init__()
+        self.inp = nn.Linear(in_dim, width)
+        self.pos = nn.Parameter(torch.zeros(max_length, width))
+        self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
+        self.blocks = nn.ModuleList(CrossBlock(width, heads, context_dim=width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+        self.null = nn.Parameter(torch.randn(num_queries, out_dim) * 0.02)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """emb: (B, L, in_dim) condition sequence, mask: (B, L) bool -> (B, Q, out_dim)."""
+        b, length, _ = emb.shape
+        if length > self.pos.shape[0]:
+            raise ValueError(
+                f"{length} codes exceed the conditioner's max_codes={self.pos.shape[0]}: "
+                "were these codes made by another tokenizer? Use the tokenizer this decoder was trained on"
+            )
+        ctx = self.inp(emb) + self.pos[:length]
+        x = self.queries.expand(b, -1, -1)
+        ctx_mask = mask[:, None, None, :]  # (B, 1, 1, L): queries see the real positions only
+        for block in self.blocks:
+            x = block(x, ctx, None, ctx_mask)
+        return self.out(self.norm(x))

@@ -85,6 +85,7 @@ SCHEMAS = {
     "var/tiny.yaml": "detokenizer.var.config:VARConfig",
     "train/var_vqvae_*.yaml": "detokenizer.var.config:VQVAERunConfig",
     "train/var_tiny.yaml": "detokenizer.var.config:VARRunConfig",
+    "train/var_layout_tiny.yaml": "detokenizer.var.config:VARRunConfig",
 }
 
 

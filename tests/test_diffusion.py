@@ -181,7 +181,7 @@ def test_training_stage_and_bad_input(tmp_path, tokenizer_dir):
         decode_codes(model, tok, [torch.tensor([1, 64])], sampling)
     with pytest.raises(ValueError, match="unsupported size 31x32"):
         decode_codes(model, tok, codes, sampling, size=(31, 32))
-    with pytest.raises(ValueError, match="exceed the detokenizer's max_codes=16"):
+    with pytest.raises(ValueError, match="exceed the conditioner's max_codes=16"):
         decode_codes(model, tok, [torch.ones(17, dtype=torch.long)], sampling)
     with pytest.raises(ValueError, match="bad aspect ratio"):
         parse_ratio("wide")

@@ -168,7 +168,11 @@ def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tm
 # ---------------------------------------------------------------------------------------------
 
 
-def make_var(seed: int = 0):
+# A layout reader of a 3x3 grid (pooled down to 1 and 2, up to 4: every case of area pooling).
+LAYOUT = {"layout_queries": 9, "layout_width": 16, "layout_depth": 1, "layout_heads": 2, "max_codes": 8}
+
+
+def make_var(seed: int = 0, **layout):
     from detokenizer.var.config import VARConfig
     from detokenizer.var.transformer import NextScaleTransformer
 
@@ -178,9 +182,11 @@ def make_var(seed: int = 0):
     torch.manual_seed(seed)
     q = MultiScaleQuantizer(8, 32, vq_cfg.scales)
     q.codebook.weight.data.normal_()
-    model = NextScaleTransformer(VARConfig(width=32, depth=2, heads=2, cond_dim=12), vq_cfg).eval()
+    model = NextScaleTransformer(VARConfig(width=32, depth=2, heads=2, cond_dim=12, **layout), vq_cfg).eval()
     for block in model.blocks:  # leave adaLN-zero so the blocks actually act in the tests
         block.ada[1].weight.data.normal_(0, 0.05)
+    if model.layout_proj is not None:  # nor a zero layout projection
+        model.layout_proj.weight.data.normal_(0, 0.5)
     return model, q.eval()
 
 
@@ -192,8 +198,9 @@ def condition(b: int = 2, length: int = 5):
     return cond, mask
 
 
-def test_block_causal_mask_never_lets_a_token_see_a_later_scale():
-    model, q = make_var()
+@pytest.mark.parametrize("layout", [{}, LAYOUT], ids=["plain", "layout"])
+def test_block_causal_mask_never_lets_a_token_see_a_later_scale(layout):
+    model, q = make_var(**layout)
     lengths = [1, 4, 9, 16]
     assert model.mask.shape == (30, 30)
     starts = [0, 1, 5, 14, 30]
@@ -214,19 +221,19 @@ def test_block_causal_mask_never_lets_a_token_see_a_later_scale():
         assert not torch.allclose(out[:, end:], base[:, end:]) or k == 3
 
 
+@pytest.mark.parametrize("layout", [{}, LAYOUT], ids=["plain", "layout"])
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_kv_cached_sampling_gives_the_logits_of_recomputing_all_scales(guidance):
+def test_kv_cached_sampling_gives_the_logits_of_recomputing_all_scales(guidance, layout):
     from detokenizer.var.config import VARSamplingConfig
 
-    model, q = make_var()
+    model, q = make_var(**layout)
     cond, mask = condition()
     _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
     # Inference fed the same tokens builds the same inputs as teacher forcing, scale by scale.
     out = model.sample(cond, mask, q, VARSamplingConfig(guidance_scale=guidance), forced=indices)
     logits, f_hat = out.logits, out.f_hat
     full_cond = model(cond, mask, indices, q)
-    null, null_mask = model.null_condition(2, cond.shape[1])
-    full_null = model(null, null_mask, indices, q)
+    full_null = model(cond, mask, indices, q, drop=torch.ones(2, dtype=torch.bool))
     for k, (a, b) in enumerate(model.spans):
         t = guidance * k / 3
         want = (1 + t) * full_cond[:, a:b] - t * full_null[:, a:b] if guidance != 1 else full_cond[:, a:b]
@@ -259,6 +266,45 @@ def test_condition_dropout_uses_the_null_sequence():
     torch.testing.assert_close(dropped[1], model(cond, mask, indices, q)[1])
 
 
+def test_layout_reader_pools_its_grid_to_every_scale_and_drops_to_the_null_grid():
+    model, _ = make_var(**LAYOUT)
+    cond, mask = condition()
+    grid = model.layout(cond, mask).transpose(1, 2).reshape(2, 16, 3, 3)  # (B, D, 3, 3)
+    tokens = model.layout_tokens(cond, mask, drop=torch.tensor([False, True]))
+    assert tokens.shape == (2, 30, 16)
+    torch.testing.assert_close(tokens[0, 0], grid[0].mean(dim=(1, 2)))  # the 1x1 scale: the mean
+    torch.testing.assert_close(tokens[0, 14:30].T.reshape(16, 4, 4)[:, 0, 0], grid[0, :, 0, 0])  # 4x4 up
+    null = model.layout.null.T.reshape(16, 3, 3)
+    torch.testing.assert_close(tokens[1, 5:14].T.reshape(16, 3, 3), null)  # dropped: the null grid
+    # The reader reads the condition, and only its unmasked part.
+    other = cond.clone()
+    other[1, 3:] += 5.0  # masked positions of image 1
+    other[0] += 1.0
+    changed = model.layout_tokens(other, mask)
+    torch.testing.assert_close(changed[1], model.layout_tokens(cond, mask)[1])
+    assert not torch.allclose(changed[0], tokens[0])
+
+
+def test_a_grown_layout_reader_starts_as_the_transformer_it_grew_from():
+    plain, q = make_var()
+    grown, _ = make_var(**LAYOUT)
+    own = {k: v for k, v in grown.state_dict().items() if not k.startswith(("layout.", "layout_proj."))}
+    assert own.keys() == plain.state_dict().keys()
+    grown.load_state_dict(plain.state_dict(), strict=False)
+    torch.nn.init.zeros_(grown.layout_proj.weight)  # as built
+    cond, mask = condition()
+    _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
+    torch.testing.assert_close(grown(cond, mask, indices, q), plain(cond, mask, indices, q))
+
+
+@pytest.mark.parametrize("queries", [8, -4])
+def test_a_layout_grid_that_is_not_square_fails_at_build_time(queries):
+    from detokenizer.var.config import VARConfig
+
+    with pytest.raises(ConfigError, match="layout_queries"):
+        VARConfig(layout_queries=queries)
+
+
 def test_init_from_continues_a_trained_decoder(tmp_path, tokenizer_dir, var_dir):
     from dataclasses import replace
 
@@ -289,6 +335,46 @@ def test_init_from_continues_a_trained_decoder(tmp_path, tokenizer_dir, var_dir)
         task.build_model()
     task.cfg = replace(cfg, init_from=str(tmp_path))
     with pytest.raises(ConfigError, match="not a loadable VAR decoder"):
+        task.build_model()
+
+
+def test_layout_reader_grows_into_a_trained_decoder_from_a_diffusion_conditioner(
+    tmp_path, tokenizer_dir, var_dir, diffusion_dir
+):
+    from dataclasses import replace
+
+    from conftest import debug_var_cfg
+
+    from detokenizer.diffusion.io import load_detokenizer
+    from detokenizer.var.decoder import load_var_decoder
+    from lavit.train.tasks.var import VARTask
+
+    # The debug diffusion conditioner: width 32, depth 1, 4 queries (2x2), up to 16 codes.
+    layout = ["model.layout_queries=4", "model.layout_width=32", "model.layout_depth=1", "model.max_codes=16"]
+    cfg = debug_var_cfg(
+        tmp_path,
+        tokenizer_dir,
+        f"vqvae_dir={var_dir}",
+        f"init_from={var_dir}",
+        f"layout_init_from={diffusion_dir}",
+        *layout,
+    )
+    task = VARTask(cfg)
+    model = task.build_model().transformer
+    source, reader = load_detokenizer(diffusion_dir).conditioner.state_dict(), model.layout.state_dict()
+    assert source.keys() == reader.keys() and all(torch.equal(source[k], reader[k]) for k in source)
+    plain = load_var_decoder(var_dir).transformer.state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.items())  # the rest as trained
+    assert not model.layout_proj.weight.any()  # so it starts as the decoder it grew from
+
+    task.cfg = replace(cfg, model=replace(cfg.model, layout_width=64))
+    with pytest.raises(ConfigError, match="its conditioner differs from the layout reader"):
+        task.build_model()
+    task.cfg = replace(cfg, model=replace(cfg.model, layout_queries=0))
+    with pytest.raises(ConfigError, match="needs a layout reader: set model.layout_queries"):
+        task.build_model()
+    task.cfg = replace(cfg, layout_init_from=str(var_dir))
+    with pytest.raises(ConfigError, match="not a loadable diffusion detokenizer"):
         task.build_model()
 
 

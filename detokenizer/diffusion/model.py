@@ -1,7 +1,7 @@
 """The diffusion detokenizer: tokenizer code embeddings -> conditioner -> UNet denoiser.
 
     codes (B x variable) --tokenizer.code_embeddings (or its feature decoder)--> (B, L, W), mask
-      --Conditioner--> sequence (B, Q, D) + pooled (B, D)
+      --QueryConditioner--> sequence (B, Q, D) + pooled (B, D)
       --UNet2DConditionModel(x_t, t, cross-attention=sequence, class embedding=pooled)--> eps / v
 
 The denoiser is ``diffusers.UNet2DConditionModel``, in pixel space (tiny presets: images in
@@ -21,42 +21,16 @@ from torch import nn
 from detokenizer.diffusion.config import DiffusionConfig
 from detokenizer.diffusion.schedule import noise_scheduler
 from lavit.config import ConfigError
-from lavit.layers import CrossBlock
+from lavit.layers import QueryConditioner
 
 # LaVIT's aspect-ratio buckets (SDXL's, at 1024 px) as (height, width); transposes added below.
 LAVIT_BUCKETS = [(1024, 1024), (896, 1152), (832, 1216), (768, 1344)]
 
 
-class Conditioner(nn.Module):
-    """Learned queries read the code embeddings (cross-attention, key-padding mask) and become a
-    fixed-length conditioning sequence, whatever the number of codes."""
-
-    def __init__(self, cfg: DiffusionConfig) -> None:
-        super().__init__()
-        c = cfg.conditioner
-        self.inp = nn.Linear(cfg.code_dim, c.width)
-        self.pos = nn.Parameter(torch.zeros(cfg.max_codes, c.width))
-        self.queries = nn.Parameter(torch.randn(c.num_queries, c.width) * 0.02)
-        self.blocks = nn.ModuleList(CrossBlock(c.width, c.heads, context_dim=c.width) for _ in range(c.depth))
-        self.norm = nn.LayerNorm(c.width)
-        self.out = nn.Linear(c.width, c.cond_dim)
-        self.null = nn.Parameter(torch.randn(c.num_queries, c.cond_dim) * 0.02)  # the "no condition" sequence
-        nn.init.normal_(self.pos, std=0.02)
-
-    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """emb: (B, L, W) code embeddings, mask: (B, L) bool -> (B, Q, D)."""
-        b, length, _ = emb.shape
-        if length > self.pos.shape[0]:
-            raise ValueError(
-                f"{length} codes exceed the detokenizer's max_codes={self.pos.shape[0]}: "
-                "were these codes made by another tokenizer? Use the tokenizer this detokenizer was trained on"
-            )
-        ctx = self.inp(emb) + self.pos[:length]
-        x = self.queries.expand(b, -1, -1)
-        ctx_mask = mask[:, None, None, :]  # (B, 1, 1, L): queries see the real codes only
-        for block in self.blocks:
-            x = block(x, ctx, None, ctx_mask)
-        return self.out(self.norm(x))
+def build_conditioner(cfg: DiffusionConfig) -> QueryConditioner:
+    """Learned queries read the code embeddings and become a fixed-length conditioning sequence."""
+    c = cfg.conditioner
+    return QueryConditioner(cfg.code_dim, c.width, c.depth, c.heads, c.num_queries, c.cond_dim, cfg.max_codes)
 
 
 class DiffusionDetokenizer(nn.Module):
@@ -70,7 +44,7 @@ class DiffusionDetokenizer(nn.Module):
     def __init__(self, cfg: DiffusionConfig, vae: AutoencoderKL | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.conditioner = Conditioner(cfg)
+        self.conditioner = build_conditioner(cfg)
         self.vae = None
         # Pixel space is denoised as non-overlapping patch_size^2 patches stacked on channels
         # (pixel unshuffle), which makes a 64 px UNet as cheap as a 16 px one.

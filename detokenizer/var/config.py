@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from lavit.config import ShapesWorldConfig, TrainConfig, check, check_norm_groups
@@ -86,9 +87,32 @@ class VARConfig:
     cond_dim: int = 128
     cond_drop_prob: float = 0.1  # condition replaced by the learned null one (for CFG)
     attention_backend: str = "sdpa"
+    # A layout reader (0 = none): ``layout_queries`` learned queries, a square grid, read the
+    # condition sequence as the diffusion decoder's conditioner does; the grid, area-pooled to
+    # each scale's side, is projected (zero-initialised) onto that scale's input tokens, so
+    # where things lie need not be found through cross-attention alone. Its sizes match the
+    # diffusion conditioner's so that one can start it (``layout_init_from``).
+    layout_queries: int = 0
+    layout_width: int = 128
+    layout_depth: int = 2
+    layout_heads: int = 4
+    max_codes: int = 64  # the longest condition sequence the layout reader takes
 
     def __post_init__(self) -> None:
         check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
+        check(
+            self.layout_queries >= 0 and math.isqrt(self.layout_queries) ** 2 == self.layout_queries,
+            "layout_queries",
+            self.layout_queries,
+            "must be 0 (no layout reader) or a square, e.g. 256 for a 16x16 grid",
+        )
+        if self.layout_queries:
+            check(
+                self.layout_width % self.layout_heads == 0,
+                "layout_width",
+                self.layout_width,
+                f"must be divisible by layout_heads={self.layout_heads}",
+            )
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
 
 
@@ -127,6 +151,11 @@ class VARRunConfig:
     # transformer starts this run (to train the shipped decoder on). Its tokens are its
     # VQ-VAE's, so vqvae_dir must hold the same VQ-VAE (the folder itself will do).
     init_from: str | None = None
+    # A diffusion detokenizer folder (a `lavit train diffusion` run's model/, or a pipeline's
+    # diffusion/) trained on the same tokenizer's codes, whose conditioner starts the layout
+    # reader: it has already learned where each code's content lies. Needs model.layout_* equal
+    # to its conditioner's sizes.
+    layout_init_from: str | None = None
     data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     num_scenes: int = 20_000  # training scenes; their tokenizer codes are extracted once and cached

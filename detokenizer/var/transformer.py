@@ -8,10 +8,16 @@ sees its own scale and every earlier one); blocks are AdaLN-modulated by the poo
 (zero-initialised gates) and cross-attend to the condition sequence. At inference the
 condition and the learned null condition run as one doubled batch, with guidance ramped
 linearly over scales, and each scale's keys/values are cached for the next.
+
+With ``layout_queries``, a layout reader (:class:`~lavit.layers.QueryConditioner`) also turns
+the condition into a grid of features; each scale's input tokens get that grid area-pooled to
+their side, through a zero-initialised projection (so a trained transformer grows one and
+starts where it was). Dropped conditions get the reader's learned null grid.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +27,7 @@ from torch import nn
 from detokenizer.var.config import VARConfig, VARSamplingConfig, VQVAEConfig
 from detokenizer.var.quantizer import MultiScaleQuantizer
 from lavit.generate import Generators, sample_logits
-from lavit.layers import MLP, Attention, attention
+from lavit.layers import MLP, Attention, QueryConditioner, attention
 
 
 @dataclass
@@ -92,6 +98,20 @@ class NextScaleTransformer(nn.Module):
         self.head_norm = nn.LayerNorm(w, elementwise_affine=False)
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
         self.head = nn.Linear(w, vq.codebook_size)
+        self.layout = self.layout_proj = None
+        if cfg.layout_queries:
+            self.layout = QueryConditioner(
+                cfg.cond_dim,
+                cfg.layout_width,
+                cfg.layout_depth,
+                cfg.layout_heads,
+                cfg.layout_queries,
+                cfg.layout_width,
+                cfg.max_codes,
+            )
+            self.layout_proj = nn.Linear(cfg.layout_width, w)
+            nn.init.zeros_(self.layout_proj.weight)
+            nn.init.zeros_(self.layout_proj.bias)
 
     # ----------------------------------------------------------------------------------------
     # Condition
@@ -113,6 +133,30 @@ class NextScaleTransformer(nn.Module):
     def pooled(self, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask[..., None].to(cond.dtype)
         return self.cond_pool((cond * m).sum(1) / m.sum(1).clamp_min(1))
+
+    def layout_tokens(
+        self, cond: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None = None, null_rows: int = 0
+    ) -> torch.Tensor | None:
+        """The layout grid read from the condition, area-pooled to every scale's side and laid out
+        in sequence order -> (B + null_rows, L, layout_width); rows in ``drop`` and ``null_rows``
+        appended rows get the null grid. None without a layout reader."""
+        if self.layout is None:
+            return None
+        grid = self.layout(cond, mask)  # (B, Q, D)
+        null = self.layout.null.to(grid.dtype)
+        if drop is not None:
+            grid = torch.where(drop[:, None, None], null, grid)
+        if null_rows:
+            grid = torch.cat([grid, null.expand(null_rows, -1, -1)])
+        b, q, d = grid.shape
+        side = math.isqrt(q)
+        grid = grid.transpose(1, 2).reshape(b, d, side, side)
+        pooled = [F.interpolate(grid, size=(p, p), mode="area").flatten(2) for p in self.scales]
+        return torch.cat(pooled, dim=2).transpose(1, 2)
+
+    def add_layout(self, x: torch.Tensor, layout: torch.Tensor | None, start: int, end: int) -> torch.Tensor:
+        """Token embeddings of positions [start, end) plus their projected layout features."""
+        return x if layout is None else x + self.layout_proj(layout[:, start:end])
 
     # ----------------------------------------------------------------------------------------
     # Training (teacher forcing)
@@ -145,10 +189,12 @@ class NextScaleTransformer(nn.Module):
     ) -> torch.Tensor:
         """Teacher forcing: (B, Lc, cond_dim) condition + its (B, Lc) mask and the ground-truth
         per-scale token maps -> (B, L, codebook_size) logits for every position of every scale."""
+        layout = self.layout_tokens(cond, cond_mask, drop)
         if drop is not None:
             cond, cond_mask = self.drop_condition(cond, cond_mask, drop)
         pooled = self.pooled(cond, cond_mask)
-        x = self.embed(pooled, quantizer.teacher_forcing_inputs(indices), 0, self.spans[-1][1])
+        end = self.spans[-1][1]
+        x = self.add_layout(self.embed(pooled, quantizer.teacher_forcing_inputs(indices), 0, end), layout, 0, end)
         for block in self.blocks:
             x = block(x, pooled, cond, cond_mask, self.mask[None, None])
         return self.logits(x, pooled)
@@ -182,13 +228,14 @@ class NextScaleTransformer(nn.Module):
         """
         b = cond.shape[0]
         guided = cfg.guidance_scale != 1.0
+        layout = self.layout_tokens(cond, cond_mask, null_rows=b if guided else 0)
         if guided:
             null, null_mask = self.null_condition(b, cond.shape[1])
             cond, cond_mask = torch.cat([cond, null.to(cond.dtype)]), torch.cat([cond_mask, null_mask])
         pooled = self.pooled(cond, cond_mask)
         caches = [{} for _ in self.blocks]
         f_hat = quantizer.codebook.weight.new_zeros(b, quantizer.dim, quantizer.side, quantizer.side)
-        x = self.embed(pooled, None, 0, 1)
+        x = self.add_layout(self.embed(pooled, None, 0, 1), layout, 0, 1)
         tokens, all_logits, f_hats = [], [], []
         num = len(self.scales)
         for k, p in enumerate(self.scales):
@@ -217,4 +264,5 @@ class NextScaleTransformer(nn.Module):
                 start, end = self.spans[k + 1]
                 x = self.embed(None, nxt, start, end)
                 x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
+                x = self.add_layout(x, layout, start, end)
         return VARSample(tokens=tokens, f_hat=f_hat, logits=all_logits, f_hats=f_hats)

@@ -52,6 +52,8 @@ class VARTask:
         model.vqvae.load_state_dict(self.vqvae.state_dict())
         if self.cfg.init_from:
             init_transformer(model, self.cfg.init_from)
+        if self.cfg.layout_init_from:
+            init_layout(model, self.cfg.layout_init_from)
         return model
 
     def train_dataset(self) -> Dataset:
@@ -123,10 +125,46 @@ def init_transformer(model: VARDecoder, directory: str | Path) -> None:
             f"VQ-VAE's; set vqvae_dir={str(directory)!r}"
         )
     own, target = source.transformer.state_dict(), model.transformer.state_dict()
+    # A transformer without a layout reader may grow one: the new reader's projection starts at
+    # zero, so the grown model starts as the one it came from.
+    grown = source.transformer.layout is None and model.transformer.layout is not None
+    if grown:
+        target = {k: v for k, v in target.items() if not k.startswith(("layout.", "layout_proj."))}
     bad = state_mismatch(own, target)
     if bad:
         raise ConfigError(
             f"{where}: its transformer differs from model's ({len(bad)} tensors, e.g. {bad[:3]}); give "
             f"model the width, depth and heads of {directory}/config.yaml"
         )
-    model.transformer.load_state_dict(own, strict=True)
+    model.transformer.load_state_dict(own, strict=not grown)
+
+
+def init_layout(model: VARDecoder, directory: str | Path) -> None:
+    """Start ``model``'s layout reader from a trained diffusion detokenizer's conditioner (same
+    tokenizer codes, same sizes).
+
+    Raises:
+        ConfigError: the model has no layout reader, the directory is not a diffusion
+            detokenizer, or its conditioner's sizes differ from the reader's.
+    """
+    from detokenizer.diffusion.io import load_detokenizer
+
+    where = f"layout_init_from={str(directory)!r}"
+    reader = model.transformer.layout
+    if reader is None:
+        raise ConfigError(f"{where} needs a layout reader: set model.layout_queries (e.g. 256)")
+    try:
+        source = load_detokenizer(directory).conditioner
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        raise ConfigError(
+            f"{where}: not a loadable diffusion detokenizer ({e}); pass the model/ folder of a "
+            "`lavit train diffusion` run (or a pipeline's diffusion/ folder)"
+        ) from e
+    bad = state_mismatch(source.state_dict(), reader.state_dict())
+    if bad:
+        raise ConfigError(
+            f"{where}: its conditioner differs from the layout reader ({len(bad)} tensors, e.g. {bad[:3]}); "
+            f"set model.layout_queries, layout_width, layout_depth and max_codes to its conditioner's "
+            f"num_queries, width / cond_dim, depth and max_codes in {directory}/config.yaml"
+        )
+    reader.load_state_dict(source.state_dict())
