@@ -10,6 +10,7 @@ Modes are separate methods (house style): ``forward`` (training loss), ``prefill
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class UnifiedLM(nn.Module):
     def __init__(self, cfg: LMConfig, init_new_rows: bool = True, hf_config: PretrainedConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self._cache_name: str | None = None  # how hf.forward takes a KV cache (_cache_kwarg)
         if hf_config is None and cfg.pretrained_path:
             path = Path(cfg.pretrained_path)
             if not (path / "config.json").is_file():
@@ -193,11 +195,11 @@ class UnifiedLM(nn.Module):
             inputs_embeds=self.embed(input_ids, features, feature_mask),
             attention_mask=attention_mask if hf_mask is None else hf_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._cache_kwarg(cache),
         )
-        return _at_least_fp32(out.logits[:, -1]), out.past_key_values
+        return _at_least_fp32(out.logits[:, -1]), cache  # extended in place
 
     @property
     def takes_decode_mask(self) -> bool:
@@ -224,7 +226,15 @@ class UnifiedLM(nn.Module):
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **self._cache_kwarg(cache),
         )
         return _at_least_fp32(out.logits[:, -1])
+
+    def _cache_kwarg(self, cache: Cache) -> dict[str, Cache]:
+        """The KV cache as the HF model's forward takes it: ``cache`` in newer transformers 5.x,
+        ``past_key_values`` in older ones (where newer ones warn that it goes in 5.40)."""
+        if self._cache_name is None:
+            params = inspect.signature(self.hf.forward).parameters
+            self._cache_name = "cache" if "cache" in params else "past_key_values"
+        return {self._cache_name: cache}

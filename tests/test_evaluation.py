@@ -113,7 +113,10 @@ def test_decoder_sampling_overrides_reach_the_decoder(pipeline_dir, tmp_path):
         saved = Image.open(tmp_path / "rec" / predictions(tmp_path / "rec")[it.key]["image"])
         (same,) = pipe.reconstruct([it.image()], seed=cfg.seed + i, sampling=three_steps)
         (default,) = pipe.reconstruct([it.image()], seed=cfg.seed + i)
-        assert saved.tobytes() == same.tobytes() != default.tobytes()
+        # The evaluation decodes its items as one batch, this loop one at a time: float rounding
+        # may move a pixel by one 8-bit level, where 25 steps instead of 3 move many by far more.
+        saved, same, default = (torch.tensor(list(x.tobytes()), dtype=torch.int16) for x in (saved, same, default))
+        assert (saved - same).abs().max() <= 1 < (saved - default).abs().max()
     with pytest.raises(ConfigError, match="decoder_sampling.stepz: the diffusion decoder has no such"):
         shapes_cfg("reconstruct", tmp_path / "bad", pipeline_dir, "decoder_sampling.stepz=2")
     with pytest.raises(ConfigError, match="decoder_sampling.steps: the var decoder has no such"):
