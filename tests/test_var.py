@@ -367,15 +367,15 @@ def test_layout_reader_grows_into_a_trained_decoder_from_a_diffusion_conditioner
     assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.items())  # the rest as trained
     assert not model.layout_proj.weight.any()  # so it starts as the decoder it grew from
 
-    task.cfg = replace(cfg, model=replace(cfg.model, layout_width=64))
-    with pytest.raises(ConfigError, match="its conditioner differs from the layout reader"):
-        task.build_model()
-    task.cfg = replace(cfg, model=replace(cfg.model, layout_queries=0))
-    with pytest.raises(ConfigError, match="needs a layout reader: set model.layout_queries"):
-        task.build_model()
-    task.cfg = replace(cfg, layout_init_from=str(var_dir))
-    with pytest.raises(ConfigError, match="not a loadable diffusion detokenizer"):
-        task.build_model()
+    bad = {
+        "its conditioner differs from the layout reader": replace(cfg, model=replace(cfg.model, layout_width=64)),
+        "needs a layout reader: set model.layout_queries": replace(cfg, model=replace(cfg.model, layout_queries=0)),
+        "not a loadable diffusion detokenizer": replace(cfg, layout_init_from=str(var_dir)),
+    }
+    for message, bad_cfg in bad.items():
+        task.cfg = bad_cfg
+        with pytest.raises(ConfigError, match=message):
+            task.build_model()
 
 
 def test_var_training_stage_reconstructs_from_codes_and_saves_one_loadable_decoder(tmp_path, tokenizer_dir):
