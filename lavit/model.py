@@ -67,7 +67,6 @@ class UnifiedLM(nn.Module):
     def __init__(self, cfg: LMConfig, init_new_rows: bool = True, hf_config: PretrainedConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self._cache_name: str | None = None  # how hf.forward takes a KV cache (_cache_kwarg)
         if hf_config is None and cfg.pretrained_path:
             path = Path(cfg.pretrained_path)
             if not (path / "config.json").is_file():
@@ -82,6 +81,10 @@ class UnifiedLM(nn.Module):
             if hf_config is None:
                 hf_config = _hf_config(cfg, cfg.text_vocab_size)
             self.hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
+        # How hf.forward takes a KV cache: ``cache`` in newer transformers 5.x, ``past_key_values``
+        # in older ones (where newer ones warn that it goes in 5.40).
+        takes_cache = "cache" in inspect.signature(self.hf.forward).parameters
+        self._cache_name = "cache" if takes_cache else "past_key_values"
         text_size = self.hf.get_input_embeddings().num_embeddings
         self.layout = VocabLayout(text_size=text_size, num_codes=cfg.num_codes, num_locations=cfg.num_locations)
         # New rows (specials, codes, locations) are drawn from a Gaussian with the mean and
@@ -232,9 +235,5 @@ class UnifiedLM(nn.Module):
         return _at_least_fp32(out.logits[:, -1])
 
     def _cache_kwarg(self, cache: Cache) -> dict[str, Cache]:
-        """The KV cache as the HF model's forward takes it: ``cache`` in newer transformers 5.x,
-        ``past_key_values`` in older ones (where newer ones warn that it goes in 5.40)."""
-        if self._cache_name is None:
-            params = inspect.signature(self.hf.forward).parameters
-            self._cache_name = "cache" if "cache" in params else "past_key_values"
+        """The KV cache as a keyword argument of ``self.hf.forward``."""
         return {self._cache_name: cache}
