@@ -18,6 +18,7 @@ Layout of ``train_cfg.out_dir``:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -485,7 +486,14 @@ def fit(task: Task, cfg: TrainConfig) -> dict[str, float]:
         The final evaluation metrics (on rank 0; empty elsewhere under DDP).
     """
     trainer = Trainer(task, cfg)
+    info = trainer.info
     try:
         return trainer.fit()
     finally:
-        cleanup(trainer.info)
+        # Free the model, optimizer and any collective work handles (FSDP2 keeps some) while the
+        # process group and the interpreter are alive: gloo work objects left for interpreter
+        # finalization can abort the process after a finished run (one rank of a 2-process CI
+        # run exited with "terminate called without an active exception", not reproduced since).
+        del trainer
+        gc.collect()
+        cleanup(info)
