@@ -495,5 +495,6 @@ def fit(task: Task, cfg: TrainConfig) -> dict[str, float]:
         # finalization can abort the process after a finished run (one rank of a 2-process CI
         # run exited with "terminate called without an active exception", not reproduced since).
         del trainer
-        gc.collect()
+        if info.enabled:  # a plain run has no process group to outlive
+            gc.collect()
         cleanup(info)
