@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from detokenizer.diffusion.io import load_detokenizer
-from detokenizer.diffusion.sampling import condition_inputs, noise_scheduler
+from detokenizer.diffusion.sampling import condition_inputs, noise_scheduler, patch_inputs
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
@@ -31,9 +31,9 @@ def psnr(image: torch.Tensor, truth: torch.Tensor) -> float:
     return round(10 * torch.log10(1.0 / F.mse_loss(image, truth)).item(), 2)
 
 
-def x0_estimate(model, noisy, steps, a, emb, mask, drop=None) -> torch.Tensor:
+def x0_estimate(model, noisy, steps, a, emb, mask, drop=None, patches=None) -> torch.Tensor:
     """The denoiser's estimate of the clean image, whatever it predicts (alpha-bar ``a``)."""
-    out = model(noisy, steps, emb, mask, drop)
+    out = model(noisy, steps, emb, mask, drop, patches)
     if model.cfg.prediction_type == "sample":
         return out
     # epsilon, or v = sqrt(a) eps - sqrt(1-a) x0 (sampling.training_target): back to x0
@@ -54,10 +54,13 @@ def main() -> None:
     size, n = model.cfg.resolution, args.scenes
     world = ShapesWorld(ShapesWorldConfig(resolution=size), "val")
     images = torch.stack([to_tensor(world.image(i), size) for i in range(n)])
-    emb, mask = condition_inputs(model.cfg, tok, tok.encode(images))
+    other = torch.roll(torch.arange(n), 1)  # scene i gets scene i-1's codes
+    codes = tok.encode(images)
+    emb, mask = condition_inputs(model.cfg, tok, codes)
+    patches = patch_inputs(model.cfg, tok, codes)  # None unless the detokenizer reads them
+    other_patches = None if patches is None else patches[other]
     x0 = model.to_space(images)
     sched = noise_scheduler(model.cfg)
-    other = torch.roll(torch.arange(n), 1)  # scene i gets scene i-1's codes
     drop_all = torch.ones(n, dtype=torch.bool)
     rows = []
 
@@ -75,9 +78,11 @@ def main() -> None:
             {
                 "t": t,
                 "input_psnr": score(noisy / a.sqrt()),
-                "own_codes_psnr": score(x0_estimate(model, noisy, steps, a, emb, mask)),
-                "null_condition_psnr": score(x0_estimate(model, noisy, steps, a, emb, mask, drop_all)),
-                "other_scene_codes_psnr": score(x0_estimate(model, noisy, steps, a, emb[other], mask[other])),
+                "own_codes_psnr": score(x0_estimate(model, noisy, steps, a, emb, mask, None, patches)),
+                "null_condition_psnr": score(x0_estimate(model, noisy, steps, a, emb, mask, drop_all, patches)),
+                "other_scene_codes_psnr": score(
+                    x0_estimate(model, noisy, steps, a, emb[other], mask[other], None, other_patches)
+                ),
             }
         )
     print(

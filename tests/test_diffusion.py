@@ -459,3 +459,68 @@ def test_focus_masks_travel_in_the_batch():
     items = [(torch.arange(n), torch.zeros(3, 4, 4), torch.full((1, 4, 4), float(n % 2))) for n in (3, 1)]
     batch = collate_scene_codes(items)
     assert batch["focus"].shape == (2, 1, 4, 4) and batch["focus"][1].eq(1).all()
+
+
+def test_patch_feature_reader_grows_into_a_trained_decoder(tmp_path, tokenizer_dir):
+    """``patch_features``: the tokenizer's rebuilt per-patch features, on the query grid, added to
+    the condition. Grown from a codes-only decoder (``init_from``) it starts as a no-op; it trains,
+    saves, loads and decodes (a batch equals each alone), and bad input is named."""
+    tok = load_tokenizer(tokenizer_dir)
+    width = tok.encoder.dim
+    source = DiffusionDetokenizer(debug_cfg())
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_detokenizer(source, tmp_path / "trained")
+    cfg = load_config(
+        CONFIGS / "train" / "diffusion_debug.yaml",
+        DiffusionRunConfig,
+        [
+            f"tokenizer_dir={tokenizer_dir}",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.progress=false",
+            "train.steps=3",
+            f"model.patch_features={width}",
+            f"init_from={tmp_path / 'trained'}",
+        ],
+    )
+    task = DiffusionTask(cfg)
+    grown = task.build_model().eval()
+    codes = [torch.tensor([1, 2, 3]), torch.tensor([4] * 10)]
+    emb, mask = tok.code_embeddings(codes)
+    patches = tok.decode_features(codes)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.condition(emb, mask, patches=patches), source.condition(emb, mask))
+        with pytest.raises(ValueError, match="rebuilt patch features"):
+            grown.condition(emb, mask)
+    fit(task, cfg.train)
+    model = load_detokenizer(tmp_path / "run" / "model")
+    assert model.cfg.patch_features == width
+    assert model.patch_in[-1].weight.abs().sum() > 0  # trained away from its zero start
+    sampling = DiffusionSamplingConfig(steps=2)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    out = decode_codes(model, tok, codes, sampling, size=(32, 32), generator=gens(0, 1))
+    torch.testing.assert_close(out[1:], decode_codes(model, tok, codes[1:], sampling, size=(32, 32), generator=gens(1)))
+    with pytest.raises(ConfigError, match="patch_features"):
+        debug_cfg("patch_features=8", "conditioner.num_queries=6")
+    with pytest.raises(ConfigError, match="patch_features"):
+        debug_cfg("patch_features=8", "condition=features")
+    bad = load_config(
+        CONFIGS / "train" / "diffusion_debug.yaml",
+        DiffusionRunConfig,
+        [f"tokenizer_dir={tokenizer_dir}", f"train.out_dir={tmp_path / 'bad'}", f"model.patch_features={width + 1}"],
+    )
+    with pytest.raises(ConfigError, match=f"model.patch_features={width + 1}"):
+        DiffusionTask(bad)
+
+
+def test_to_grid_resizes_a_raster_patch_grid():
+    from detokenizer.diffusion.model import to_grid
+
+    x = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # a 2x2 grid of 3-vectors
+    torch.testing.assert_close(to_grid(x, 2), x)
+    up = to_grid(x, 4)  # each patch's vector at its own corner of the 4x4 grid
+    assert up.shape == (2, 16, 3)
+    torch.testing.assert_close(up[:, [0, 3, 12, 15]], x)
+    with pytest.raises(ValueError, match="square grid"):
+        to_grid(x[:, :3], 2)

@@ -93,10 +93,25 @@ class DiffusionConfig:
     # weights the x0 error by 1 / c_out^2, a unit-variance target for F. 0 = the UNet's output
     # is the x0 estimate.
     sigma_data: float = 0.0
+    # > 0: the conditioner also reads the tokenizer's rebuilt per-patch features (its feature
+    # decoder on the codes: one vector of this width, the encoder's, per patch, in place), laid out
+    # on the patch grid, resized to the query grid and added to the conditioning sequence through
+    # an MLP whose output layer starts at zero, so a trained codes-only decoder grows it and starts
+    # exactly where it was. The codes say what each kept patch holds; these say where, patch by
+    # patch. Needs condition "codes" and a square num_queries.
+    patch_features: int = 0
 
     def __post_init__(self) -> None:
         check(self.condition in ("codes", "features"), "condition", self.condition, "use codes or features")
         grid = math.isqrt(self.conditioner.num_queries)
+        check(
+            self.patch_features == 0
+            or (self.patch_features > 0 and self.condition == "codes" and grid * grid == self.conditioner.num_queries),
+            "patch_features",
+            self.patch_features,
+            "rebuilt patch features are added to a square grid of queries reading codes: set condition=codes and "
+            f"conditioner.num_queries to a square (it is {self.conditioner.num_queries}), or patch_features=0",
+        )
         check(
             self.spatial_channels == 0 or grid * grid == self.conditioner.num_queries,
             "spatial_channels",

@@ -2,6 +2,7 @@
 
     codes (B x variable) --tokenizer.code_embeddings (or its feature decoder)--> (B, L, W), mask
       --QueryConditioner--> sequence (B, Q, D) + pooled (B, D)
+      (+ with patch_features: the rebuilt per-patch features on the query grid, through an MLP)
       --UNet2DConditionModel(x_t, t, cross-attention=sequence, class embedding=pooled)--> eps / v
 
 The denoiser is ``diffusers.UNet2DConditionModel``, in pixel space (tiny presets: images in
@@ -45,6 +46,12 @@ class DiffusionDetokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.conditioner = build_conditioner(cfg)
+        self.patch_in = None
+        if cfg.patch_features:
+            d = cfg.conditioner.cond_dim
+            self.patch_in = nn.Sequential(nn.Linear(cfg.patch_features, d), nn.SiLU(), nn.Linear(d, d))
+            nn.init.zeros_(self.patch_in[-1].weight)  # grown into a trained decoder: starts as a no-op
+            nn.init.zeros_(self.patch_in[-1].bias)
         self.vae = None
         # Pixel space is denoised as non-overlapping patch_size^2 patches stacked on channels
         # (pixel unshuffle), which makes a 64 px UNet as cheap as a 16 px one.
@@ -87,9 +94,24 @@ class DiffusionDetokenizer(nn.Module):
 
     # --- conditions ------------------------------------------------------------------------------
 
-    def condition(self, emb: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, Q, D) conditioning; rows where ``drop`` is True get the learned null condition."""
+    def condition(
+        self,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, Q, D) conditioning; rows where ``drop`` is True get the learned null condition.
+        With ``cfg.patch_features``, ``patches`` are the tokenizer's rebuilt per-patch features
+        (B, N, patch_features), N a square grid in raster order."""
         cond = self.conditioner(emb, mask)
+        if self.patch_in is not None:
+            if patches is None:
+                raise ValueError(
+                    "this detokenizer also reads the tokenizer's rebuilt patch features (patch_features="
+                    f"{self.cfg.patch_features}): pass patches=tokenizer.decode_features(codes), as decode_codes does"
+                )
+            cond = cond + self.patch_in(to_grid(patches, math.isqrt(cond.shape[1])).to(cond.dtype))
         if drop is not None:
             cond = torch.where(drop[:, None, None], self.conditioner.null.to(cond.dtype), cond)
         return cond
@@ -136,9 +158,11 @@ class DiffusionDetokenizer(nn.Module):
         emb: torch.Tensor,
         mask: torch.Tensor,
         drop: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Training forward: condition on code embeddings (rows in ``drop`` unconditioned), predict."""
-        return self.predict(noisy, timesteps, self.condition(emb, mask, drop))
+        """Training forward: condition on code embeddings (and rebuilt patch features; rows in
+        ``drop`` unconditioned), predict."""
+        return self.predict(noisy, timesteps, self.condition(emb, mask, drop, patches))
 
     # --- pixels <-> denoiser space ------------------------------------------------------------
 
@@ -184,6 +208,19 @@ class DiffusionDetokenizer(nn.Module):
             return h, w
         target = parse_ratio("1:1" if ratio is None else ratio)
         return min(self.buckets(), key=lambda hw: abs(math.log(hw[1] / hw[0]) - math.log(target)))
+
+
+def to_grid(patches: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, N, C) vectors of a square patch grid in raster order -> (B, side * side, C), the grid
+    resized (bilinear) to ``side`` x ``side``, in raster order."""
+    b, n, c = patches.shape
+    grid = math.isqrt(n)
+    if grid * grid != n:
+        raise ValueError(f"{n} patch features do not form a square grid")
+    x = patches.transpose(1, 2).reshape(b, c, grid, grid)
+    if grid != side:
+        x = F.interpolate(x.float(), size=(side, side), mode="bilinear", align_corners=False).to(patches.dtype)
+    return x.flatten(2).transpose(1, 2)
 
 
 def parse_ratio(ratio: str | float) -> float:

@@ -134,8 +134,11 @@ def decode_codes(
     raise (through :meth:`DynamicVisualTokenizer.pad_codes`).
     """
     emb, mask = condition_inputs(model.cfg, tokenizer, codes)
+    patches = patch_inputs(model.cfg, tokenizer, codes)
     param = next(model.parameters())
-    cond = model.condition(emb.to(param.device, param.dtype), mask.to(param.device))
+    if patches is not None:
+        patches = patches.to(param.device, param.dtype)
+    cond = model.condition(emb.to(param.device, param.dtype), mask.to(param.device), patches=patches)
     return denoise(model, cond, sampling, model.size_for(sampling.ratio, size), generator)
 
 
@@ -156,6 +159,22 @@ def condition_inputs(
         )
     feats = tokenizer.decode_features(codes)
     return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+
+
+@torch.no_grad()
+def patch_inputs(
+    cfg: DiffusionConfig, tokenizer: DynamicVisualTokenizer, codes: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """The tokenizer's rebuilt per-patch features (B, N, Ce) for a detokenizer with
+    ``cfg.patch_features``, else None."""
+    if not cfg.patch_features:
+        return None
+    if tokenizer.encoder.dim != cfg.patch_features:
+        raise ValueError(
+            f"the diffusion detokenizer reads {cfg.patch_features}-wide patch features but this tokenizer "
+            f"rebuilds {tokenizer.encoder.dim}-wide ones: load the detokenizer trained on this tokenizer"
+        )
+    return tokenizer.decode_features(codes)
 
 
 def condition_width(cfg: DiffusionConfig, tokenizer: DynamicVisualTokenizer) -> int:

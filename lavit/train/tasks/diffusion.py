@@ -28,6 +28,7 @@ from detokenizer.diffusion.sampling import (
     condition_width,
     min_snr_weights,
     noise_scheduler,
+    patch_inputs,
     training_target,
 )
 from lavit.checkpoint import CheckpointError, state_mismatch
@@ -51,6 +52,11 @@ class DiffusionTask:
         for key, want, have in (
             ("model.code_dim", cfg.model.code_dim, condition_width(cfg.model, self.tokenizer)),
             ("model.max_codes", cfg.model.max_codes, self.tokenizer.cfg.encoder.num_patches),
+            (
+                "model.patch_features",
+                cfg.model.patch_features,
+                self.tokenizer.encoder.dim if cfg.model.patch_features else 0,
+            ),
         ):
             if want != have:
                 raise ConfigError(
@@ -81,7 +87,9 @@ class DiffusionTask:
         plain: DiffusionDetokenizer = getattr(model, "module", model)
         self.tokenizer.to(device)
         with torch.no_grad():
-            emb, mask = condition_inputs(self.cfg.model, self.tokenizer, batch_codes(batch))
+            codes = batch_codes(batch)
+            emb, mask = condition_inputs(self.cfg.model, self.tokenizer, codes)
+            patches = patch_inputs(self.cfg.model, self.tokenizer, codes)
             x0 = plain.to_space(images)
         b = x0.shape[0]
         noise = torch.randn_like(x0)
@@ -89,7 +97,9 @@ class DiffusionTask:
         noisy = self.noise.add_noise(x0, noise, t)
         target = training_target(self.noise, x0, noise, t)
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
-        err = focused_error(model(noisy, t, emb, mask, drop), target, batch.get("focus"), self.cfg.focus_weight)
+        err = focused_error(
+            model(noisy, t, emb, mask, drop, patches), target, batch.get("focus"), self.cfg.focus_weight
+        )
         if self.cfg.min_snr_gamma > 0:
             loss = (min_snr_weights(self.noise, t, self.cfg.min_snr_gamma) * err).mean()
         elif plain.cfg.sigma_data > 0:  # EDM: the x0 error in F's units, 1 / c_out^2
@@ -150,13 +160,16 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
         ) from e
     own = {k: v for k, v in source.items() if not k.startswith("vae.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
+    # A codes-only decoder may grow a patch-feature reader, which starts as a no-op (zero output).
+    if not any(k.startswith("patch_in.") for k in own):
+        target = {k: v for k, v in target.items() if not k.startswith("patch_in.")}
     bad = state_mismatch(own, target)
     if bad:
         raise ConfigError(
             f"init_from={str(directory)!r}: its denoiser differs from model's ({len(bad)} tensors, e.g. "
             f"{bad[:3]}); give model the same conditioner, unet and spatial_channels as {directory}/config.yaml"
         )
-    # Strict: every tensor is either the source's denoiser or this model's own VAE.
+    # Strict: every tensor is the source's denoiser, this model's own VAE or its new patch reader.
     model.load_state_dict({**model.state_dict(), **own}, strict=True)
 
 
