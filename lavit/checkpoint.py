@@ -209,10 +209,15 @@ def cast_weights(directory: str | Path, dtype: str) -> int:
     return total
 
 
-def state_mismatch(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[str]:
+def state_mismatch(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], grown: tuple[str, ...] = ()
+) -> list[str]:
     """The tensor names of two state dicts that do not line up: in one only, or in both with
-    different shapes (each group sorted). Empty when one loads into the other strictly."""
-    return sorted(set(a) ^ set(b)) + sorted(k for k in a.keys() & b.keys() if a[k].shape != b[k].shape)
+    different shapes (each group sorted). Empty when one loads into the other strictly, or, with
+    ``grown`` name prefixes, when ``b`` differs only by modules under them that ``a`` lacks (a
+    model that grew new parts, which start where they leave it unchanged, from a trained one)."""
+    only_b = {k for k in set(b) - set(a) if not k.startswith(grown)} if grown else set(b) - set(a)
+    return sorted((set(a) - set(b)) | only_b) + sorted(k for k in a.keys() & b.keys() if a[k].shape != b[k].shape)
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:

@@ -8,6 +8,7 @@ Masks are boolean and mean "may attend": shape broadcastable to (B, heads, Lq, L
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 import torch.nn.functional as F
@@ -152,3 +153,17 @@ class QueryConditioner(nn.Module):
         for block in self.blocks:
             x = block(x, ctx, None, ctx_mask)
         return self.out(self.norm(x))
+
+
+def seq_to_grid(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) vectors of a square grid in raster order -> the (B, C, side, side) map."""
+    b, n, c = x.shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} vectors do not form a square grid")
+    return x.transpose(1, 2).reshape(b, c, side, side)
+
+
+def grid_to_seq(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> (B, H * W, C) vectors in raster order (inverse of :func:`seq_to_grid`)."""
+    return x.flatten(2).transpose(1, 2)

@@ -220,3 +220,8 @@ def test_state_mismatch_names_tensors_in_one_only_or_of_another_shape():
     b = {"w": torch.zeros(3, 2), "b": torch.ones(3), "only_b": torch.zeros(1)}
     assert state_mismatch(a, b) == ["only_a", "only_b", "w"]
     assert state_mismatch(a, a) == []
+    # Parts b grew under a prefix do not count; anything else still does.
+    grown = {**a, "reader.w": torch.zeros(2), "reader.b": torch.zeros(1)}
+    assert state_mismatch(a, grown, grown=("reader.",)) == []
+    assert state_mismatch(a, grown) == ["reader.b", "reader.w"]
+    assert state_mismatch(grown, a, grown=("reader.",)) == ["reader.b", "reader.w"]

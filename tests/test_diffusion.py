@@ -505,6 +505,8 @@ def test_patch_feature_reader_grows_into_a_trained_decoder(tmp_path, tokenizer_d
         debug_cfg("patch_features=8", "conditioner.num_queries=6")
     with pytest.raises(ConfigError, match="patch_features"):
         debug_cfg("patch_features=8", "condition=features")
+    with pytest.raises(ConfigError, match="encoder's width"):
+        debug_cfg("patch_features=-1")
     bad = load_config(
         CONFIGS / "train" / "diffusion_debug.yaml",
         DiffusionRunConfig,

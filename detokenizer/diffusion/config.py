@@ -109,8 +109,9 @@ class DiffusionConfig:
             or (self.patch_features > 0 and self.condition == "codes" and grid * grid == self.conditioner.num_queries),
             "patch_features",
             self.patch_features,
-            "rebuilt patch features are added to a square grid of queries reading codes: set condition=codes and "
-            f"conditioner.num_queries to a square (it is {self.conditioner.num_queries}), or patch_features=0",
+            "use 0 (off) or the tokenizer encoder's width; the features are added to a square grid of queries "
+            f"reading codes, so also set condition=codes and conditioner.num_queries to a square (it is "
+            f"{self.conditioner.num_queries})",
         )
         check(
             self.spatial_channels == 0 or grid * grid == self.conditioner.num_queries,

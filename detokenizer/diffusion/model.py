@@ -22,7 +22,7 @@ from torch import nn
 from detokenizer.diffusion.config import DiffusionConfig
 from detokenizer.diffusion.schedule import noise_scheduler
 from lavit.config import ConfigError
-from lavit.layers import QueryConditioner
+from lavit.layers import QueryConditioner, grid_to_seq, seq_to_grid
 
 # LaVIT's aspect-ratio buckets (SDXL's, at 1024 px) as (height, width); transposes added below.
 LAVIT_BUCKETS = [(1024, 1024), (896, 1152), (832, 1216), (768, 1344)]
@@ -144,9 +144,7 @@ class DiffusionDetokenizer(nn.Module):
 
     def _unet(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if self.spatial is not None:
-            b, q, d = cond.shape
-            grid = math.isqrt(q)
-            layout = self.spatial(cond.transpose(1, 2).reshape(b, d, grid, grid))
+            layout = self.spatial(seq_to_grid(cond))
             layout = F.interpolate(layout, size=noisy.shape[2:], mode="bilinear", align_corners=False)
             noisy = torch.cat([noisy, layout.to(noisy.dtype)], dim=1)
         return self.unet(noisy, timesteps, encoder_hidden_states=cond, class_labels=cond.mean(dim=1)).sample
@@ -213,14 +211,10 @@ class DiffusionDetokenizer(nn.Module):
 def to_grid(patches: torch.Tensor, side: int) -> torch.Tensor:
     """(B, N, C) vectors of a square patch grid in raster order -> (B, side * side, C), the grid
     resized (bilinear) to ``side`` x ``side``, in raster order."""
-    b, n, c = patches.shape
-    grid = math.isqrt(n)
-    if grid * grid != n:
-        raise ValueError(f"{n} patch features do not form a square grid")
-    x = patches.transpose(1, 2).reshape(b, c, grid, grid)
-    if grid != side:
+    x = seq_to_grid(patches)
+    if x.shape[-1] != side:
         x = F.interpolate(x.float(), size=(side, side), mode="bilinear", align_corners=False).to(patches.dtype)
-    return x.flatten(2).transpose(1, 2)
+    return grid_to_seq(x)
 
 
 def parse_ratio(ratio: str | float) -> float:

@@ -17,7 +17,6 @@ starts where it was). Dropped conditions get the reader's learned null grid.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 from detokenizer.var.config import VARConfig, VARSamplingConfig, VQVAEConfig
 from detokenizer.var.quantizer import MultiScaleQuantizer
 from lavit.generate import Generators, sample_logits
-from lavit.layers import MLP, Attention, QueryConditioner, attention
+from lavit.layers import MLP, Attention, QueryConditioner, attention, seq_to_grid
 
 
 @dataclass
@@ -148,9 +147,7 @@ class NextScaleTransformer(nn.Module):
             grid = torch.where(drop[:, None, None], null, grid)
         if null_rows:
             grid = torch.cat([grid, null.expand(null_rows, -1, -1)])
-        b, q, d = grid.shape
-        side = math.isqrt(q)
-        grid = grid.transpose(1, 2).reshape(b, d, side, side)
+        grid = seq_to_grid(grid)
         pooled = [F.interpolate(grid, size=(p, p), mode="area").flatten(2) for p in self.scales]
         return torch.cat(pooled, dim=2).transpose(1, 2)
 

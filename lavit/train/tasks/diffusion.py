@@ -161,9 +161,7 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
     own = {k: v for k, v in source.items() if not k.startswith("vae.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
     # A codes-only decoder may grow a patch-feature reader, which starts as a no-op (zero output).
-    if not any(k.startswith("patch_in.") for k in own):
-        target = {k: v for k, v in target.items() if not k.startswith("patch_in.")}
-    bad = state_mismatch(own, target)
+    bad = state_mismatch(own, target, grown=("patch_in.",))
     if bad:
         raise ConfigError(
             f"init_from={str(directory)!r}: its denoiser differs from model's ({len(bad)} tensors, e.g. "

@@ -128,9 +128,7 @@ def init_transformer(model: VARDecoder, directory: str | Path) -> None:
     # A transformer without a layout reader may grow one: the new reader's projection starts at
     # zero, so the grown model starts as the one it came from.
     grown = source.transformer.layout is None and model.transformer.layout is not None
-    if grown:
-        target = {k: v for k, v in target.items() if not k.startswith(("layout.", "layout_proj."))}
-    bad = state_mismatch(own, target)
+    bad = state_mismatch(own, target, grown=("layout.", "layout_proj.") if grown else ())
     if bad:
         raise ConfigError(
             f"{where}: its transformer differs from model's ({len(bad)} tensors, e.g. {bad[:3]}); give "
