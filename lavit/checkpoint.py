@@ -216,7 +216,7 @@ def state_mismatch(
     different shapes (each group sorted). Empty when one loads into the other strictly, or, with
     ``grown`` name prefixes, when ``b`` differs only by modules under them that ``a`` lacks (a
     model that grew new parts, which start where they leave it unchanged, from a trained one)."""
-    only_b = {k for k in set(b) - set(a) if not k.startswith(grown)} if grown else set(b) - set(a)
+    only_b = {k for k in set(b) - set(a) if not k.startswith(grown)}  # startswith(()) is False
     return sorted((set(a) - set(b)) | only_b) + sorted(k for k in a.keys() & b.keys() if a[k].shape != b[k].shape)
 
 

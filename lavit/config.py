@@ -506,6 +506,10 @@ class LMRunConfig:
     mixture: LMMixtureConfig = field(default_factory=LMMixtureConfig)
     num_scenes: int = 20_000  # training scenes; their codes are extracted once and cached
     codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    # A saved LM (a `lavit train lm` run's model/, or a pipeline's lm/) whose weights start this
+    # run, to train the shipped LM on (e.g. with another mixture). Its text tokenizer is copied
+    # into the run; ``lm`` must describe the same model (its pretrained_path is provenance only).
+    init_from: str | None = None
     eval_scenes: int = 200
     caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=36))
     vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=10))

@@ -8,6 +8,7 @@ next-token objective; per-task loss weights ride on the sequences' loss weights.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lavit.config import ConfigError, LMRunConfig
+from lavit.checkpoint import CheckpointError
+from lavit.config import ConfigError, LMConfig, LMRunConfig
 from lavit.data import shapes_text
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
-from lavit.lm_io import save_lm
+from lavit.lm_io import TOKENIZER_DIR, load_lm, save_lm
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, collate
 from lavit.text_tokenizer import load_text_tokenizer, train_bpe
@@ -71,6 +73,15 @@ class LMTask:
     def _text_tokenizer(self):
         path = self.out / "text_tokenizer"
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.cfg.init_from and not (path / "tokenizer.json").is_file():
+            # The ids of init_from's text rows are its tokenizer's, so the run reads text with it.
+            source = Path(self.cfg.init_from) / TOKENIZER_DIR
+            if not (source / "tokenizer.json").is_file():
+                raise ConfigError(
+                    f"init_from={self.cfg.init_from!r} has no {TOKENIZER_DIR}/tokenizer.json: pass the "
+                    "model/ folder of a `lavit train lm` run (or a pipeline's lm/ folder)"
+                )
+            shutil.copytree(source, path, dirs_exist_ok=True)
         if not (path / "tokenizer.json").is_file():
             tok = train_bpe(self._corpus(min(self.cfg.num_scenes, 5000)), self.cfg.lm.text_vocab_size)
             tmp = self.out / f".text_tokenizer.tmp{id(self)}"
@@ -94,7 +105,7 @@ class LMTask:
         return SequenceBuilder(self.text_tok, layout, self.cfg.lm.max_position_embeddings)
 
     def build_model(self) -> nn.Module:
-        lm = UnifiedLM(self.cfg.lm)
+        lm = init_lm(self.cfg.lm, self.cfg.init_from) if self.cfg.init_from else UnifiedLM(self.cfg.lm)
         self.layout = lm.layout
         self.block_types = tuple({type(layer) for layer in lm.hf.model.layers})
         return lm
@@ -230,3 +241,36 @@ class LMItems(Dataset):
             return self.builder.understanding(codes, mix.caption_prompt, cap, mix.caption_weight), image
         q = qa[int(rng.integers(len(qa)))]
         return self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answers[0], mix.vqa_weight), image
+
+
+# Fields of LMConfig that init_from does not compare: run-time choices, provenance, and the text
+# vocabulary's size, which is the copied tokenizer's (a from-scratch LM saves the BPE's real size).
+_NOT_COMPARED = ("pretrained_path", "attn_implementation", "text_vocab_size")
+
+
+def init_lm(cfg: LMConfig, directory: str | Path) -> UnifiedLM:
+    """The saved LM in ``directory``, to train on; ``cfg`` (the run's ``lm``) must describe it.
+
+    Raises:
+        ConfigError: the directory does not load as an LM, or ``cfg`` differs from its config
+            in a field that shapes the model (the error names the field and the value to set).
+    """
+    where = f"init_from={str(directory)!r}"
+    try:
+        lm, _ = load_lm(directory)
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        raise ConfigError(
+            f"{where}: not a loadable LM ({e}); pass the model/ folder of a `lavit train lm` run "
+            "(or a pipeline's lm/ folder)"
+        ) from e
+    theirs = lm.cfg
+    diff = [
+        f.name
+        for f in dataclasses.fields(LMConfig)
+        if f.name not in _NOT_COMPARED and getattr(cfg, f.name) != getattr(theirs, f.name)
+    ]
+    if diff:
+        have = ", ".join(f"lm.{n}={getattr(cfg, n)!r}" for n in diff)
+        fix = " ".join(f"lm.{n}={getattr(theirs, n)}" for n in diff)
+        raise ConfigError(f"{where}: {have} differ from that LM's config.yaml; set {fix}")
+    return lm.float().train()  # shipped weights may be float16; train in float32
