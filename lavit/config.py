@@ -487,12 +487,23 @@ class LMMixtureConfig:
     caption_prob: float = 0.3
     vqa_prob: float = 0.35
     t2i_prob: float = 0.35
+    # Multimodal synthesis (off by default): a train scene is the answer to a prompt made of its
+    # parts, image + text ("a red circle", the shape left out of the image) or image + image (its
+    # shapes split between two images), in the form `pipe.synthesize` gives the LM.
+    synthesis_prob: float = 0.0
     caption_weight: float = 1.0
     vqa_weight: float = 1.0
     t2i_weight: float = 1.0
+    synthesis_weight: float = 1.0
     cfg_drop_prob: float = 0.1  # text-to-image samples whose prompt is dropped (CFG)
     caption_prompt: str = CAPTION_PROMPT
     vqa_prompt: str = VQA_PROMPT
+
+    def __post_init__(self) -> None:
+        probs = {f"mixture.{t}_prob": getattr(self, f"{t}_prob") for t in ("caption", "vqa", "t2i", "synthesis")}
+        for key, p in probs.items():
+            check(p >= 0, key, p, "task probabilities are >= 0 (they are normalised to sum to 1)")
+        check(sum(probs.values()) > 0, "mixture", probs, "give at least one task a probability > 0")
 
 
 @dataclass

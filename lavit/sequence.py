@@ -95,14 +95,15 @@ class SequenceBuilder:
         seq.add(self.text(answer) + [self.eos], weight)
         return self._finish(seq)
 
-    def generation(self, prompt: str | None, codes: torch.Tensor, weight: float = 1.0) -> TokenSeq:
-        """<s> prompt <img> codes </img>, loss on codes and </img>; ``prompt=None`` drops the
-        condition (classifier-free guidance training)."""
-        seq = TokenSeq().add([self.bos])
-        if prompt is not None:
-            seq.add(self.text(prompt))
-        self._add_image(seq, codes, weight)
-        return self._finish(seq)
+    def generation(
+        self, prompt: str | list[str | torch.Tensor] | None, codes: torch.Tensor, weight: float = 1.0
+    ) -> TokenSeq:
+        """<s> prompt <img> codes </img>, loss on codes and </img>: :meth:`generation_prompt`
+        continued by its answer. ``prompt=None`` drops the condition (classifier-free guidance
+        training); a list is a multimodal prompt (multimodal synthesis), its images unwrapped."""
+        seq = self.generation_prompt(prompt)
+        seq.add(self.image(codes, wrap=False), weight)
+        return self._finish(seq.add([self.layout.image_end_id], weight))
 
     def interleaved(self, segments: list[str | torch.Tensor], loss_on: str = "last", weight: float = 1.0) -> TokenSeq:
         """Text and image-code segments in order. ``loss_on``: 'last' (the final segment only),

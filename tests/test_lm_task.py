@@ -71,3 +71,63 @@ def test_init_from_trains_a_saved_lm_on(tmp_path, tokenizer_dir, lm_cfg, lm_dirs
         LMTask(bad).build_model()
     with pytest.raises(ConfigError, match="has no text_tokenizer/tokenizer.json"):
         LMTask(lm_cfg(tmp_path / "bad2", tokenizer_dir, f"init_from={tmp_path / 'nowhere'}"))
+
+
+@pytest.mark.parametrize("mode", ["discrete", "continuous"])
+def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_dir, lm_cfg, mode):
+    """A synthesis item is a train scene as the answer to a prompt built from its parts: the
+    prompt's images are the scene's shapes in parts (their codes the tokenizer's), a text part
+    names the shape left out, the sequence is the one generation_prompt builds for synthesize
+    with the scene's codes after it (the loss on them alone); a run on them trains."""
+    import re
+
+    from lavit.data.shapes import COLOURS, KINDS
+    from lavit.data.shapes_parser import colour_kinds, parse_scene
+    from lavit.data.transforms import to_pil
+
+    mix = "mixture.caption_prob=0 mixture.vqa_prob=0 mixture.t2i_prob=0 mixture.synthesis_prob=1"
+    cfg = lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}", *mix.split(), "data.resolution=64")
+    task = LMTask(cfg)
+    task.build_model()
+    items = task.train_dataset()
+    builder, layout = items.builder, task.layout
+    named = re.compile(rf"^a (?:(?:small|large) )?({'|'.join(COLOURS)}) ({'|'.join(KINDS)})$")
+    kinds = set()
+    for j in range(12):
+        seq, images = items[j]
+        scene = j % cfg.num_scenes
+        target = layout.codes_to_ids(task.codes[scene]).tolist() + [layout.image_end_id]
+        prompt_len = len(seq) - len(target)
+        assert seq.ids[prompt_len:] == target and seq.ids[prompt_len - 1] == layout.image_start_id
+        assert all(w == 0 for w in seq.weights[:prompt_len]) and all(w == 1 for w in seq.weights[prompt_len:])
+        # The prompt's parts, read back: image spans (codes) and the text between them.
+        spans, parts, at = seq.image_spans, [], 1
+        for start, end in spans:
+            if start > at:
+                parts.append(task.text_tok.decode(seq.ids[at:start]).strip())
+            parts.append(torch.tensor(layout.ids_to_codes(torch.tensor(seq.ids[start:end])).tolist()))
+            at = end
+        if prompt_len - 1 > at:
+            parts.append(task.text_tok.decode(seq.ids[at : prompt_len - 1]).strip())
+        assert seq.ids[:prompt_len] == builder.generation_prompt(parts).ids
+        # The images' codes are the tokenizer's; what they show plus the named shape is the scene.
+        shown = [p for p in parts if isinstance(p, torch.Tensor)]
+        if mode == "continuous":
+            assert images.shape[0] == len(shown)
+            for codes, got in zip(task.tokenizer.encode(images), shown, strict=True):
+                assert torch.equal(codes, got)
+            have = sum((colour_kinds(parse_scene(to_pil(im))) for im in images), start=colour_kinds(()))
+            text = [p for p in parts if isinstance(p, str)]
+            if text:
+                m = named.match(text[0])
+                assert m, text[0]
+                have[(m.group(1), m.group(2))] += 1
+            assert have == colour_kinds(task.world.scene(scene).shapes)
+        else:
+            assert images is None
+        kinds.add("text" if any(isinstance(p, str) for p in parts) else "images")
+    assert kinds == {"text", "images"}
+    fit(task, cfg.train)
+    assert (tmp_path / "model").is_dir()
+    with pytest.raises(ConfigError, match="mixture.synthesis_prob"):
+        lm_cfg(tmp_path, tokenizer_dir, "mixture.synthesis_prob=-1")

@@ -2,12 +2,15 @@
 
 Codes come from a frozen, trained visual tokenizer and are extracted once to a safetensors
 cache. Each training item is one scene seen as one task, drawn deterministically from the item
-index: captioning, VQA, or text-to-image (prompt dropped with ``cfg_drop_prob`` for CFG). One
-next-token objective; per-task loss weights ride on the sequences' loss weights.
+index: captioning, VQA, text-to-image (prompt dropped with ``cfg_drop_prob`` for CFG) or,
+when the mixture asks for it, multimodal synthesis (the scene from its parts: image + text or
+image + image). One next-token objective; per-task loss weights ride on the sequences' loss
+weights.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 from pathlib import Path
@@ -20,6 +23,7 @@ from torch.utils.data import Dataset
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, LMConfig, LMRunConfig
 from lavit.data import shapes_text
+from lavit.data.shapes import Scene, render
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
@@ -118,7 +122,7 @@ class LMTask:
         batch = collate([seq for seq, _ in items], self.text_tok.pad_token_id)
         images = [img for _, img in items if img is not None]
         if self.cfg.lm.understanding_input == "continuous":
-            batch["images"] = torch.stack(images) if images else torch.zeros(0)
+            batch["images"] = torch.cat(images) if images else torch.zeros(0)
         return batch
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int):
@@ -214,18 +218,24 @@ class LMItems(Dataset):
         self.builder = task.builder(task.layout)
         self.size = task.tokenizer.cfg.encoder.image_size
         mix = self.cfg.mixture
-        probs = np.array([mix.caption_prob, mix.vqa_prob, mix.t2i_prob], dtype=float)
+        probs = np.array([mix.caption_prob, mix.vqa_prob, mix.t2i_prob, mix.synthesis_prob], dtype=float)
         self.probs = probs / probs.sum()
+        # Synthesis prompts hold images the cache does not: their codes come from a CPU copy of
+        # the frozen tokenizer, here in the data workers (the task's own may move to the GPU).
+        self.encoder = copy.deepcopy(task.tokenizer).cpu().eval() if mix.synthesis_prob > 0 else None
 
     def __len__(self) -> int:
         return self.cfg.num_scenes * VIEWS
 
     def __getitem__(self, j: int) -> tuple[TokenSeq, torch.Tensor | None]:
+        """(the sequence, its input images (N, 3, H, W) in the order they appear, or None)."""
         scene = j % self.cfg.num_scenes
         rng = np.random.default_rng([self.cfg.train.seed, j, 17])
         mix, codes = self.cfg.mixture, self.task.codes[scene]
+        kind = rng.choice(4, p=self.probs)  # drawn as by choice(3) when synthesis_prob is 0
+        if kind == 3:
+            return self._synthesis(scene, rng)
         captions, qa, prompt = self.task.world.words(scene)
-        kind = rng.choice(3, p=self.probs)
         image = None
         if kind == 2:  # text-to-image
             text = (
@@ -235,12 +245,39 @@ class LMItems(Dataset):
             )
             return self.builder.generation(text, codes, mix.t2i_weight), None
         if self.cfg.lm.understanding_input == "continuous":
-            image = to_tensor(self.task.world.image(scene), self.size)
+            image = to_tensor(self.task.world.image(scene), self.size)[None]
         if kind == 0:
             cap = captions[int(rng.integers(len(captions)))]
             return self.builder.understanding(codes, mix.caption_prompt, cap, mix.caption_weight), image
         q = qa[int(rng.integers(len(qa)))]
         return self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answers[0], mix.vqa_weight), image
+
+    def _synthesis(self, scene: int, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor]:
+        """Train scene ``scene`` as the answer to a prompt made of its parts, in the order
+        `pipe.synthesize` gives them: [image, "a <size> <colour> <kind>"] (one shape left out of
+        the image and named; the size half the time) or [image, image] (the shapes split
+        between the two, in random order). A part may show no shape (the background alone)."""
+        target, world = self.task.world.scene(scene), self.task.world.cfg
+        shapes = [target.shapes[i] for i in rng.permutation(len(target.shapes))]
+        if rng.random() < 0.5:
+            named = shapes.pop()
+            size = f"{named.size} " if rng.random() < 0.5 else ""
+            parts: list = [tuple(shapes), f"a {size}{named.colour} {named.kind}"]
+        else:
+            cut = int(rng.integers(len(shapes) + 1))
+            parts = [tuple(shapes[:cut]), tuple(shapes[cut:])]
+        images = torch.stack(
+            [
+                to_tensor(render(Scene(p, target.background), world.resolution, world.supersample), self.size)
+                for p in parts
+                if isinstance(p, tuple)
+            ]
+        )
+        with torch.no_grad():
+            encoded = iter(self.encoder.encode(images))
+        prompt = [p if isinstance(p, str) else next(encoded) for p in parts]
+        seq = self.builder.generation(prompt, self.task.codes[scene], self.cfg.mixture.synthesis_weight)
+        return seq, images if self.cfg.lm.understanding_input == "continuous" else None
 
 
 # Fields of LMConfig that init_from does not compare: run-time choices, provenance, and the text
