@@ -114,7 +114,11 @@ def test_synthesis_check_reports_percentages(pipeline_dir):
     from synthesis_check import check
 
     report = check(LaVITPipeline.from_pretrained(pipeline_dir), scenes=3, decoders=["var"], batch=2)
-    assert set(report) == {"scenes", "synthesis_var", "text_only_var"}
+    assert set(report) == {"scenes", "synthesis_var", "text_only_var", "image_image_var"}
+    pairs = report["image_image_var"]
+    assert set(pairs) == {"first_shapes", "second_shapes", "both"}
+    assert all(v in {0.0, 33.3, 66.7, 100.0} for v in pairs.values())
+    assert pairs["both"] <= min(pairs["first_shapes"], pairs["second_shapes"])
     assert set(report["synthesis_var"]) == {"text_shape", "input_shapes", "both"}
     values = [*report["synthesis_var"].values(), report["text_only_var"]["text_shape"]]
     assert all(v in {0.0, 33.3, 66.7, 100.0} for v in values)
