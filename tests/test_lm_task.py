@@ -105,27 +105,26 @@ def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_di
         for start, end in spans:
             if start > at:
                 parts.append(task.text_tok.decode(seq.ids[at:start]).strip())
-            parts.append(torch.tensor(layout.ids_to_codes(torch.tensor(seq.ids[start:end])).tolist()))
+            parts.append(layout.ids_to_codes(torch.tensor(seq.ids[start:end])))
             at = end
         if prompt_len - 1 > at:
             parts.append(task.text_tok.decode(seq.ids[at : prompt_len - 1]).strip())
         assert seq.ids[:prompt_len] == builder.generation_prompt(parts).ids
         # The images' codes are the tokenizer's; what they show plus the named shape is the scene.
         shown = [p for p in parts if isinstance(p, torch.Tensor)]
+        text = [p for p in parts if isinstance(p, str)]
+        assert len(shown) + len(text) == 2 and all(named.match(t) for t in text), parts
         if mode == "continuous":
             assert images.shape[0] == len(shown)
             for codes, got in zip(task.tokenizer.encode(images), shown, strict=True):
                 assert torch.equal(codes, got)
             have = sum((colour_kinds(parse_scene(to_pil(im))) for im in images), start=colour_kinds(()))
-            text = [p for p in parts if isinstance(p, str)]
-            if text:
-                m = named.match(text[0])
-                assert m, text[0]
+            for m in map(named.match, text):
                 have[(m.group(1), m.group(2))] += 1
             assert have == colour_kinds(task.world.scene(scene).shapes)
         else:
             assert images is None
-        kinds.add("text" if any(isinstance(p, str) for p in parts) else "images")
+        kinds.add("text" if text else "images")
     assert kinds == {"text", "images"}
     fit(task, cfg.train)
     assert (tmp_path / "model").is_dir()
