@@ -256,6 +256,28 @@ def test_sampling_is_seeded_per_image_and_matches_golden_values():
     assert [t.flatten().tolist() for t in a[:2]] == GOLDEN_FIRST_SCALES
 
 
+def test_a_forced_prefix_keeps_its_tokens_and_samples_the_rest_from_them():
+    from detokenizer.var.config import VARSamplingConfig
+    from lavit.generate import seeded_generators
+
+    model, q = make_var()
+    cond, mask = condition()
+    _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
+    cfg = VARSamplingConfig(guidance_scale=2.0, top_k=8, top_p=0.9)
+    free = model.sample(cond, mask, q, cfg, seeded_generators(2, 0), forced=[None] * 4)
+    plain = model.sample(cond, mask, q, cfg, seeded_generators(2, 0))
+    assert all(torch.equal(x, y) for x, y in zip(free.tokens, plain.tokens, strict=True)), "None samples"
+    # Scales 0-1 forced: they hold the given tokens; scales 2-3 are sampled from the given prefix,
+    # so greedily they are the argmax of teacher forcing's logits for that prefix.
+    greedy = VARSamplingConfig(guidance_scale=1.0, top_k=1)
+    out = model.sample(cond, mask, q, greedy, forced=indices[:2] + [None, None])
+    assert all(torch.equal(out.tokens[k], indices[k]) for k in range(2))
+    a, b = model.spans[2]
+    want = model(cond, mask, indices[:2] + out.tokens[2:], q)[:, a:b].argmax(-1)
+    assert torch.equal(out.tokens[2].flatten(1), want)
+    assert not all(torch.equal(out.tokens[k], indices[k]) for k in range(2, 4))
+
+
 def test_condition_dropout_uses_the_null_sequence():
     model, q = make_var()
     cond, mask = condition()

@@ -220,8 +220,9 @@ class NextScaleTransformer(nn.Module):
             cond, cond_mask: (B, Lc, cond_dim) condition sequence and its (B, Lc) bool mask.
             generator: one generator, or one per image (an image's tokens then do not depend
                 on the rest of the batch).
-            forced: per-scale token maps to use instead of sampling (tests: teacher forcing
-                must match what inference builds).
+            forced: per-scale token maps to use instead of sampling; a None entry samples that
+                scale (tests: teacher forcing must match what inference builds; diagnostics:
+                true coarse scales, sampled fine ones).
         """
         b = cond.shape[0]
         guided = cfg.guidance_scale != 1.0
@@ -243,7 +244,7 @@ class NextScaleTransformer(nn.Module):
                 t = cfg.guidance_scale * k / max(num - 1, 1)
                 logits = (1 + t) * logits[:b] - t * logits[b:]
             all_logits.append(logits)
-            if forced is not None:
+            if forced is not None and forced[k] is not None:
                 idx = forced[k].reshape(b, p * p)
             elif isinstance(generator, list):
                 idx = torch.stack(
