@@ -86,6 +86,7 @@ SCHEMAS = {
     "train/var_vqvae_*.yaml": "detokenizer.var.config:VQVAERunConfig",
     "train/var_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_layout_tiny.yaml": "detokenizer.var.config:VARRunConfig",
+    "train/var_last_head_tiny.yaml": "detokenizer.var.config:VARRunConfig",
 }
 
 

@@ -170,6 +170,8 @@ def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tm
 
 # A layout reader of a 3x3 grid (pooled down to 1 and 2, up to 4: every case of area pooling).
 LAYOUT = {"layout_queries": 9, "layout_width": 16, "layout_depth": 1, "layout_heads": 2, "max_codes": 8}
+HEAD = {"last_head": 8, "last_head_blocks": 1}
+VARIANTS = {"plain": {}, "layout": LAYOUT, "head": HEAD, "layout+head": {**LAYOUT, **HEAD}}
 
 
 def make_var(seed: int = 0, **layout):
@@ -187,6 +189,8 @@ def make_var(seed: int = 0, **layout):
         block.ada[1].weight.data.normal_(0, 0.05)
     if model.layout_proj is not None:  # nor a zero layout projection
         model.layout_proj.weight.data.normal_(0, 0.5)
+    if model.last_head is not None:  # nor a zero last-scale head
+        model.last_head.out[-1].weight.data.normal_(0, 0.1)
     return model, q.eval()
 
 
@@ -198,7 +202,7 @@ def condition(b: int = 2, length: int = 5):
     return cond, mask
 
 
-@pytest.mark.parametrize("layout", [{}, LAYOUT], ids=["plain", "layout"])
+@pytest.mark.parametrize("layout", list(VARIANTS.values()), ids=list(VARIANTS))
 def test_block_causal_mask_never_lets_a_token_see_a_later_scale(layout):
     model, q = make_var(**layout)
     lengths = [1, 4, 9, 16]
@@ -221,7 +225,7 @@ def test_block_causal_mask_never_lets_a_token_see_a_later_scale(layout):
         assert not torch.allclose(out[:, end:], base[:, end:]) or k == 3
 
 
-@pytest.mark.parametrize("layout", [{}, LAYOUT], ids=["plain", "layout"])
+@pytest.mark.parametrize("layout", list(VARIANTS.values()), ids=list(VARIANTS))
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
 def test_kv_cached_sampling_gives_the_logits_of_recomputing_all_scales(guidance, layout):
     from detokenizer.var.config import VARSamplingConfig
@@ -319,6 +323,31 @@ def test_a_grown_layout_reader_starts_as_the_transformer_it_grew_from():
     torch.testing.assert_close(grown(cond, mask, indices, q), plain(cond, mask, indices, q))
 
 
+def test_a_grown_last_scale_head_starts_as_the_transformer_and_then_acts_on_the_last_scale_only():
+    plain, q = make_var(**LAYOUT)
+    grown, _ = make_var(**LAYOUT, **HEAD)
+    own = {k: v for k, v in grown.state_dict().items() if not k.startswith("last_head.")}
+    assert own.keys() == plain.state_dict().keys()
+    grown.load_state_dict(plain.state_dict(), strict=False)
+    cond, mask = condition()
+    _, indices, _, _ = q(torch.randn(2, 8, 4, 4))
+    torch.nn.init.zeros_(grown.last_head.out[-1].weight)  # as built
+    torch.testing.assert_close(grown(cond, mask, indices, q), plain(cond, mask, indices, q))
+    grown.last_head.out[-1].weight.data.normal_(0, 0.5)
+    out, base = grown(cond, mask, indices, q), plain(cond, mask, indices, q)
+    a = grown.spans[-1][0]
+    torch.testing.assert_close(out[:, :a], base[:, :a])
+    assert not torch.allclose(out[:, a:], base[:, a:])
+
+
+@pytest.mark.parametrize("width", [-8, 12])
+def test_a_last_scale_head_width_that_group_norm_cannot_split_fails_at_build_time(width):
+    from detokenizer.var.config import VARConfig
+
+    with pytest.raises(ConfigError, match="last_head"):
+        VARConfig(last_head=width)
+
+
 @pytest.mark.parametrize("queries", [8, -4])
 def test_a_layout_grid_that_is_not_square_fails_at_build_time(queries):
     from detokenizer.var.config import VARConfig
@@ -398,6 +427,34 @@ def test_layout_reader_grows_into_a_trained_decoder_from_a_diffusion_conditioner
         task.cfg = bad_cfg
         with pytest.raises(ConfigError, match=message):
             task.build_model()
+
+
+def test_a_last_scale_head_grows_into_a_trained_decoder_and_trains_alone(tmp_path, tokenizer_dir, var_dir):
+    from dataclasses import replace
+
+    from conftest import debug_var_cfg
+
+    from detokenizer.var.decoder import load_var_decoder
+    from lavit.train.tasks.var import VARTask
+
+    cfg = debug_var_cfg(
+        tmp_path,
+        tokenizer_dir,
+        f"vqvae_dir={var_dir}",
+        f"init_from={var_dir}",
+        "model.last_head=8",
+        "trainable=[last_head.]",
+    )
+    task = VARTask(cfg)
+    model = task.build_model().transformer
+    plain = load_var_decoder(var_dir).transformer.state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.items())
+    assert not model.last_head.out[-1].weight.any()  # so it starts as the decoder it grew from
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("last_head.") for n in trained)
+    task.cfg = replace(cfg, trainable=["lats_head."])
+    with pytest.raises(ConfigError, match=r"\['lats_head.'\] name no parameter"):
+        task.build_model()
 
 
 def test_var_training_stage_reconstructs_from_codes_and_saves_one_loadable_decoder(tmp_path, tokenizer_dir):

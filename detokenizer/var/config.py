@@ -97,6 +97,14 @@ class VARConfig:
     layout_depth: int = 2
     layout_heads: int = 4
     max_codes: int = 64  # the longest condition sequence the layout reader takes
+    # A convolutional head on the last scale (0 = none, else its width): from a 3x3 view of that
+    # scale's hidden states, its input (the f_hat of the earlier scales) and the layout grid
+    # (with a layout reader), it adds residual logits there, zero-initialised, so a trained
+    # transformer grows one and starts where it was; on conditional rows only, so guidance
+    # amplifies it. The last scale holds most of a small shape's detail, and the transformer
+    # predicts its tokens each on its own.
+    last_head: int = 0
+    last_head_blocks: int = 2
 
     def __post_init__(self) -> None:
         check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
@@ -114,6 +122,13 @@ class VARConfig:
                 f"must be divisible by layout_heads={self.layout_heads}",
             )
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
+        check(
+            self.last_head >= 0 and self.last_head % 8 == 0,
+            "last_head",
+            self.last_head,
+            "must be 0 (no head) or a multiple of 8 (its group norms have 8 groups), e.g. 64",
+        )
+        check(self.last_head_blocks >= 1, "last_head_blocks", self.last_head_blocks, "use 1 or more")
 
 
 @dataclass
@@ -156,6 +171,9 @@ class VARRunConfig:
     # reader: it has already learned where each code's content lies. Needs model.layout_* equal
     # to its conditioner's sizes.
     layout_init_from: str | None = None
+    # Parameter-name prefixes of the transformer to train, the rest frozen (empty: all of it),
+    # e.g. [last_head.] to train a head grown on a trained decoder (init_from).
+    trainable: list[str] = field(default_factory=list)
     data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     num_scenes: int = 20_000  # training scenes; their tokenizer codes are extracted once and cached

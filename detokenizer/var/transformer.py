@@ -13,6 +13,12 @@ With ``layout_queries``, a layout reader (:class:`~lavit.layers.QueryConditioner
 the condition into a grid of features; each scale's input tokens get that grid area-pooled to
 their side, through a zero-initialised projection (so a trained transformer grows one and
 starts where it was). Dropped conditions get the reader's learned null grid.
+
+With ``last_head``, a small convolutional head reads the last scale's hidden states, its input
+(the cumulative ``f_hat`` of the earlier scales) and its layout tokens as a map, and adds
+residual logits there (zero-initialised too). It is part of the conditional model: teacher
+forcing applies it to the rows whose condition was kept, sampling to the conditional half of
+the batch, so guidance amplifies what it adds, (1 + t) * (cond + head) - t * null.
 """
 
 from __future__ import annotations
@@ -77,6 +83,29 @@ class AdaLNBlock(nn.Module):
         return x + gate2 * self.mlp(self.norm3(x) * (1 + scale2) + shift2)
 
 
+class LastScaleHead(nn.Module):
+    """Residual logits for the last scale from a local view of it: a 1x1 projection, residual
+    3x3 conv blocks, and a zero-initialised 1x1 output (so a grown head changes nothing)."""
+
+    def __init__(self, in_channels: int, width: int, vocab: int, blocks: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, width, 1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1))
+            for _ in range(blocks)
+        )
+        self.out = nn.Sequential(nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, vocab, 1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, p^2, C) features of a square scale in raster order -> (B, p^2, vocab) logits."""
+        h = self.proj(seq_to_grid(features))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h).flatten(2).transpose(1, 2)
+
+
 class NextScaleTransformer(nn.Module):
     def __init__(self, cfg: VARConfig, vq: VQVAEConfig) -> None:
         super().__init__()
@@ -111,6 +140,12 @@ class NextScaleTransformer(nn.Module):
             self.layout_proj = nn.Linear(cfg.layout_width, w)
             nn.init.zeros_(self.layout_proj.weight)
             nn.init.zeros_(self.layout_proj.bias)
+        self.last_head = None
+        if cfg.last_head:
+            if len(self.scales) < 2:
+                raise ValueError("last_head refines the last scale from the earlier ones: it needs 2 or more scales")
+            features = w + vq.latent_channels + (cfg.layout_width if cfg.layout_queries else 0)
+            self.last_head = LastScaleHead(features, cfg.last_head, vq.codebook_size, cfg.last_head_blocks)
 
     # ----------------------------------------------------------------------------------------
     # Condition
@@ -176,6 +211,12 @@ class NextScaleTransformer(nn.Module):
         shift, scale = self.head_ada(pooled)[:, None].chunk(2, dim=-1)
         return self.head(self.head_norm(x) * (1 + scale) + shift)
 
+    def last_head_logits(self, x: torch.Tensor, inputs: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
+        """The last scale's residual logits from its (B, p^2, width) hidden states, its (B, p^2,
+        Cvae) inputs and its (B, p^2, layout_width) layout tokens (None without a reader)."""
+        parts = [x, inputs.to(x.dtype)] + ([] if layout is None else [layout.to(x.dtype)])
+        return self.last_head(torch.cat(parts, dim=-1))
+
     def forward(
         self,
         cond: torch.Tensor,
@@ -190,11 +231,18 @@ class NextScaleTransformer(nn.Module):
         if drop is not None:
             cond, cond_mask = self.drop_condition(cond, cond_mask, drop)
         pooled = self.pooled(cond, cond_mask)
-        end = self.spans[-1][1]
-        x = self.add_layout(self.embed(pooled, quantizer.teacher_forcing_inputs(indices), 0, end), layout, 0, end)
+        a, end = self.spans[-1]
+        inputs = quantizer.teacher_forcing_inputs(indices)  # position j + 1 reads inputs[:, j]
+        x = self.add_layout(self.embed(pooled, inputs, 0, end), layout, 0, end)
         for block in self.blocks:
             x = block(x, pooled, cond, cond_mask, self.mask[None, None])
-        return self.logits(x, pooled)
+        logits = self.logits(x, pooled)
+        if self.last_head is None:
+            return logits
+        last = self.last_head_logits(x[:, a:], inputs[:, a - 1 :], None if layout is None else layout[:, a:])
+        if drop is not None:  # the head belongs to the conditional model: none on null rows
+            last = last * ~drop[:, None, None]
+        return torch.cat([logits[:, :a], logits[:, a:] + last], dim=1)
 
     def loss(self, logits: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
         target = torch.cat([i.flatten(1) for i in indices], dim=1)
@@ -236,10 +284,17 @@ class NextScaleTransformer(nn.Module):
         x = self.add_layout(self.embed(pooled, None, 0, 1), layout, 0, 1)
         tokens, all_logits, f_hats = [], [], []
         num = len(self.scales)
+        inputs = None  # the current scale's (B or 2B, p^2, Cvae) inputs
         for k, p in enumerate(self.scales):
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, pooled, cond, cond_mask, None, cache)
-            logits = self.logits(x, pooled).float()  # (B or 2B, p^2, V)
+            logits = self.logits(x, pooled)  # (B or 2B, p^2, V)
+            if self.last_head is not None and k == num - 1:  # on the conditional rows only
+                start, end = self.spans[k]
+                rows = None if layout is None else layout[:b, start:end]
+                last = self.last_head_logits(x[:b], inputs[:b], rows)
+                logits = torch.cat([logits[:b] + last, logits[b:]]) if guided else logits + last
+            logits = logits.float()
             if guided:
                 t = cfg.guidance_scale * k / max(num - 1, 1)
                 logits = (1 + t) * logits[:b] - t * logits[b:]
@@ -260,7 +315,6 @@ class NextScaleTransformer(nn.Module):
             f_hats.append(f_hat)
             if nxt is not None:
                 start, end = self.spans[k + 1]
-                x = self.embed(None, nxt, start, end)
-                x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
-                x = self.add_layout(x, layout, start, end)
+                inputs = torch.cat([nxt, nxt]) if guided else nxt  # both halves read the same f_hat
+                x = self.add_layout(self.embed(None, inputs, start, end), layout, start, end)
         return VARSample(tokens=tokens, f_hat=f_hat, logits=all_logits, f_hats=f_hats)

@@ -54,6 +54,8 @@ class VARTask:
             init_transformer(model, self.cfg.init_from)
         if self.cfg.layout_init_from:
             init_layout(model, self.cfg.layout_init_from)
+        if self.cfg.trainable:
+            freeze_except(model.transformer, self.cfg.trainable)
         return model
 
     def train_dataset(self) -> Dataset:
@@ -125,16 +127,38 @@ def init_transformer(model: VARDecoder, directory: str | Path) -> None:
             f"VQ-VAE's; set vqvae_dir={str(directory)!r}"
         )
     own, target = source.transformer.state_dict(), model.transformer.state_dict()
-    # A transformer without a layout reader may grow one: the new reader's projection starts at
-    # zero, so the grown model starts as the one it came from.
-    grown = source.transformer.layout is None and model.transformer.layout is not None
-    bad = state_mismatch(own, target, grown=("layout.", "layout_proj.") if grown else ())
+    # A transformer without a layout reader or a last-scale head may grow one: their outputs
+    # start at zero, so the grown model starts as the one it came from.
+    grown = ()
+    if source.transformer.layout is None and model.transformer.layout is not None:
+        grown += ("layout.", "layout_proj.")
+    if source.transformer.last_head is None and model.transformer.last_head is not None:
+        grown += ("last_head.",)
+    bad = state_mismatch(own, target, grown=grown)
     if bad:
         raise ConfigError(
             f"{where}: its transformer differs from model's ({len(bad)} tensors, e.g. {bad[:3]}); give "
             f"model the width, depth and heads of {directory}/config.yaml"
         )
     model.transformer.load_state_dict(own, strict=not grown)
+
+
+def freeze_except(transformer: nn.Module, prefixes: list[str]) -> None:
+    """Train only the transformer's parameters whose names start with one of ``prefixes``.
+
+    Raises:
+        ConfigError: a prefix matches no parameter.
+    """
+    names = [n for n, _ in transformer.named_parameters()]
+    unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        tops = sorted({n.split(".")[0] + "." for n in names})
+        raise ConfigError(
+            f"trainable={list(prefixes)}: {unmatched} name no parameter of the transformer (its top-level "
+            f"names: {', '.join(tops)}); grow the part first (e.g. model.last_head=64 for last_head.)"
+        )
+    for name, param in transformer.named_parameters():
+        param.requires_grad_(any(name.startswith(p) for p in prefixes))
 
 
 def init_layout(model: VARDecoder, directory: str | Path) -> None:
