@@ -15,12 +15,12 @@ import argparse
 import json
 
 import torch
-from torchvision.transforms.functional import to_pil_image
 
+from detokenizer.var.decoder import decode_codes_var
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shapes_parser import attributes_kept, parse_scene
-from lavit.data.transforms import to_tensor
+from lavit.data.transforms import to_pil, to_tensor
 from lavit.demo import DEFAULT_MODEL
 from lavit.generate import seeded_generators
 from lavit.pipeline import LaVITPipeline
@@ -30,26 +30,27 @@ from lavit.pipeline import LaVITPipeline
 def scenes_kept_by_prefix(pipe: LaVITPipeline, scenes: int, batch: int = 50, seed: int = 0) -> dict:
     """Percent of ``scenes`` val scenes kept, for each number of forced (true) leading scales."""
     var = pipe.decoders["var"]
-    transformer, vqvae = var.transformer, var.vqvae
     param = next(var.parameters())
     world = ShapesWorld(ShapesWorldConfig(), "val")
-    num_scales = len(transformer.scales)
+    num_scales = len(var.transformer.scales)
     kept = [0] * (num_scales + 1)
     for start in range(0, scenes, batch):
         index = range(start, min(scenes, start + batch))
         images = [world.image(i) for i in index]
         pixels = torch.stack([to_tensor(im, var.resolution) for im in images]).to(param.device, param.dtype)
-        true = vqvae.encode(pixels)
-        emb, mask = pipe.tokenizer.code_embeddings(pipe.tokenizer.encode(pipe.images_to_tensor(images)))
-        emb, mask = emb.to(param.device, param.dtype), mask.to(param.device)
+        true, codes = var.vqvae.encode(pixels), [c.to(param.device) for c in pipe.encode(images)]
         for k in range(num_scales + 1):
-            forced = [t if j < k else None for j, t in enumerate(true)]
-            generators = seeded_generators(len(index), seed + start, param.device)
-            out = transformer.sample(emb, mask, vqvae.quantizer, pipe.cfg.var_sampling, generators, forced=forced)
-            for i, recon in zip(index, vqvae.decode_fhat(out.f_hat), strict=True):
-                parsed = parse_scene(to_pil_image(recon.float().clamp(0, 1).cpu()))
-                kept[k] += attributes_kept(world.scene(i), parsed)
-    sides = [str(p) for p in transformer.scales]
+            recons = decode_codes_var(
+                var,
+                pipe.tokenizer,
+                codes,
+                pipe.cfg.var_sampling,
+                generator=seeded_generators(len(index), seed + start, param.device),
+                forced=[t if j < k else None for j, t in enumerate(true)],
+            )
+            for i, recon in zip(index, recons, strict=True):
+                kept[k] += attributes_kept(world.scene(i), parse_scene(to_pil(recon)))
+    sides = [str(p) for p in var.transformer.scales]
     return {
         "scenes": scenes,
         "scales": sides,

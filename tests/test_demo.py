@@ -125,3 +125,32 @@ def test_synthesis_check_reports_percentages(pipeline_dir):
     assert report["synthesis_var"]["both"] <= min(
         report["synthesis_var"]["text_shape"], report["synthesis_var"]["input_shapes"]
     )
+
+
+def test_var_scales_reports_every_prefix_and_all_forced_is_the_vqvae_alone(pipeline_dir):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from var_scales import scenes_kept_by_prefix
+
+    from detokenizer.var.decoder import decode_codes_var
+    from lavit.data.transforms import to_tensor
+    from lavit.generate import seeded_generators
+
+    pipe = LaVITPipeline.from_pretrained(pipeline_dir)
+    report = scenes_kept_by_prefix(pipe, scenes=3, batch=2)
+    var, world = pipe.decoders["var"], ShapesWorld(ShapesWorldConfig(), "val")
+    sides = [str(p) for p in var.transformer.scales]
+    assert report["scales"] == sides
+    assert list(report["kept_by_forced_prefix"]) == ["none"] + [f"1..{s}" for s in sides]
+    assert all(v in {0.0, 33.3, 66.7, 100.0} for v in report["kept_by_forced_prefix"].values())
+    # What the benchmark decodes: every scale forced is the VQ-VAE alone; none forced, sampling.
+    images = [world.image(i) for i in range(2)]
+    true = var.vqvae.encode(torch.stack([to_tensor(im, var.resolution) for im in images]))
+    codes, sampling = pipe.encode(images), pipe.cfg.var_sampling
+
+    def decode(forced):
+        return decode_codes_var(var, pipe.tokenizer, codes, sampling, generator=seeded_generators(2, 0), forced=forced)
+
+    torch.testing.assert_close(decode(true), var.vqvae.decode(true))
+    torch.testing.assert_close(decode([None] * len(true)), decode(None))

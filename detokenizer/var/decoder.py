@@ -49,10 +49,12 @@ class VARDecoder(nn.Module):
         sampling: VARSamplingConfig,
         generator: Generators = None,
         previews: bool = False,
+        forced: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, L, D) code embeddings -> (B, 3, R, R) images in [0, 1]; with ``previews`` also
-        the image decoded after each scale (a list of K such batches)."""
-        out = self.transformer.sample(emb, mask, self.vqvae.quantizer, sampling, generator)
+        the image decoded after each scale (a list of K such batches). ``forced``: per-scale
+        token maps to take instead of sampling (None entries are sampled)."""
+        out = self.transformer.sample(emb, mask, self.vqvae.quantizer, sampling, generator, forced=forced)
         images = self.vqvae.decode_fhat(out.f_hat)
         if not previews:
             return images
@@ -67,16 +69,18 @@ def decode_codes_var(
     *,
     size: tuple[int, int] | None = None,
     generator: Generators = None,
+    forced: list[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Variable-length code sequences (one per image) -> (B, 3, R, R) images in [0, 1]. Empty or
-    out-of-range code sequences raise (through the tokenizer's ``pad_codes``)."""
+    out-of-range code sequences raise (through the tokenizer's ``pad_codes``). ``forced``: per-scale
+    token maps to take instead of sampling (None entries are sampled; diagnostics)."""
     res = model.resolution
     if size is not None and tuple(size) != (res, res):
         raise ValueError(f"the VAR decoder renders {res}x{res} images only, not {size[0]}x{size[1]}")
     tokenizer.check_reader(model.cfg.transformer.cond_dim, "VAR decoder", "var")
     emb, mask = tokenizer.code_embeddings(codes)
     param = next(model.parameters())
-    return model.generate(emb.to(param.device, param.dtype), mask.to(param.device), sampling, generator)
+    return model.generate(emb.to(param.device, param.dtype), mask.to(param.device), sampling, generator, forced=forced)
 
 
 def save_var_decoder(model: VARDecoder, directory: str | Path) -> Path:

@@ -284,7 +284,7 @@ class NextScaleTransformer(nn.Module):
         x = self.add_layout(self.embed(pooled, None, 0, 1), layout, 0, 1)
         tokens, all_logits, f_hats = [], [], []
         num = len(self.scales)
-        inputs = None  # the current scale's (B or 2B, p^2, Cvae) inputs
+        inputs = None  # the current scale's (B, p^2, Cvae) inputs: the f_hat both halves read
         for k, p in enumerate(self.scales):
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, pooled, cond, cond_mask, None, cache)
@@ -292,7 +292,7 @@ class NextScaleTransformer(nn.Module):
             if self.last_head is not None and k == num - 1:  # on the conditional rows only
                 start, end = self.spans[k]
                 rows = None if layout is None else layout[:b, start:end]
-                last = self.last_head_logits(x[:b], inputs[:b], rows)
+                last = self.last_head_logits(x[:b], inputs, rows)
                 logits = torch.cat([logits[:b] + last, logits[b:]]) if guided else logits + last
             logits = logits.float()
             if guided:
@@ -315,6 +315,8 @@ class NextScaleTransformer(nn.Module):
             f_hats.append(f_hat)
             if nxt is not None:
                 start, end = self.spans[k + 1]
-                inputs = torch.cat([nxt, nxt]) if guided else nxt  # both halves read the same f_hat
-                x = self.add_layout(self.embed(None, inputs, start, end), layout, start, end)
+                inputs = nxt
+                x = self.embed(None, nxt, start, end)
+                x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
+                x = self.add_layout(x, layout, start, end)
         return VARSample(tokens=tokens, f_hat=f_hat, logits=all_logits, f_hats=f_hats)
