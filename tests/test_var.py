@@ -171,7 +171,13 @@ def test_vqvae_training_stage_logs_usage_per_scale_and_saves_a_loadable_model(tm
 # A layout reader of a 3x3 grid (pooled down to 1 and 2, up to 4: every case of area pooling).
 LAYOUT = {"layout_queries": 9, "layout_width": 16, "layout_depth": 1, "layout_heads": 2, "max_codes": 8}
 HEAD = {"last_head": 8, "last_head_blocks": 1}
-VARIANTS = {"plain": {}, "layout": LAYOUT, "head": HEAD, "layout+head": {**LAYOUT, **HEAD}}
+VARIANTS = {
+    "plain": {},
+    "layout": LAYOUT,
+    "head": HEAD,
+    "layout+head": {**LAYOUT, **HEAD},
+    "layout+head on 2 scales": {**LAYOUT, **HEAD, "last_head_scales": 2},
+}
 
 
 def make_var(seed: int = 0, **layout):
@@ -323,9 +329,10 @@ def test_a_grown_layout_reader_starts_as_the_transformer_it_grew_from():
     torch.testing.assert_close(grown(cond, mask, indices, q), plain(cond, mask, indices, q))
 
 
-def test_a_grown_last_scale_head_starts_as_the_transformer_and_then_acts_on_the_last_scale_only():
+@pytest.mark.parametrize("scales", [1, 3])
+def test_a_grown_last_scale_head_starts_as_the_transformer_and_then_acts_on_its_scales_only(scales):
     plain, q = make_var(**LAYOUT)
-    grown, _ = make_var(**LAYOUT, **HEAD)
+    grown, _ = make_var(**LAYOUT, **HEAD, last_head_scales=scales)
     own = {k: v for k, v in grown.state_dict().items() if not k.startswith("last_head.")}
     assert own.keys() == plain.state_dict().keys()
     grown.load_state_dict(plain.state_dict(), strict=False)
@@ -335,9 +342,15 @@ def test_a_grown_last_scale_head_starts_as_the_transformer_and_then_acts_on_the_
     torch.testing.assert_close(grown(cond, mask, indices, q), plain(cond, mask, indices, q))
     grown.last_head.out[-1].weight.data.normal_(0, 0.5)
     out, base = grown(cond, mask, indices, q), plain(cond, mask, indices, q)
-    a = grown.spans[-1][0]
-    torch.testing.assert_close(out[:, :a], base[:, :a])
-    assert not torch.allclose(out[:, a:], base[:, a:])
+    untouched = grown.spans[-scales][0]
+    torch.testing.assert_close(out[:, :untouched], base[:, :untouched])
+    for a, e in grown.spans[-scales:]:
+        assert not torch.allclose(out[:, a:e], base[:, a:e])
+
+
+def test_a_head_on_every_scale_fails_at_build_time():
+    with pytest.raises(ValueError, match="last_head_scales=4: .* at most 3 of these 4 scales"):
+        make_var(**HEAD, last_head_scales=4)
 
 
 @pytest.mark.parametrize("width", [-8, 12])

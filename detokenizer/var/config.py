@@ -105,6 +105,7 @@ class VARConfig:
     # predicts its tokens each on its own.
     last_head: int = 0
     last_head_blocks: int = 2
+    last_head_scales: int = 1  # the head (one, shared) refines this many of the last scales
 
     def __post_init__(self) -> None:
         check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
@@ -129,6 +130,7 @@ class VARConfig:
             "must be 0 (no head) or a multiple of 8 (its group norms have 8 groups), e.g. 64",
         )
         check(self.last_head_blocks >= 1, "last_head_blocks", self.last_head_blocks, "use 1 or more")
+        check(self.last_head_scales >= 1, "last_head_scales", self.last_head_scales, "use 1 or more")
 
 
 @dataclass

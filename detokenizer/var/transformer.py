@@ -16,7 +16,8 @@ starts where it was). Dropped conditions get the reader's learned null grid.
 
 With ``last_head``, a small convolutional head reads the last scale's hidden states, its input
 (the cumulative ``f_hat`` of the earlier scales) and its layout tokens as a map, and adds
-residual logits there (zero-initialised too). It is part of the conditional model: teacher
+residual logits there (zero-initialised too); with ``last_head_scales`` > 1 the same head does so
+on each of that many last scales. It is part of the conditional model: teacher
 forcing applies it to the rows whose condition was kept, sampling to the conditional half of
 the batch, so guidance amplifies what it adds, (1 + t) * (cond + head) - t * null.
 """
@@ -84,8 +85,9 @@ class AdaLNBlock(nn.Module):
 
 
 class LastScaleHead(nn.Module):
-    """Residual logits for the last scale from a local view of it: a 1x1 projection, residual
-    3x3 conv blocks, and a zero-initialised 1x1 output (so a grown head changes nothing)."""
+    """Residual logits for a scale from a local view of it: a 1x1 projection, residual 3x3 conv
+    blocks, and a zero-initialised 1x1 output (so a grown head changes nothing). Convolutions
+    take any side, so one head serves each of the last scales."""
 
     def __init__(self, in_channels: int, width: int, vocab: int, blocks: int) -> None:
         super().__init__()
@@ -140,10 +142,14 @@ class NextScaleTransformer(nn.Module):
             self.layout_proj = nn.Linear(cfg.layout_width, w)
             nn.init.zeros_(self.layout_proj.weight)
             nn.init.zeros_(self.layout_proj.bias)
-        self.last_head = None
+        self.last_head, self.head_from = None, len(self.scales)
         if cfg.last_head:
-            if len(self.scales) < 2:
-                raise ValueError("last_head refines the last scale from the earlier ones: it needs 2 or more scales")
+            if cfg.last_head_scales >= len(self.scales):
+                raise ValueError(
+                    f"last_head_scales={cfg.last_head_scales}: the head refines a scale from the earlier ones, "
+                    f"so at most {len(self.scales) - 1} of these {len(self.scales)} scales"
+                )
+            self.head_from = len(self.scales) - cfg.last_head_scales  # the first scale it refines
             features = w + vq.latent_channels + (cfg.layout_width if cfg.layout_queries else 0)
             self.last_head = LastScaleHead(features, cfg.last_head, vq.codebook_size, cfg.last_head_blocks)
 
@@ -212,8 +218,8 @@ class NextScaleTransformer(nn.Module):
         return self.head(self.head_norm(x) * (1 + scale) + shift)
 
     def last_head_logits(self, x: torch.Tensor, inputs: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
-        """The last scale's residual logits from its (B, p^2, width) hidden states, its (B, p^2,
-        Cvae) inputs and its (B, p^2, layout_width) layout tokens (None without a reader)."""
+        """A scale's residual logits from its (B, p^2, width) hidden states, its (B, p^2, Cvae)
+        inputs and its (B, p^2, layout_width) layout tokens (None without a reader)."""
         parts = [x, inputs.to(x.dtype)] + ([] if layout is None else [layout.to(x.dtype)])
         return self.last_head(torch.cat(parts, dim=-1))
 
@@ -231,7 +237,7 @@ class NextScaleTransformer(nn.Module):
         if drop is not None:
             cond, cond_mask = self.drop_condition(cond, cond_mask, drop)
         pooled = self.pooled(cond, cond_mask)
-        a, end = self.spans[-1]
+        end = self.spans[-1][1]
         inputs = quantizer.teacher_forcing_inputs(indices)  # position j + 1 reads inputs[:, j]
         x = self.add_layout(self.embed(pooled, inputs, 0, end), layout, 0, end)
         for block in self.blocks:
@@ -239,10 +245,15 @@ class NextScaleTransformer(nn.Module):
         logits = self.logits(x, pooled)
         if self.last_head is None:
             return logits
-        last = self.last_head_logits(x[:, a:], inputs[:, a - 1 :], None if layout is None else layout[:, a:])
-        if drop is not None:  # the head belongs to the conditional model: none on null rows
-            last = last * ~drop[:, None, None]
-        return torch.cat([logits[:, :a], logits[:, a:] + last], dim=1)
+        parts = [logits[:, : self.spans[self.head_from][0]]]
+        for a, e in self.spans[self.head_from :]:
+            extra = self.last_head_logits(
+                x[:, a:e], inputs[:, a - 1 : e - 1], None if layout is None else layout[:, a:e]
+            )
+            if drop is not None:  # the head belongs to the conditional model: none on null rows
+                extra = extra * ~drop[:, None, None]
+            parts.append(logits[:, a:e] + extra)
+        return torch.cat(parts, dim=1)
 
     def loss(self, logits: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
         target = torch.cat([i.flatten(1) for i in indices], dim=1)
@@ -289,11 +300,11 @@ class NextScaleTransformer(nn.Module):
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, pooled, cond, cond_mask, None, cache)
             logits = self.logits(x, pooled)  # (B or 2B, p^2, V)
-            if self.last_head is not None and k == num - 1:  # on the conditional rows only
+            if self.last_head is not None and k >= self.head_from:  # on the conditional rows only
                 start, end = self.spans[k]
                 rows = None if layout is None else layout[:b, start:end]
-                last = self.last_head_logits(x[:b], inputs, rows)
-                logits = torch.cat([logits[:b] + last, logits[b:]]) if guided else logits + last
+                extra = self.last_head_logits(x[:b], inputs, rows)
+                logits = torch.cat([logits[:b] + extra, logits[b:]]) if guided else logits + extra
             logits = logits.float()
             if guided:
                 t = cfg.guidance_scale * k / max(num - 1, 1)
