@@ -87,6 +87,7 @@ SCHEMAS = {
     "train/var_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_layout_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_last_head_tiny.yaml": "detokenizer.var.config:VARRunConfig",
+    "train/var_head_all_tiny.yaml": "detokenizer.var.config:VARRunConfig",
 }
 
 
