@@ -349,7 +349,10 @@ def test_a_grown_last_scale_head_starts_as_the_transformer_and_then_acts_on_its_
 
 
 def test_a_head_on_every_scale_fails_at_build_time():
-    with pytest.raises(ValueError, match="last_head_scales=4: .* at most 3 of these 4 scales"):
+    with pytest.raises(
+        ValueError,
+        match="last_head_scales=4: .* at most 3 of these 4 scales; set model.last_head_scales between 1 and 3",
+    ):
         make_var(**HEAD, last_head_scales=4)
 
 

@@ -97,9 +97,9 @@ class VARConfig:
     layout_depth: int = 2
     layout_heads: int = 4
     max_codes: int = 64  # the longest condition sequence the layout reader takes
-    # A convolutional head on the last scale (0 = none, else its width): from a 3x3 view of that
-    # scale's hidden states, its input (the f_hat of the earlier scales) and the layout grid
-    # (with a layout reader), it adds residual logits there, zero-initialised, so a trained
+    # A convolutional head on the last scale, or the last ``last_head_scales`` (0 = none, else its
+    # width): from a 3x3 view of that scale's hidden states, its input (the f_hat of the earlier
+    # scales) and the layout grid (with a layout reader), it adds residual logits there, zero-initialised, so a trained
     # transformer grows one and starts where it was; on conditional rows only, so guidance
     # amplifies it. The last scale holds most of a small shape's detail, and the transformer
     # predicts its tokens each on its own.

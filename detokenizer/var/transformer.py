@@ -147,7 +147,8 @@ class NextScaleTransformer(nn.Module):
             if cfg.last_head_scales >= len(self.scales):
                 raise ValueError(
                     f"last_head_scales={cfg.last_head_scales}: the head refines a scale from the earlier ones, "
-                    f"so at most {len(self.scales) - 1} of these {len(self.scales)} scales"
+                    f"so at most {len(self.scales) - 1} of these {len(self.scales)} scales; "
+                    f"set model.last_head_scales between 1 and {len(self.scales) - 1}"
                 )
             self.head_from = len(self.scales) - cfg.last_head_scales  # the first scale it refines
             features = w + vq.latent_channels + (cfg.layout_width if cfg.layout_queries else 0)
