@@ -20,12 +20,8 @@ the structure as JSON. No pickle anywhere.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +31,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from lavit.config import config_diff, from_yaml, to_yaml
+from lavit.files import atomic_dir, atomic_write
 
 T = TypeVar("T")
 FORMAT_VERSION = 1
@@ -44,52 +41,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _swap_dir_into_place(tmp: Path, target: Path) -> None:
-    """Replace ``target`` (maybe existing) with ``tmp``; the old copy is removed only after."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-
-
-@contextlib.contextmanager
-def atomic_dir(directory: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``directory`` to fill; on success it replaces ``directory``
-    whole, on error it is removed and ``directory`` is left as it was."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        yield tmp
-        _swap_dir_into_place(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -311,6 +311,12 @@ class TrainConfig:
         check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "use ddp or fsdp")
         check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "use 0 (off) or a decay in (0, 1)")
         check(self.max_minutes >= 0.0, "train.max_minutes", self.max_minutes, "use 0 (no limit) or a positive budget")
+        for key in ("log_every", "ckpt_every"):
+            value = getattr(self, key)
+            check(value >= 1, f"train.{key}", value, "use a positive step count")
+        check(self.eval_every >= 0, "train.eval_every", self.eval_every, "use 0 (only at the end) or a step count")
+        check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 (load in the main process) or more")
+        check(self.keep_checkpoints >= 0, "train.keep_checkpoints", self.keep_checkpoints, "use 0 (keep all) or more")
 
 
 @dataclass
@@ -388,7 +394,7 @@ def load_config(path: str | Path | None, schema: type[T], overrides: Sequence[st
             raise ConfigError(f"cannot parse {path}: {e}") from e
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path} must hold a mapping of keys for {schema.__name__}, got a list")
-        sources += _includes(loaded, path)
+        sources += _includes(loaded, path, (path.resolve(),))
         sources.append((str(path), loaded))
     for item in overrides:
         if "=" not in item:
@@ -408,9 +414,10 @@ def load_config(path: str | Path | None, schema: type[T], overrides: Sequence[st
         raise ConfigError(f"{e} (from {origin})") from None
 
 
-def _includes(loaded: DictConfig, path: Path) -> list[tuple[str, DictConfig]]:
+def _includes(loaded: DictConfig, path: Path, chain: tuple[Path, ...]) -> list[tuple[str, DictConfig]]:
     """Pop the file's ``include:`` mapping (sub-key -> YAML path relative to the file) and return
-    the included files as sources placed under their sub-keys, merged before the file itself."""
+    the included files as sources placed under their sub-keys, merged before the file itself.
+    ``chain`` holds the files that led here, so that a cycle is an error, not a recursion."""
     if "include" not in loaded:
         return []
     includes = loaded.pop("include")
@@ -421,8 +428,18 @@ def _includes(loaded: DictConfig, path: Path) -> list[tuple[str, DictConfig]]:
         inc = (path.parent / str(rel)).resolve()
         if not inc.is_file():
             raise ConfigError(f"{path}: include.{key} -> {inc} not found")
-        conf = OmegaConf.load(inc)
-        out += [(w, OmegaConf.create({str(key): c})) for w, c in _includes(conf, inc)]
+        if inc in chain:
+            raise ConfigError(
+                f"{path}: include.{key} -> {inc} includes itself (through {' -> '.join(p.name for p in chain)}); "
+                "remove the cycle"
+            )
+        try:
+            conf = OmegaConf.load(inc)
+        except Exception as e:
+            raise ConfigError(f"cannot parse {inc} (included by {path}): {e}") from e
+        if not isinstance(conf, DictConfig):
+            raise ConfigError(f"{inc} (included by {path}) must hold a mapping of keys, got a list")
+        out += [(w, OmegaConf.create({str(key): c})) for w, c in _includes(conf, inc, (*chain, inc))]
         out.append((f"{inc} (included by {path} as '{key}')", OmegaConf.create({str(key): conf})))
     return out
 
@@ -443,14 +460,53 @@ def to_yaml(cfg: Any) -> str:
 
 
 def from_yaml(text: str, schema: type[T], *, where: str = "<yaml>") -> T:
-    """Parse YAML text (e.g. a checkpoint's config.yaml) against a schema."""
+    """Parse YAML text (e.g. a checkpoint's config.yaml) against a schema.
+
+    A saved config holds plain values: an interpolation (``${oc.env:HOME}``, ``${a.b}``) would
+    make the model depend on the machine that loads it, and be written back resolved by the next
+    save, so it is an error naming the key.
+    """
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
     try:
-        merged = OmegaConf.merge(base, OmegaConf.create(text))
+        loaded = OmegaConf.create(text)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"cannot parse {where}: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{where} must hold a mapping of keys for {schema.__name__}, got {type(loaded).__name__}")
+    interpolated = _interpolations(loaded)
+    if interpolated:
+        raise ConfigError(
+            f"{where}: '{interpolated[0]}' is an interpolation ({_raw(loaded, interpolated[0])}); "
+            "a saved config holds plain values: write the value itself"
+        )
+    try:
+        merged = OmegaConf.merge(base, loaded)
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, where, schema)) from None
     return to_object(merged, schema)
+
+
+def _interpolations(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values are ``${...}`` interpolations (unresolved)."""
+    out: list[str] = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_interpolation(node, key):
+            out.append(full)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            out += _interpolations(child, f"{full}.")
+    return out
+
+
+def _raw(node: DictConfig, dotted: str) -> str:
+    for key in dotted.split(".")[:-1]:
+        node = node._get_node(int(key) if isinstance(node, ListConfig) else key)
+    last = dotted.split(".")[-1]
+    return str(node._get_node(int(last) if isinstance(node, ListConfig) else last)._value())
 
 
 def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -236,3 +236,15 @@ def write_image(path: Path, colour: tuple[int, int, int]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), colour).save(path)
     return path
+
+
+def assert_user_error(rc: int, stderr: str, *names: str) -> str:
+    """A user error as the CLI, ``eval/*.py`` and ``lavit train`` report it: exit code 2, no
+    traceback, and one ``error:`` line naming each of ``names`` (the file, key or value).
+    Returns that line."""
+    assert "Traceback" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if "error:" in ln]
+    assert rc == 2 and len(errors) == 1, f"exit {rc}, stderr:\n{stderr}"
+    for name in names:
+        assert name in errors[0], f"{name!r} not named in: {errors[0]}"
+    return errors[0]
