@@ -17,6 +17,7 @@ Derived values are computed in code, not stored in YAML. Validation that needs m
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,8 @@ class ImageSamplingConfig:
             (self.min_tokens, self.max_tokens),
             "need 1 <= min_tokens <= max_tokens",
         )
+        check(math.isfinite(self.guidance_scale), "guidance_scale", self.guidance_scale, GUIDANCE_FIX)
+        check(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count")
         check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
         check(self.kv_cache in KV_CACHE_MODES, "kv_cache", self.kv_cache, f"use one of {KV_CACHE_MODES}")
@@ -340,6 +343,9 @@ class EncoderRunConfig:
     data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_images: int = 500  # held-out (val) images for the per-patch label accuracy
+
+
+GUIDANCE_FIX = "use a finite guidance scale (1.0 disables classifier-free guidance)"
 
 
 def check(ok: bool, key: str, value: Any, fix: str) -> None:

@@ -115,6 +115,12 @@ def generate_image_tokens(
         per_seq = [empty if f is None else f for f in features for _ in range(num_images)]
         per_seq += [empty] * (len(seqs) - b)
     ids, mask, feats, fmask = _prompt_inputs(seqs, per_seq, builder.tok.pad_token_id, device)
+    limit = lm.hf.config.max_position_embeddings
+    if ids.shape[1] + cfg.max_tokens > limit:  # the prompt (padded), the codes and </img>
+        raise ValueError(
+            f"a prompt of {ids.shape[1]} tokens + max_tokens={cfg.max_tokens} image codes runs past the LM "
+            f"context of {limit}: shorten the prompt or lower max_tokens"
+        )
     decoder = make_decoder(lm, ids.shape[0], ids.shape[1], cfg.max_tokens, cfg.kv_cache)
     logits = decoder.prefill(ids, mask, feats, fmask)
     allowed = layout.image_mask(device)  # (V,) codes and </img>

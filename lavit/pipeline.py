@@ -303,6 +303,8 @@ class LaVITPipeline:
         """One answer per (image, question) pair, asked as ``template.format(question)``
         (LaVIT's "Question: {} Answer:", 5 beams, up to 10 new tokens)."""
         template = self.cfg.vqa_prompt if template is None else template
+        if template.count("{}") != 1:
+            raise ValueError(f"VQA template {template!r} must hold the question's place as {{}} once")
         empty = [i for i, q in enumerate(questions) if not q.strip()]
         if empty:
             raise ValueError(f"question {empty[0]} is empty")

@@ -32,7 +32,7 @@ def test_shapes_writes_grid_and_json(tmp_path, capsys):
     [
         (["shapes", "resolutoin=32"], "unknown key 'resolutoin'"),
         (["shapes", "--config", "nope.yaml"], "config file not found: nope.yaml"),
-        (["shapes", "--num", "0"], "--num must be at least 1"),
+        (["shapes", "--num", "0"], "--num must be 1 to 256"),
         (["shapes", "--start", "999", "val_size=1000", "--num", "5"], "out of range"),
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lavit.config import ShapesWorldConfig, TrainConfig, check, check_norm_groups
+from lavit.config import GUIDANCE_FIX, ShapesWorldConfig, TrainConfig, check, check_norm_groups
 from lavit.data.shapes import check_shape_description
 
 SCHEDULERS = ("ddim", "ddpm", "euler", "dpm")
@@ -159,6 +159,7 @@ class DiffusionSamplingConfig:
     def __post_init__(self) -> None:
         check(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"use one of {', '.join(SCHEDULERS)}")
         check(self.steps >= 1, "steps", self.steps, "use at least 1 step")
+        check(math.isfinite(self.guidance_scale), "guidance_scale", self.guidance_scale, GUIDANCE_FIX)
 
 
 @dataclass

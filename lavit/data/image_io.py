@@ -13,7 +13,9 @@ Nothing here touches Pillow's global settings (``Image.MAX_IMAGE_PIXELS``,
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -75,7 +77,15 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
 
 
 def _open(name: str, max_pixels: int) -> Image.Image:
-    """Open lazily (header only), turning every failure into an ImageLoadError naming the file."""
+    """Open lazily (header only), turning every failure into an ImageLoadError naming the file.
+    Only regular files are opened: reading a FIFO (or a device) would block forever."""
+    with contextlib.suppress(OSError):  # a missing or unreadable path fails in Image.open below
+        mode = os.stat(name).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ImageLoadError(
+                f"{name}: not a regular file (a FIFO, socket or device), which is never read; give an image file",
+                path=name,
+            )
     try:
         return Image.open(name)
     except FileNotFoundError as e:
