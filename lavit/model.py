@@ -11,8 +11,10 @@ Modes are separate methods (house style): ``forward`` (training loss), ``prefill
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,75 @@ def _hf_config(cfg: LMConfig, text_vocab_size: int):
     )
 
 
+def hf_architecture(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """The LMConfig fields a Hugging Face config sets (the inverse of :func:`_hf_config`): field ->
+    value, for the fields this model type has. ``num_kv_heads`` is the actual count (never None)."""
+    out: dict[str, Any] = {"model_type": hf_config.model_type}
+    for field_name, attr in HF_ATTRIBUTES.items():
+        value = getattr(hf_config, attr, None)
+        if value is not None:
+            out[field_name] = value
+    rope = getattr(hf_config, "rope_parameters", None)
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else getattr(hf_config, "rope_theta", None)
+    if theta is not None:
+        out["rope_theta"] = float(theta)
+    return out
+
+
+# LMConfig field -> the Hugging Face config attribute _hf_config sets from it.
+HF_ATTRIBUTES = {
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "tie_embeddings": "tie_word_embeddings",
+}
+
+
+def _load_pretrained(path: Path, attn_implementation: str) -> nn.Module:
+    """A local Hugging Face causal LM folder (``lm.pretrained_path``), safetensors weights only
+    and no custom code.
+
+    Raises:
+        ConfigError: the folder is not a model folder, asks for custom code (``auto_map``), has
+            only pickle weights (``pytorch_model.bin``), or does not load.
+    """
+    where = f"lm.pretrained_path={str(path)!r}"
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"lm.pretrained_path={path} is not a Hugging Face model directory (no config.json); "
+            "download the model once elsewhere and point at the local folder"
+        )
+    try:
+        auto_map = "auto_map" in json.loads((path / "config.json").read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{where}: {path / 'config.json'} does not read as JSON ({e})") from None
+    if auto_map:
+        raise ConfigError(
+            f"{where}: config.json has auto_map (model classes defined by Python code in the folder), which "
+            "lavit never runs; use a model type built into transformers"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(
+            f"{where} holds no .safetensors weights (pickle files such as pytorch_model.bin are refused: "
+            "loading them can run code); convert them once where you trust the file, e.g. "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            attn_implementation=attn_implementation,
+        )
+    except (OSError, ValueError) as e:
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ConfigError(f"{where} does not load as a Hugging Face causal LM ({first})") from None
+
+
 class UnifiedLM(nn.Module):
     """Args:
     cfg: the LM config. ``cfg.pretrained_path`` loads a local HF directory; otherwise a fresh
@@ -68,19 +139,15 @@ class UnifiedLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         if hf_config is None and cfg.pretrained_path:
-            path = Path(cfg.pretrained_path)
-            if not (path / "config.json").is_file():
-                raise ConfigError(
-                    f"lm.pretrained_path={path} is not a Hugging Face model directory (no config.json); "
-                    "download the model once elsewhere and point at the local folder"
-                )
-            self.hf = AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, attn_implementation=cfg.attn_implementation
-            )
+            self.hf = _load_pretrained(Path(cfg.pretrained_path), cfg.attn_implementation)
         else:
             if hf_config is None:
                 hf_config = _hf_config(cfg, cfg.text_vocab_size)
-            self.hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
+            # No custom code: whatever a config's auto_map names, transformers builds its own class
+            # (left unset, it may ask on stdin whether to import the module auto_map names).
+            self.hf = AutoModelForCausalLM.from_config(
+                hf_config, attn_implementation=cfg.attn_implementation, trust_remote_code=False
+            )
         # How hf.forward takes a KV cache: ``cache`` in newer transformers 5.x, ``past_key_values``
         # in older ones (where newer ones warn that it goes in 5.40).
         takes_cache = "cache" in inspect.signature(self.hf.forward).parameters

@@ -20,6 +20,9 @@ A pipeline directory holds one model directory per stage and the inference defau
 Only the tokenizer is required: reconstruction needs a decoder, not the LM. Decoders are found
 by name (``DECODERS``), so later ones plug in beside ``diffusion``. Images may be given as paths,
 PIL images or a (B, 3, H, W) float tensor in [0, 1].
+
+Loading reads only what is inside the pipeline folder: a stage or file that is a symlink out of
+it is refused (one line naming it), and so is every damaged file (lavit/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -38,14 +41,13 @@ from transformers import PreTrainedTokenizerBase
 from detokenizer.diffusion import DiffusionSamplingConfig, decode_codes, load_detokenizer, save_detokenizer
 from detokenizer.var.config import VARSamplingConfig
 from detokenizer.var.decoder import decode_codes_var, load_var_decoder, save_var_decoder
-from lavit.checkpoint import CheckpointError, atomic_dir
+from lavit.checkpoint import CheckpointError, atomic_dir, model_subdir, read_config_file
 from lavit.config import (
     CAPTION_PROMPT,
     VQA_PROMPT,
     ImageSamplingConfig,
     TextDecodingConfig,
     check,
-    from_yaml,
     to_yaml,
 )
 from lavit.data.image_io import load_image
@@ -65,7 +67,7 @@ Images = Sequence[ImageInput] | torch.Tensor
 class Decoder(NamedTuple):
     """How the pipeline handles one kind of detokenizer."""
 
-    load: Callable  # (directory, device) -> model
+    load: Callable  # (directory, device, *, root) -> model; root: the folder every file must stay inside
     save: Callable  # (model, directory) -> None
     decode: Callable  # (model, tokenizer, codes, sampling, *, size, generator) -> (B, 3, H, W) in [0, 1]
 
@@ -167,29 +169,63 @@ class LaVITPipeline:
         **decoder_dirs: str | Path | None,
     ) -> LaVITPipeline:
         """Assemble from stage outputs, e.g. ``from_parts("runs/tokenizer_tiny/model",
-        "runs/lm_tiny/model", diffusion="runs/diffusion_tiny/model")``."""
-        lm = text_tok = None
-        if lm_dir is not None:
-            lm, text_tok = load_lm(lm_dir, device)
+        "runs/lm_tiny/model", diffusion="runs/diffusion_tiny/model")``. Each stage folder is
+        its own root: no file it loads may resolve outside it."""
         _check_decoder_names(decoder_dirs)
-        decoders = {name: DECODERS[name].load(d, device) for name, d in decoder_dirs.items() if d is not None}
-        return cls(load_tokenizer(tokenizer_dir, device), lm, text_tok, cfg, decoders)
+        return cls._load(tokenizer_dir, lm_dir, cfg, device, decoder_dirs, root=None)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> LaVITPipeline:
-        """Load a directory written by :meth:`save_pretrained`."""
+        """Load a directory written by :meth:`save_pretrained`.
+
+        Everything is read from inside ``directory``: a stage folder or file that is a symlink
+        resolving outside it is refused, as are non-regular files (lavit/checkpoint.py).
+
+        Raises:
+            CheckpointError: a stage or file is missing, damaged or outside the folder (one line
+                naming it); ConfigError: pipeline.yaml or a config.yaml holds a bad value.
+        """
         directory = Path(directory)
         cfg_path = directory / PIPELINE_FILE
-        if not cfg_path.is_file():
+        if not directory.is_dir() or not os.path.lexists(cfg_path):
             what = "does not exist" if not directory.exists() else f"has no {PIPELINE_FILE}"
             raise CheckpointError(
                 f"{directory} {what}: a pipeline directory holds {PIPELINE_FILE}, tokenizer/ and its other "
                 "stages (write one with LaVITPipeline.save_pretrained, or pass the stage folders to from_parts)"
             )
-        cfg = from_yaml(cfg_path.read_text(), PipelineConfig, where=str(cfg_path))
-        lm_dir = directory / "lm" if (directory / "lm").is_dir() else None
-        decoders = {name: directory / name for name in DECODERS if (directory / name).is_dir()}
-        return cls.from_parts(directory / "tokenizer", lm_dir, cfg, device, **decoders)
+        cfg = read_config_file(cfg_path, PipelineConfig, root=directory)
+        stages = {}
+        for name in ("tokenizer", "lm", *DECODERS):
+            path = directory / name
+            if os.path.lexists(path):
+                stages[name] = model_subdir(path, root=directory)
+        if "tokenizer" not in stages:
+            raise CheckpointError(
+                f"{directory / 'tokenizer'} not found: a pipeline needs its tokenizer/ stage; restore it "
+                "or re-save the pipeline with LaVITPipeline.save_pretrained"
+            )
+        decoders = {name: path for name, path in stages.items() if name in DECODERS}
+        return cls._load(stages["tokenizer"], stages.get("lm"), cfg, device, decoders, root=directory)
+
+    @classmethod
+    def _load(
+        cls,
+        tokenizer_dir: str | Path,
+        lm_dir: str | Path | None,
+        cfg: PipelineConfig | None,
+        device: str,
+        decoder_dirs: dict[str, str | Path | None],
+        root: Path | None,
+    ) -> LaVITPipeline:
+        """Load the stages; ``root``: the folder all of them must stay inside (None: each its own)."""
+        tokenizer = load_tokenizer(tokenizer_dir, device, root=root)  # first: the smallest and always there
+        lm = text_tok = None
+        if lm_dir is not None:
+            lm, text_tok = load_lm(lm_dir, device, root=root)
+        decoders = {
+            name: DECODERS[name].load(d, device, root=root) for name, d in decoder_dirs.items() if d is not None
+        }
+        return cls(tokenizer, lm, text_tok, cfg, decoders)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write every stage and the defaults atomically (a crash leaves the old copy intact)."""

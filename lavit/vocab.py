@@ -123,12 +123,25 @@ class VocabLayout:
 
     @classmethod
     def from_dict(cls, d: dict) -> VocabLayout:
-        return cls(
-            text_size=int(d["text_size"]),
-            num_codes=int(d["num_codes"]),
-            specials=tuple(d["specials"]),
-            num_locations=int(d.get("num_locations", 0)),
-        )
+        """Inverse of :meth:`to_dict` (a checkpoint's vocab.json).
+
+        Raises:
+            ValueError: a key is missing or has the wrong type (the message names it).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a vocabulary layout is a JSON object, got {type(d).__name__}")
+        sizes = {}
+        for key, default in (("text_size", None), ("num_codes", None), ("num_locations", 0)):
+            value = d.get(key, default)
+            if value is None:
+                raise ValueError(f"missing key '{key}' (an integer)")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"'{key}' must be an integer, got {value!r}")
+            sizes[key] = value
+        specials = d.get("specials")
+        if not isinstance(specials, list) or not all(isinstance(s, str) for s in specials):
+            raise ValueError(f"'specials' must be a list of token strings, got {specials!r}")
+        return cls(specials=tuple(specials), **sizes)
 
 
 LAVIT_LAYOUT = VocabLayout(text_size=32000, num_codes=16384)

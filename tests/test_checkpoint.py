@@ -225,3 +225,48 @@ def test_state_mismatch_names_tensors_in_one_only_or_of_another_shape():
     assert state_mismatch(a, grown, grown=("reader.",)) == []
     assert state_mismatch(a, grown) == ["reader.b", "reader.w"]
     assert state_mismatch(grown, a, grown=("reader.",)) == ["reader.b", "reader.w"]
+
+
+@pytest.mark.timeout(60)  # a FIFO opened by mistake would block forever
+def test_files_are_checked_before_they_are_opened_and_stay_inside_the_root(tmp_path):
+    import os
+
+    _, _, d = _saved(tmp_path)
+    meta = (d / "meta.json").read_text()
+    for text, message in [
+        ("{", r"meta.json is not valid JSON"),
+        ("[]", r"meta.json must hold a JSON object"),
+        ('{"format_version": 1, "schema": "ShapesWorldConfig"}', r"meta.json has no 'components'"),
+        ('{"format_version": 1, "schema": "ShapesWorldConfig", "components": ["../net"]}', "component names"),
+    ]:
+        (d / "meta.json").write_text(text)
+        with pytest.raises(CheckpointError, match=message):
+            load_model_dir(d, ShapesWorldConfig, build)
+    (d / "meta.json").unlink()
+    os.mkfifo(d / "meta.json")
+    with pytest.raises(CheckpointError, match=r"meta.json is not a regular file \(a FIFO\)"):
+        read_config(d, ShapesWorldConfig)
+    (d / "meta.json").unlink()
+    (d / "meta.json").write_text(meta)
+    # Weights: a directory, then a symlink out of the model folder (fine with the folder above as root).
+    weights = d / "net.safetensors"
+    weights.rename(tmp_path / "net.safetensors")
+    weights.mkdir()
+    with pytest.raises(CheckpointError, match="net.safetensors is a directory, not a file"):
+        load_model_dir(d, ShapesWorldConfig, build)
+    weights.rmdir()
+    weights.symlink_to(tmp_path / "net.safetensors")
+    with pytest.raises(CheckpointError, match="net.safetensors resolves to .* outside the model folder"):
+        load_model_dir(d, ShapesWorldConfig, build)
+    load_model_dir(d, ShapesWorldConfig, build, root=tmp_path)
+
+
+def test_a_config_the_model_cannot_be_built_from_names_the_file(tmp_path):
+    _, _, d = _saved(tmp_path)
+
+    def fails(cfg):
+        raise RuntimeError("negative dimension -1\nmore detail")
+
+    with pytest.raises(CheckpointError, match=r"config.yaml: the model does not build .*negative dimension -1\)") as e:
+        load_model_dir(d, ShapesWorldConfig, fails)
+    assert "\n" not in str(e.value)

@@ -241,4 +241,12 @@ def load_vae(path: str | None) -> AutoencoderKL:
             f"vae_path={path!r} is not a local diffusers AutoencoderKL folder (config.json + weights); "
             "save one with AutoencoderKL.save_pretrained(DIR) and point vae_path at DIR"
         )
-    return AutoencoderKL.from_pretrained(path)
+    # Safetensors only (a diffusion_pytorch_model.bin is refused rather than unpickled).
+    try:
+        return AutoencoderKL.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ConfigError(
+            f"vae_path={path!r} does not load as an AutoencoderKL with safetensors weights ({first}); "
+            "convert .bin weights with AutoencoderKL.save_pretrained(DIR, safe_serialization=True)"
+        ) from None

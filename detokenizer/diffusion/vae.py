@@ -127,9 +127,13 @@ def load_vae_weights(vae: AutoencoderKL, directory: str | Path) -> None:
         ConfigError: the folder does not load, or its architecture differs from ``vae``'s.
     """
     try:
-        source = AutoencoderKL.from_pretrained(directory)
+        source = AutoencoderKL.from_pretrained(directory, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"init_from={str(directory)!r}: not an AutoencoderKL folder ({e})") from e
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ConfigError(
+            f"init_from={str(directory)!r}: not an AutoencoderKL folder with safetensors weights ({first}); "
+            "point at a folder save_vae wrote (config.json + diffusion_pytorch_model.safetensors)"
+        ) from e
     mine, theirs = vae.state_dict(), source.state_dict()
     bad = state_mismatch(mine, theirs)
     if bad:

@@ -87,6 +87,8 @@ def save_var_decoder(model: VARDecoder, directory: str | Path) -> Path:
     return save_model_dir(directory, model.cfg, {"var": model})
 
 
-def load_var_decoder(directory: str | Path, device: str = "cpu") -> VARDecoder:
-    _, modules = load_model_dir(directory, VARDecoderConfig, lambda c: {"var": VARDecoder(c)})
+def load_var_decoder(directory: str | Path, device: str = "cpu", root: str | Path | None = None) -> VARDecoder:
+    """Rebuild from the saved config, load strictly (every file inside ``root``, default
+    ``directory``), and return in eval mode."""
+    _, modules = load_model_dir(directory, VARDecoderConfig, lambda c: {"var": VARDecoder(c)}, root=root)
     return modules["var"].to(device).eval()
