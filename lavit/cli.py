@@ -110,11 +110,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_recipe(load_recipe(args.recipe, args.overrides))
         return
     from lavit.config import load_config
-    from lavit.train.trainer import fit
+    from lavit.train.trainer import fit_stage
 
     schema, task_cls = load_stage(args.stage)
     cfg = load_config(args.config, schema, args.overrides)
-    metrics = fit(task_cls(cfg), cfg.train)
+    metrics = fit_stage(task_cls, cfg)  # locks out_dir before the task writes there
     if metrics:
         print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))
 
@@ -266,7 +266,9 @@ def cmd_vqa(args: argparse.Namespace) -> None:
     if any(not q.strip() for q in args.questions):
         raise UsageError("empty question: give the question text, e.g. lavit vqa img.png 'What colour is it?'")
     if args.template is not None and args.template.count("{}") != 1:
-        raise UsageError(f"--template {args.template!r} must hold the question's place as {{}} once, e.g. 'Question: {{}} Answer:'")
+        raise UsageError(
+            f"--template {args.template!r} must hold the question's place as {{}} once, e.g. 'Question: {{}} Answer:'"
+        )
     pipe = _pipeline(args)
     n = len(args.questions)
     with _bad_input():

@@ -86,6 +86,23 @@ class OutDirLockedError(RuntimeError):
     """Another process holds the output folder."""
 
 
+# Locks this process holds. A forked child (a DataLoader worker) shares each lock's open file:
+# it closes its copy at once, so that a holder killed with kill -9 frees its folder then, not
+# when its workers notice they are orphans.
+_HELD: set[OutDirLock] = set()  # strong: a lock dropped unreleased still holds its descriptor
+
+
+def _close_held_in_child() -> None:
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock._fd)
+            lock._fd = None
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class OutDirLock:
     """An exclusive ``flock`` on ``<out_dir>/.lock``, held for a run's whole life.
 
@@ -118,12 +135,14 @@ class OutDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} ({self.what})\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the last descriptor of the open file drops the flock
             self._fd = None
+        _HELD.discard(self)
 
     def __enter__(self) -> OutDirLock:
         return self.acquire()

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_user_error
 from PIL import Image
 
 from lavit.checkpoint import save_model_dir
@@ -24,7 +25,6 @@ from lavit.cli import MAX_CANDIDATES, MAX_IMAGES, MAX_IMAGES_PER_PROMPT, main, r
 from lavit.config import ShapesWorldConfig
 from lavit.files import atomic_write
 from lavit.pipeline import LaVITPipeline
-from conftest import assert_user_error
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "lavit-shapes-tiny"
 
@@ -168,7 +168,10 @@ def test_reconstruct_names_never_collide(files, tmp_path):
     other.mkdir()
     Image.new("RGB", (40, 40), (30, 30, 200)).save(other / "img.png")
     out = files / "rec"
-    assert main(["reconstruct", str(files / "img.png"), str(other / "img.png"), "--decoder", "var", "--out", str(out)]) == 0
+    assert (
+        main(["reconstruct", str(files / "img.png"), str(other / "img.png"), "--decoder", "var", "--out", str(out)])
+        == 0
+    )
     pair = [Image.open(out / n).convert("RGB") for n in ("img_0_reconstruction.png", "img_1_reconstruction.png")]
     assert pair[0].getpixel((2, 2))[0] > 150 and pair[1].getpixel((2, 2))[2] > 150  # each its own original
 

@@ -44,7 +44,7 @@ def test_debug_recipe_skips_finished_stages_resumes_the_interrupted_one_and_asse
     recipe = load_recipe(DEBUG_RECIPE)
     calls = []
 
-    def fit_stopping_the_lm(task, cfg):
+    def fit_stopping_the_lm(task, cfg, lock):  # lock: the recipe holds every stage's out_dir
         calls.append(task.name)
         if task.name == "lm":  # ckpt_every=2: stopping before step 5 leaves step_0000004
             step = task.training_step
@@ -55,7 +55,7 @@ def test_debug_recipe_skips_finished_stages_resumes_the_interrupted_one_and_asse
                 return step(model, batch, i)
 
             task.training_step = training_step
-        return fit(task, cfg)
+        return fit(task, cfg, lock)
 
     monkeypatch.setattr(recipe_module, "fit", fit_stopping_the_lm)
     with pytest.raises(Interrupted):
@@ -66,9 +66,9 @@ def test_debug_recipe_skips_finished_stages_resumes_the_interrupted_one_and_asse
     assert latest_step(runs / "lm") == 4
     assert not (tmp_path / "outputs" / "lavit-shapes-debug").exists()
 
-    def recording_fit(task, cfg):
+    def recording_fit(task, cfg, lock):
         calls.append(task.name)
-        return fit(task, cfg)
+        return fit(task, cfg, lock)
 
     calls.clear()
     lines = []
@@ -102,7 +102,7 @@ def test_a_stage_stopped_by_max_minutes_stops_the_recipe_and_is_resumed_not_skip
     recipe = load_recipe(_write_recipe(tmp_path, stages))
     reached = []
 
-    def fit_stopping_at_step_2(task, cfg):  # what fit leaves when train.max_minutes runs out
+    def fit_stopping_at_step_2(task, cfg, lock):  # what fit leaves when train.max_minutes runs out
         reached.append(min(4, 2 * (len(reached) + 1)))
         (Path(cfg.out_dir) / "model").mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "checkpoints").mkdir(exist_ok=True)
@@ -174,7 +174,7 @@ def test_stages_are_checked_before_anything_trains(lm_overrides, message, tmp_pa
         {**TOKENIZER, "overrides": [f"train.out_dir={tok_out}"]},
         {"stage": "lm", "config": str(TRAIN / "lm_tiny.yaml"), "overrides": lm_overrides},
     ]
-    monkeypatch.setattr(recipe_module, "fit", lambda task, cfg: pytest.fail("trained before the checks"))
+    monkeypatch.setattr(recipe_module, "fit", lambda *args: pytest.fail("trained before the checks"))
     with pytest.raises(ConfigError, match=message):
         run_recipe(load_recipe(_write_recipe(tmp_path, stages)), log=lambda line: None)
 
@@ -196,7 +196,7 @@ def test_the_semantic_read_out_must_come_from_the_recipes_encoder(tmp_path, monk
             "model.readout_weights=elsewhere/readout.safetensors",
         ],
     }
-    monkeypatch.setattr(recipe_module, "fit", lambda task, cfg: pytest.fail("trained before the checks"))
+    monkeypatch.setattr(recipe_module, "fit", lambda *args: pytest.fail("trained before the checks"))
     message = (
         r"stages\[1\] \(tokenizer\): model.readout_weights='elsewhere/readout.safetensors', but the recipe's encoder"
     )
@@ -228,7 +228,7 @@ def test_latent_diffusion_must_read_the_recipes_vae(tmp_path, monkeypatch):
             "overrides": [f"tokenizer_dir={tok_out / 'model'}", f"train.out_dir={tmp_path / 'diff'}"],
         },
     ]
-    monkeypatch.setattr(recipe_module, "fit", lambda task, cfg: pytest.fail("trained before the checks"))
+    monkeypatch.setattr(recipe_module, "fit", lambda *args: pytest.fail("trained before the checks"))
     message = r"stages\[2\] \(diffusion\): model.vae_path='runs/vae_tiny/model', but the recipe's vae stage"
     with pytest.raises(ConfigError, match=message):
         run_recipe(load_recipe(_write_recipe(tmp_path, stages)), log=lambda line: None)

@@ -30,6 +30,14 @@ writes it last, atomically) and is skipped. Any other stage goes to :func:`fit`,
 from ``<train.out_dir>/checkpoints/latest`` when an interrupted run left one. So after an
 interruption, rerunning the same command continues where it stopped.
 
+One writer: before anything trains the recipe takes every stage's out_dir lock
+(:class:`~lavit.train.trainer.RunLock`, the one each ``fit`` takes) and holds them all until the
+pipeline is written, handing each to its stage's ``fit``. A second recipe over the same stages,
+or a ``lavit train STAGE`` on one of them, stops at once naming this run's PID; this run never
+waits on a lock of its own. The pipeline directory gets no lock of its own: it is written once,
+at the end, whole (``save_pretrained`` swaps a finished copy into place), by the holder of the
+stages it is assembled from.
+
 The pipeline's prompts are the LM stage's training prompts (``mixture.caption_prompt`` and
 ``mixture.vqa_prompt``): the pipeline must ask what the LM was trained on.
 ``<out_dir>/recipe_report.json`` records per stage its status (trained, resumed or skipped), the
@@ -38,10 +46,12 @@ step it started from, its seconds in this run and its final evaluation metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import operator
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,9 +60,11 @@ from typing import Any
 
 from lavit.checkpoint import atomic_write, cast_weights
 from lavit.config import ConfigError, check, load_config
+from lavit.files import read_jsonl
 from lavit.pipeline import LaVITPipeline, PipelineConfig
+from lavit.train.run_state import CKPT_DIR, LATEST, METRICS, RunLock
 from lavit.train.stages import STAGES, load_stage
-from lavit.train.trainer import CKPT_DIR, LATEST, fit
+from lavit.train.trainer import fit
 
 REPORT_FILE = "recipe_report.json"
 
@@ -172,7 +184,8 @@ def latest_step(out_dir: str | Path) -> int | None:
     pointer = Path(out_dir) / CKPT_DIR / LATEST
     if not pointer.is_file():
         return None
-    return int(pointer.read_text().strip().removeprefix("step_"))
+    match = re.fullmatch(r"step_(\d+)", pointer.read_text().strip())
+    return int(match.group(1)) if match else None  # a damaged pointer: fit falls back (or says why not)
 
 
 def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> Path | None:
@@ -192,16 +205,28 @@ def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[st
     Raises:
         ConfigError: a stage config that does not load, two stages sharing an out_dir, or stages
             not wired together; raised before any stage trains.
+        OutDirLockedError: another live run holds a stage's out_dir; raised before any stage
+            trains.
     """
     # Under torchrun every rank trains; rank 0 alone talks and writes the pipeline.
     is_main = int(os.environ.get("RANK", "0")) == 0
     say = log if is_main else (lambda _msg: None)
     steps = _plan(recipe, progress)
     pipeline_cfg = _pipeline_cfg(recipe, steps)
+    with contextlib.ExitStack() as held:
+        locks = [held.enter_context(RunLock(s.out, f"lavit train all, stage {s.entry.stage}")) for s in steps]
+        return _run(recipe, steps, locks, pipeline_cfg, say)
+
+
+def _run(
+    recipe: RecipeConfig, steps: list[_Step], locks: list[RunLock], pipeline_cfg: PipelineConfig, say: Callable
+) -> Path | None:
+    """:func:`run_recipe` once every stage's out_dir is held."""
+    is_main = int(os.environ.get("RANK", "0")) == 0
     total = len(steps)
     records = []
     t_start = time.perf_counter()
-    for s in steps:
+    for s, lock in zip(steps, locks, strict=True):
         tag = f"[{s.index + 1}/{total}] {s.entry.stage}"
         head = f"{tag}: {_show(s.entry.config)} -> {s.out}"
         start = latest_step(s.out)
@@ -213,7 +238,7 @@ def run_recipe(recipe: RecipeConfig, *, progress: bool = True, log: Callable[[st
         say(f"{head} (resuming from step {start} of {todo})" if start else f"{head} ({todo} steps)")
         t0 = time.perf_counter()
         try:
-            metrics = fit(s.task_cls(s.cfg), s.cfg.train)
+            metrics = fit(s.task_cls(s.cfg), s.cfg.train, lock)  # built under the lock: tasks cache there
         except BaseException:
             say(f"{tag} stopped after {_hms(time.perf_counter() - t0)}; rerun the recipe to resume from {s.out}")
             raise
@@ -343,14 +368,10 @@ def _record(s: _Step, status: str, start: int | None, seconds: float, metrics: d
 def _logged_seconds(out_dir: Path, log_every: int) -> float:
     """The stage's training time over all its runs, from the step times in ``metrics.jsonl``
     (evaluations excluded): what a skipped stage took when it was trained."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0.0
     steps = 0
     total = 0.0
-    for line in path.read_text().splitlines():
-        r = json.loads(line) if line else {}
-        if "sec_per_step" in r:
+    for r in read_jsonl(out_dir / METRICS):
+        if isinstance(r, dict) and "sec_per_step" in r:
             total += r["sec_per_step"] * min(log_every, r["step"] - steps)
             steps = r["step"]
     return round(total, 1)
@@ -358,10 +379,7 @@ def _logged_seconds(out_dir: Path, log_every: int) -> float:
 
 def _final_metrics(out_dir: Path) -> dict[str, float]:
     """The last evaluation the trainer logged in ``metrics.jsonl`` (for a skipped stage)."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    records = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+    records = [r for r in read_jsonl(out_dir / METRICS) if isinstance(r, dict)]
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
     return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
 

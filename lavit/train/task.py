@@ -20,6 +20,9 @@ class Task(Protocol):
     name: str
     # Module types the trainer may wrap for activation checkpointing / FSDP2 sharding.
     block_types: tuple[type[nn.Module], ...]
+    # The stage's run config (a TokenizerRunConfig, LMRunConfig, ...): the trainer saves it with
+    # each checkpoint and refuses to resume one saved with settings that change the result.
+    cfg: Any
 
     def build_model(self) -> nn.Module:
         """A fresh model on the CPU (the trainer moves and wraps it)."""

@@ -1,6 +1,7 @@
 """The one trainer every stage uses.
 
     fit(task, train_cfg) -> final metrics
+    fit_stage(task_cls, run_cfg)       lock out_dir, build the task, fit it (``lavit train STAGE``)
 
 torchrun/torch.distributed (DDP; FSDP2 ``fully_shard`` of the task's blocks for large models),
 bf16 autocast where supported, gradient accumulation, clipping, AdamW with linear warmup and
@@ -8,24 +9,30 @@ cosine decay, an optional EMA of the weights, tqdm progress, a loss-curve PNG, a
 and exact resume (model, EMA, optimizer, scheduler, per-rank RNG, data position). Runs unchanged
 on one CPU.
 
-Layout of ``train_cfg.out_dir``:
+Layout of ``train_cfg.out_dir`` (the lock, the checkpoints and what a resume must match:
+lavit/train/run_state.py):
 
+    .lock                    held (flock) by the run writing here; see RunLock
     metrics.jsonl            one line per logged step (and per evaluation)
     loss.png                 loss curves
     checkpoints/step_0000200/{model,ema,trainer,rng_rank0,...}.safetensors, latest
     model/                   the final model directory (task.save)
+
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +43,7 @@ from tqdm import tqdm
 
 from lavit.checkpoint import CheckpointError, atomic_write, load_tree, save_tree
 from lavit.config import TrainConfig
+from lavit.files import JSONLError, read_jsonl
 from lavit.train.distributed import (
     DistInfo,
     barrier,
@@ -44,11 +52,19 @@ from lavit.train.distributed import (
     init_distributed,
     mean_across_ranks,
 )
+from lavit.train.run_state import (
+    CKPT_DIR,
+    LATEST,
+    METRICS,
+    RunLock,
+    find_usable,
+    resume_mismatches,
+    rng_state,
+    set_rng_state,
+)
 from lavit.train.sampler import StepBatchSampler
 from lavit.train.task import Task
 from lavit.viz import plot_curves
-
-CKPT_DIR, LATEST = "checkpoints", "latest"
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -82,39 +98,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _np_state():
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "name": name,
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": pos,
-        "has_gauss": has_gauss,
-        "gauss": gauss,
-    }
-
-
-def _py_state():
-    version, internal, gauss = random.getstate()
-    return {"version": version, "internal": list(internal), "gauss": gauss}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 class Trainer:
     """Holds the run's state; :func:`fit` is the entry point."""
 
@@ -126,6 +109,12 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         barrier(self.info)
+        # The run config saved with each checkpoint: the task's (train section as given here).
+        run_cfg = getattr(task, "cfg", None)
+        run = dataclasses.asdict(run_cfg) if dataclasses.is_dataclass(run_cfg) else {}
+        self.run_config = json.loads(json.dumps({**run, "train": dataclasses.asdict(cfg)}, default=str))
+        # Which checkpoint to resume, checked before anything is built or written.
+        self.resume_from, self.skipped = self._choose_checkpoint()
 
         # Same seed on every rank for the build (DDP also broadcasts rank 0's weights), then a
         # per-rank stream for what differs between ranks (dropout, Gumbel noise, ...).
@@ -229,7 +218,7 @@ class Trainer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         barrier(self.info)
-        save_tree(tmp / f"rng_rank{self.info.rank}.safetensors", _rng_state())
+        save_tree(tmp / f"rng_rank{self.info.rank}.safetensors", rng_state())
         if self.info.is_main:
             save_tree(tmp / "model.safetensors", model_sd)
             if ema_sd is not None:
@@ -241,7 +230,7 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(),
                     "step": self.step,
                     "world_size": self.info.world_size,
-                    "config": json.dumps(_cfg_dict(self.cfg)),
+                    "run_config": json.dumps(self.run_config),
                 },
             )
         barrier(self.info)
@@ -260,26 +249,54 @@ class Trainer:
         for old in done[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
 
-    def latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_root / LATEST
-        if not pointer.is_file():
-            return None
-        path = self.ckpt_root / pointer.read_text().strip()
-        if not path.is_dir():
-            raise CheckpointError(f"{pointer} points at {path}, which is missing; delete {pointer} to start over")
-        return path
+    def _choose_checkpoint(self) -> tuple[Path | None, list[str]]:
+        """The checkpoint to resume (None: start afresh) and the damaged ones passed over.
+
+        Rank 0 looks at the files (every rank then agrees): the folder ``latest`` names, or if a
+        file of it does not open, the newest older one whose files all do. Its saved run config
+        must match this run's but for :data:`RESUME_SAFE_KEYS`.
+
+        Raises:
+            CheckpointError: no usable checkpoint is left, or the run config differs.
+        """
+        found: tuple[str | None, list[str], dict | None, str | None] = (None, [], None, None)
+        if self.info.is_main:
+            try:
+                found = find_usable(self.ckpt_root, self.cfg.ema_decay, self.info.world_size)
+            except Exception as e:  # must reach every rank, not leave them waiting
+                found = (None, [], None, f"{self.ckpt_root}: cannot read the checkpoints ({e})")
+        path, skipped, saved, error = broadcast_object(found, self.info)
+        if error is not None:
+            raise CheckpointError(error)
+        if path is None:
+            return None, []
+        path = Path(path)
+        self._check_world_size(path, saved["world_size"])
+        mismatches = resume_mismatches(saved["run_config"], self.run_config)
+        if mismatches:
+            more = f" and {len(mismatches) - 4} more" if len(mismatches) > 4 else ""
+            raise CheckpointError(
+                f"{path} was saved with other settings ({'; '.join(mismatches[:4])}{more}) and resuming it "
+                "would mix two runs: resume as saved (drop those overrides), or start afresh with another "
+                f"train.out_dir (or delete {self.ckpt_root}); on resume only train.steps and the logging, "
+                "evaluation and checkpoint settings may change (RESUME_SAFE_KEYS, lavit/train/run_state.py)"
+            )
+        return path, skipped
+
+    def _check_world_size(self, path: Path, world_size: int) -> None:
+        if world_size != self.info.world_size:
+            raise CheckpointError(
+                f"{path} was written by {world_size} processes, this run has "
+                f"{self.info.world_size}: the per-rank RNG streams cannot be restored. "
+                "Resume with the same --nproc_per_node, or start a new out_dir."
+            )
 
     def resume(self, path: Path) -> None:
         """Restore model, EMA, optimizer, scheduler, this rank's RNG and the step from ``path``."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
         state = load_tree(path / "trainer.safetensors")
-        if state["world_size"] != self.info.world_size:
-            raise CheckpointError(
-                f"{path} was written by {state['world_size']} processes, this run has "
-                f"{self.info.world_size}: the per-rank RNG streams cannot be restored. "
-                "Resume with the same --nproc_per_node, or start a new out_dir."
-            )
+        self._check_world_size(path, state["world_size"])
         model_sd = load_tree(path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True, strict=True)
         if self.ema is not None:
@@ -295,7 +312,7 @@ class Trainer:
             self.raw, self.optimizer, model_state_dict=model_sd, optim_state_dict=state["optimizer"], options=opts
         )
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(load_tree(path / f"rng_rank{self.info.rank}.safetensors"))
+        set_rng_state(load_tree(path / f"rng_rank{self.info.rank}.safetensors"))
         self.step = int(state["step"])
 
     # ---------------------------------------------------------------------------------------
@@ -304,10 +321,17 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         cfg, info, task = self.cfg, self.info, self.task
-        latest = self.latest_checkpoint()
-        if latest is not None:
-            self.resume(latest)
+        if self.resume_from is not None:
+            self.resume(self.resume_from)
         self._trim_metrics()
+        if self.skipped:
+            if info.is_main:
+                print(
+                    f"lavit train: warning: cannot resume {'; '.join(self.skipped)} in {self.ckpt_root}: "
+                    f"resuming from {self.resume_from.name} instead",
+                    file=sys.stderr,
+                )
+            self._log({"step": self.step, "resume_fallback": str(self.resume_from), "skipped": self.skipped})
         dataset = task.train_dataset()
         sampler = StepBatchSampler(
             len(dataset), cfg.batch_size, cfg.grad_accum, info.rank, info.world_size, cfg.seed, self.step, cfg.steps
@@ -396,8 +420,8 @@ class Trainer:
             sums["grad_norm"] = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach()
         if not torch.isfinite(sums["loss"]):
             raise FloatingPointError(
-                f"loss is {sums['loss'].item()} at step {self.step}; lower train.optim.lr or "
-                f"resume from {self.latest_checkpoint()}"
+                f"loss is {sums['loss'].item()} at step {self.step}; lower train.optim.lr, or start "
+                f"afresh or from an earlier checkpoint in {self.ckpt_root}"
             )
         self.optimizer.step()
         self.scheduler.step()
@@ -439,25 +463,38 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         if self.info.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with open(self.out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if record.get("step", 0) % (self.cfg.log_every * 10) == 0:
                 self._plot()
 
     def _trim_metrics(self) -> None:
-        """Drop lines a crashed run logged after its last checkpoint (they are redone)."""
-        path = self.out / "metrics.jsonl"
+        """Drop lines a crashed run logged after its last checkpoint (they are redone), and a
+        torn last line (a kill mid-write).
+
+        Raises:
+            JSONLError: a line before the last does not parse (on every rank).
+        """
+        path = self.out / METRICS
+        error = None
         if self.info.is_main and path.is_file():
-            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            atomic_write(path, lambda p: p.write_text("".join(ln + "\n" for ln in lines)))
-        barrier(self.info)
+            try:
+                records = read_jsonl(path, repair=True)
+            except JSONLError as e:
+                error = str(e)
+            else:
+                kept = [r for r in records if not isinstance(r, dict) or r.get("step", 0) <= self.step]
+                atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+        error = broadcast_object(error, self.info)  # also the barrier: every rank waits for the trim
+        if error is not None:
+            raise JSONLError(error)
 
     def _plot(self) -> None:
-        path = self.out / "metrics.jsonl"
+        path = self.out / METRICS
         if not path.is_file():
             return
-        records = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
-        train = [r for r in records if "loss" in r]
+        records = read_jsonl(path)
+        train = [r for r in records if isinstance(r, dict) and "loss" in r]
         series = {"loss": [(r["step"], r["loss"]) for r in train]}
         img = plot_curves(series, title=f"{self.task.name}: training loss")
         atomic_write(self.out / "loss.png", lambda p: img.save(p, format="PNG"))
@@ -473,28 +510,50 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
-def _cfg_dict(cfg: TrainConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
-
-
-def fit(task: Task, cfg: TrainConfig) -> dict[str, float]:
+def fit(task: Task, cfg: TrainConfig, lock: RunLock | None = None) -> dict[str, float]:
     """Train ``task`` under ``cfg`` (resuming from ``cfg.out_dir`` if it holds a checkpoint).
+
+    Args:
+        task: the stage (see :class:`lavit.train.task.Task`).
+        cfg: the trainer's settings; ``cfg.out_dir`` receives everything the run writes.
+        lock: the :class:`RunLock` on ``cfg.out_dir`` when the caller holds it already (see
+            :func:`fit_stage`); by default fit takes it for the run.
 
     Returns:
         The final evaluation metrics (on rank 0; empty elsewhere under DDP).
+
+    Raises:
+        OutDirLockedError: another live run holds ``cfg.out_dir``.
+        CheckpointError: the checkpoint to resume was written with other settings, or none of
+            the checkpoints there is usable.
+        JSONLError: metrics.jsonl is damaged in a line before its last.
     """
-    trainer = Trainer(task, cfg)
-    info = trainer.info
-    try:
-        return trainer.fit()
-    finally:
-        # Free the model, optimizer and any collective work handles (FSDP2 keeps some) while the
-        # process group and the interpreter are alive: gloo work objects left for interpreter
-        # finalization can abort the process after a finished run (one rank of a 2-process CI
-        # run exited with "terminate called without an active exception", not reproduced since).
-        del trainer
-        if info.enabled:  # a plain run has no process group to outlive
-            gc.collect()
-        cleanup(info)
+    held = nullcontext(lock) if lock is not None else RunLock(cfg.out_dir, f"lavit train {task.name}")
+    with held as run_lock:
+        assert run_lock.out_dir.resolve() == Path(cfg.out_dir).resolve(), (run_lock.out_dir, cfg.out_dir)
+        info = init_distributed()
+        trainer = None
+        try:
+            trainer = Trainer(task, cfg)
+            return trainer.fit()
+        finally:
+            # Free the model, optimizer and any collective work handles (FSDP2 keeps some) while
+            # the process group and the interpreter are alive: gloo work objects left for
+            # interpreter finalization can abort the process after a finished run (one rank of a
+            # 2-process CI run exited with "terminate called without an active exception", not
+            # reproduced since).
+            del trainer
+            if info.enabled:  # a plain run has no process group to outlive
+                gc.collect()
+            cleanup(info)
+
+
+def fit_stage(task_cls: type, run_cfg: Any) -> dict[str, float]:
+    """``lavit train STAGE``: lock ``run_cfg.train.out_dir``, then build the task (the LM and the
+    decoders cache codes and a text tokenizer there as they are built) and :func:`fit` it.
+
+    Returns:
+        The final evaluation metrics, as :func:`fit`.
+    """
+    with RunLock(run_cfg.train.out_dir, f"lavit train {task_cls.name}") as lock:
+        return fit(task_cls(run_cfg), run_cfg.train, lock)
