@@ -126,6 +126,8 @@ def load_vae_weights(vae: AutoencoderKL, directory: str | Path) -> None:
     Raises:
         ConfigError: the folder does not load, or its architecture differs from ``vae``'s.
     """
+    if not Path(directory).is_dir():  # diffusers would take a missing path for a hub name
+        raise ConfigError(f"init_from={str(directory)!r}: not an AutoencoderKL folder (no such folder); point at a folder save_vae wrote")
     try:
         source = AutoencoderKL.from_pretrained(directory, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as e:
