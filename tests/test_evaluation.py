@@ -199,7 +199,7 @@ def coco_fixture(tmp_path: Path, missing: str = "b.png") -> Path:
     return tmp_path / "captions.json"
 
 
-def test_missing_images_are_counted_and_the_run_goes_on(pipeline_dir, tmp_path, capsys):
+def test_missing_images_are_counted_and_retried(pipeline_dir, tmp_path, capsys):
     ann = coco_fixture(tmp_path)
     args = [
         "--no-progress", f"model={pipeline_dir}", f"out_dir={tmp_path / 'out'}", "data.format=coco",
@@ -208,9 +208,21 @@ def test_missing_images_are_counted_and_the_run_goes_on(pipeline_dir, tmp_path, 
     ]  # fmt: skip
     assert main("caption", args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["missing_images"] == 1 and report["scored"] == 2 and "cider" in report
-    assert "b.png" in predictions(tmp_path / "out")["1"]["error"]
+    assert report["missing"] == 1 and report["scored"] == 2 and "cider" in report
+    assert report["missing_examples"][0]["key"] == "1" and "b.png" in report["missing_examples"][0]["error"]
+    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    assert warning.startswith("warning: 1 of 3 items") and "b.png" in warning
+    assert "1" not in predictions(tmp_path / "out")  # not a finished prediction: the rerun tries it again
     assert "| caption | coco |" in (tmp_path / "out" / "report.md").read_text()
+
+    from lavit.config import ShapesWorldConfig
+    from lavit.data.shapes_dataset import ShapesWorld
+
+    ShapesWorld(ShapesWorldConfig(resolution=32), "val").image(1).save(tmp_path / "b.png")
+    assert main("caption", args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["missing"] == 0 and report["scored"] == 3 and "missing_examples" not in report
+    assert set(predictions(tmp_path / "out")) == {"0", "1", "2"}
 
 
 def test_bad_input_one_line_errors(pipeline_dir, tmp_path, capsys):

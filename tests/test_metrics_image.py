@@ -4,6 +4,9 @@ checked against cosines computed by hand."""
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
+import shutil
 import string
 import subprocess
 import sys
@@ -16,10 +19,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lavit.metrics import image as image_metrics
 from lavit.metrics.image import (
     FID_WEIGHTS_KEY,
     INCEPTION_WEIGHTS_FILE,
     ClipScorer,
+    MetricFileError,
+    check_fid_weights,
     clip_score,
     compute_fid,
     fid_metric,
@@ -119,6 +125,56 @@ def test_fid_weights_path_checks(tmp_path):
             fid_metric(weights_path=weights)
 
 
+class Touch:
+    """A pickle payload: unpickling it without weights_only creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def _crafted(path: Path, marker: Path) -> Path:
+    torch.save({"conv.weight": torch.zeros(1), "payload": Touch(marker)}, path)
+    return path
+
+
+def _sha8(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+def test_fid_weights_pickle_that_runs_code_is_refused_before_it_runs(tmp_path, monkeypatch):
+    weights = _crafted(tmp_path / INCEPTION_WEIGHTS_FILE, tmp_path / "MARKER")
+    torch.load(_crafted(tmp_path / "control.pth", tmp_path / "CONTROL"), weights_only=False)
+    assert (tmp_path / "CONTROL").exists()  # the payload is live: a plain torch.load runs it
+    # The sha256 prefix is checked first, without unpickling anything ...
+    with pytest.raises(MetricFileError, match=r"sha256 starts with .*not 6726825d") as e:
+        fid_metric(weights_path=weights)
+    assert str(weights) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(MetricFileError, match="sha256"):
+        check_fid_weights(weights)
+    # ... and a pickle whose hash matched would still be loaded with weights_only=True only.
+    monkeypatch.setattr(image_metrics, "INCEPTION_SHA256_PREFIX", _sha8(weights))
+    with pytest.raises(MetricFileError, match="refused, not a plain tensor state dict") as e:
+        fid_metric(weights_path=weights)
+    assert str(weights) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_fid_weights_reach_torch_fidelity_as_tensors_only(tmp_path, monkeypatch):
+    pytest.importorskip("torch_fidelity")
+    weights = tmp_path / INCEPTION_WEIGHTS_FILE
+    torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
+    monkeypatch.setattr(image_metrics, "INCEPTION_SHA256_PREFIX", _sha8(weights))
+    # The tensors pass the weights_only load; torch-fidelity's strict load_state_dict then refuses them.
+    with pytest.raises(MetricFileError, match="not the FID InceptionV3 state dict") as e:
+        fid_metric(weights_path=weights)
+    assert str(weights) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(MetricFileError, match="regular file"):
+        fid_metric(weights_path=tmp_path)
+
+
 def test_import_is_light():
     # Load the module file on its own (not through lavit.metrics/__init__, which other metrics share).
     path = Path(__file__).resolve().parent.parent / "lavit" / "metrics" / "image.py"
@@ -210,6 +266,19 @@ def test_clip_score_matches_hand_computation(tiny_clip_dir):
         scorer.update(images[:2], PROMPTS[:1])
     with pytest.raises(TypeError, match="list of PIL images"):
         scorer.update(["not an image"], PROMPTS[:1])
+
+
+def test_clip_loads_safetensors_only(tiny_clip_dir, tmp_path):
+    both = tmp_path / "both"
+    shutil.copytree(tiny_clip_dir, both)
+    _crafted(both / "pytorch_model.bin", tmp_path / "MARKER")
+    ClipScorer(both)  # the safetensors weights load; the pickle beside them is never opened
+    only = tmp_path / "only"
+    shutil.copytree(both, only)
+    (only / "model.safetensors").unlink()
+    with pytest.raises(MetricFileError, match=r"only as pickle \(pytorch_model.bin\)"):
+        ClipScorer(only)
+    assert not (tmp_path / "MARKER").exists()
 
 
 def test_clip_missing_or_wrong_dir(tmp_path):

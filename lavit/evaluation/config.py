@@ -8,13 +8,19 @@ VQA as "Question: {} Answer:" with 5 beams and up to 10.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from detokenizer.diffusion.config import DiffusionSamplingConfig
 from detokenizer.var.config import VARSamplingConfig
-from lavit.config import ConfigError, ShapesWorldConfig, TextDecodingConfig, check
+from lavit.config import GUIDANCE_FIX, ConfigError, ShapesWorldConfig, TextDecodingConfig, check
+from lavit.data.benchmark_readers import KARPATHY_SPLITS
+from lavit.data.shapes import SPLITS as SHAPES_SPLITS
+from lavit.metrics.caption import METRICS as CAPTION_METRICS
 
 TASKS = ("caption", "vqa", "text2image", "reconstruct")
 DECODER_SAMPLING = {"diffusion": DiffusionSamplingConfig, "var": VARSamplingConfig}
@@ -47,6 +53,15 @@ class EvalDataConfig:
 
     def __post_init__(self) -> None:
         check(self.limit is None or self.limit >= 1, "data.limit", self.limit, "use a positive count or null")
+        # The split picks the items of these formats; the other formats read every entry of their files.
+        splits = {"shapes": tuple(SHAPES_SPLITS), "coco_karpathy": KARPATHY_SPLITS, "flickr30k": KARPATHY_SPLITS}
+        if self.format in splits:
+            check(
+                self.split in splits[self.format],
+                "data.split",
+                self.split,
+                f"data.format={self.format} has the splits {', '.join(splits[self.format])}",
+            )
 
 
 @dataclass
@@ -64,6 +79,13 @@ class EvalMetricsConfig:
             "metrics.caption_tokenizer",
             self.caption_tokenizer,
             "use auto, ptb or python",
+        )
+        unknown = [m for m in self.caption_metrics if m not in CAPTION_METRICS]
+        check(
+            bool(self.caption_metrics) and not unknown,
+            "metrics.caption_metrics",
+            unknown or self.caption_metrics,
+            f"use a list of {', '.join(CAPTION_METRICS)}",
         )
 
 
@@ -98,17 +120,24 @@ class EvalConfig:
     save_images: bool = True  # text2image / reconstruct: keep every image as a PNG
 
     def sampling_overrides(self, sampling: DiffusionSamplingConfig | VARSamplingConfig):
-        """``sampling`` (the pipeline's settings for ``decoder``) with ``decoder_sampling`` applied."""
-        known = {f.name for f in dataclasses.fields(sampling)}
-        unknown = sorted(set(self.decoder_sampling) - known)
+        """``sampling`` (the pipeline's settings for ``decoder``) with ``decoder_sampling`` applied,
+        each value converted to its field's type (``steps=2.5`` or ``guidance_scale=abc`` fail)."""
+        known = sorted(OmegaConf.structured(sampling).keys())
+        unknown = sorted(set(self.decoder_sampling) - set(known))
         if unknown:
             raise ConfigError(
                 f"decoder_sampling.{unknown[0]}: the {self.decoder} decoder has no such sampling setting; "
-                f"use one of {', '.join(sorted(known))}"
+                f"use one of {', '.join(known)}"
             )
         try:
-            return dataclasses.replace(sampling, **self.decoder_sampling)
-        except (ConfigError, TypeError) as e:  # the sampling config's own validation
+            merged = OmegaConf.merge(OmegaConf.structured(sampling), self.decoder_sampling)
+            return OmegaConf.to_object(merged)  # the sampling config's own validation runs here
+        except OmegaConfBaseException as e:  # a value of the wrong type, named by its key
+            key = getattr(e, "key", None) or "?"
+            value = self.decoder_sampling.get(key)
+            reason = str(getattr(e, "msg", e)).splitlines()[0]
+            raise ConfigError(f"invalid value {value!r} for 'decoder_sampling.{key}': {reason}") from None
+        except ConfigError as e:
             raise ConfigError(f"decoder_sampling: {e}") from None
 
     def __post_init__(self) -> None:
@@ -120,12 +149,73 @@ class EvalConfig:
             f"the {self.task} task reads {', '.join(FORMATS[self.task])}",
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive batch size")
+        # Item i is seeded seed + i, which a torch generator takes up to 2**64 - 1.
+        check(0 <= self.seed < 2**63, "seed", self.seed, "use a seed in [0, 2**63) (item i is generated with seed + i)")
         check(self.decoder in DECODER_SAMPLING, "decoder", self.decoder, "use diffusion or var")
         check(self.candidates is None or self.candidates >= 1, "candidates", self.candidates, "use null, 1 or more")
+        g = self.guidance_scale_for_llm
+        check(g is None or math.isfinite(g), "guidance_scale_for_llm", g, GUIDANCE_FIX)
+        if self.decoding is not None:
+            lp = self.decoding.length_penalty
+            check(math.isfinite(lp), "decoding.length_penalty", lp, "use a finite exponent (1.0: LaVIT's)")
+        if self.task == "vqa" and self.prompt is not None:
+            fix = 'a VQA template holds {} once, where the question goes, e.g. "Question: {} Answer:"'
+            check(_one_slot(self.prompt), "prompt", self.prompt, fix)
         self.sampling_overrides(DECODER_SAMPLING[self.decoder]())  # unknown or bad settings fail here
+        self._check_model()
+        self._check_metrics()
+
+    def _check_model(self) -> None:
+        stages = {k: getattr(self, k) for k in ("tokenizer", "lm", "diffusion", "var") if getattr(self, k) is not None}
         check(
             self.model is not None or self.tokenizer is not None,
             "model",
             self.model,
             "give a pipeline directory (model=DIR) or the stage folders (tokenizer=DIR lm=DIR ...)",
         )
+        check(
+            self.model is None or not stages,
+            "model",
+            self.model,
+            f"give a pipeline directory or stage folders, not both (also given: {', '.join(stages)})",
+        )
+        if self.model is not None:
+            return  # a pipeline directory's stages are checked when it loads
+        if self.task != "reconstruct":
+            check(self.lm is not None, "lm", self.lm, f"the {self.task} task needs the LM: set lm=DIR")
+        if self.task in ("text2image", "reconstruct"):
+            check(
+                stages.get(self.decoder) is not None,
+                self.decoder,
+                None,
+                f"decoder={self.decoder} needs its stage folder: set {self.decoder}=DIR (or choose the other decoder)",
+            )
+
+    def _check_metrics(self) -> None:
+        """FID and CLIP score read the saved images: refused now rather than after the last batch."""
+        reads = {"text2image": ("fid_weights", "clip_model"), "reconstruct": ("fid_weights",)}.get(self.task, ())
+        wanted = [k for k in reads if getattr(self.metrics, k) is not None]
+        check(
+            self.save_images or not wanted,
+            "save_images",
+            self.save_images,
+            f"metrics.{wanted[0] if wanted else ''} reads the generated images: set save_images=true",
+        )
+        if self.task == "text2image" and self.data.format == "coco_prompts" and self.metrics.fid_weights is not None:
+            # Without the real images FID would be skipped in silence.
+            check(
+                self.data.image_root is not None,
+                "data.image_root",
+                None,
+                "metrics.fid_weights compares with the real COCO images: set data.image_root to their folder",
+            )
+
+
+def _one_slot(template: str) -> bool:
+    """A template that ``template.format(question)`` fills with the question exactly once."""
+    mark = "\0question\0"
+    try:
+        filled = template.format(mark)
+    except (IndexError, KeyError, ValueError):  # "{0}{}", "{q}", an unmatched "{"
+        return False
+    return template.count("{}") == 1 and filled.count(mark) == 1  # "{{}}" is a literal "{}"

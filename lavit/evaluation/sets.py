@@ -7,20 +7,27 @@ annotation files, never an image, so ranks can shard and skip finished items che
 Formats (``data.format``): ShapesWorld's held-out scenes for every task; COCO / Flickr30k
 Karpathy splits, NoCaps and COCO captions files for captioning; VQAv2, OK-VQA, VizWiz and GQA
 for VQA; COCO captions as text-to-image prompts; an image folder for reconstruction.
+
+Everything wrong with the files given is an error naming the file and the fix before any item
+is predicted: a path that is not there (or is a folder where a file belongs), a file that is not
+UTF-8 JSON, a malformed entry, an empty question, a caption set without references. Only the
+images are read later, one by one (an unreadable one is a missing item, not an error).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from PIL import Image
 
 from lavit.config import ConfigError
 from lavit.data.benchmark_readers import CocoPromptsDataset, GQADataset, KarpathyCaptionsDataset, VizWizDataset
 from lavit.data.image_io import load_image
-from lavit.data.readers import CocoCaptionsDataset, ImageFolderDataset, VQAv2Dataset
+from lavit.data.readers import AnnotationError, CocoCaptionsDataset, ImageFolderDataset, VQAv2Dataset
 from lavit.data.shapes import Scene
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.evaluation.config import EvalDataConfig
@@ -66,13 +73,81 @@ def _shapes_items(task: str, data: EvalDataConfig) -> list[Item]:
     return items
 
 
+FILES = ("annotations", "questions")  # the data keys that name a file; image_root names a folder
+
+
 def _need(data: EvalDataConfig, *names: str) -> None:
     for name in names:
         if getattr(data, name) is None:
             raise ConfigError(f"data.format={data.format} needs data.{name} (a local path); set data.{name}=PATH")
 
 
+def _check_paths(data: EvalDataConfig) -> None:
+    """Every path given is there and of the right kind (a file, or the image folder)."""
+    for name in FILES:
+        path = getattr(data, name)
+        if path is not None and not Path(path).is_file():
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise ConfigError(f"data.{name}={path} {what}; set data.{name} to the {data.format} {name} file")
+    root = data.image_root
+    if root is not None and not Path(root).is_dir():
+        what = "is a file" if Path(root).exists() else "does not exist"
+        raise ConfigError(f"data.image_root={root} {what}; set it to the folder that holds the {data.format} images")
+
+
+def _read(data: EvalDataConfig, build: Callable[[], object]):
+    """``build()`` (a reader over the data files), its input errors as one-line errors naming the file."""
+    try:
+        return build()
+    except (AnnotationError, ConfigError):  # already one line naming the file or key
+        raise
+    except UnicodeDecodeError:  # json.load on a binary file; the reader does not say which
+        raise AnnotationError(_not_json(data)) from None
+    except OSError as e:  # permission denied and the like (absence was checked before)
+        raise AnnotationError(
+            f"{e.filename}: cannot read it ({e.strerror or e}); check the file and its permissions"
+        ) from None
+    except ValueError as e:  # the readers' own checks (a split absent from the file, an empty folder)
+        raise AnnotationError(" ".join(str(e).split())) from None
+
+
+def _not_json(data: EvalDataConfig) -> str:
+    for name in FILES:
+        path = getattr(data, name)
+        if path is None:
+            continue
+        try:
+            json.loads(Path(path).read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"{path}: not UTF-8 JSON ({e}); set data.{name} to the {data.format} {name} file"
+    return f"the data.annotations / data.questions files of data.format={data.format} are not UTF-8 JSON"
+
+
 def _file_items(task: str, data: EvalDataConfig) -> list[Item]:
+    _check_paths(data)
+    items = _read(data, lambda: _read_items(task, data))
+    if task == "vqa":
+        empty = [it.key for it in items if not (it.question or "").strip()]
+        if empty:
+            file = data.questions or data.annotations
+            raise AnnotationError(f"{file}: question {empty[0]} is empty ({len(empty)} in all); fix or drop it")
+    if task == "text2image":
+        empty = [it.key for it in items if not (it.prompt or "").strip()]
+        if empty:
+            raise AnnotationError(
+                f"{data.annotations}: prompt {empty[0]} is empty ({len(empty)} in all); fix or drop it"
+            )
+    if task == "caption":
+        bare = [it.key for it in items if not it.captions]
+        if bare:
+            raise AnnotationError(
+                f"{data.annotations}: image {bare[0]} has no reference caption ({len(bare)} in all), and captions "
+                "are scored against references; use an annotation file with them (e.g. the val split)"
+            )
+    return items
+
+
+def _read_items(task: str, data: EvalDataConfig) -> list[Item]:
     fmt = data.format
     if fmt == "coco_prompts":
         _need(data, "annotations")

@@ -1,8 +1,9 @@
 """The four zero-shot tasks: what each predicts per item and how its predictions are scored.
 
 Every score is a percentage except PSNR (dB), FID and the counts. An item whose image cannot be
-read is recorded as ``{"key", "error"}``, counted under ``missing_images`` and left out of the
-metrics; the run goes on.
+read gets ``{"key", "error"}`` instead of a prediction: the runner keeps it out of the
+predictions (a rerun tries it again), and the report counts it under ``missing`` beside the
+``scored`` items the metrics cover; the run goes on.
 
 - caption: BLEU-4, METEOR (with Java), ROUGE-L, CIDEr (lavit/metrics/caption.py); ShapesWorld
   adds attribute accuracy (every shape's colour and kind named, counts included).
@@ -18,6 +19,7 @@ metrics; the run goes on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -53,19 +55,30 @@ class _Task:
         self.items = build_items(cfg.task, cfg.data) if items is None else items
         self.by_key = {it.key: it for it in self.items}
         self.out = Path(cfg.out_dir)
+        self._check_metric_files()
+
+    def _check_metric_files(self) -> None:
+        """The image metrics' local files, checked before the first prediction, not after the last."""
+        from lavit.metrics.image import check_clip_dir, check_fid_weights
+
+        m = self.cfg.metrics
+        if self.cfg.task in ("text2image", "reconstruct") and m.fid_weights is not None:
+            check_fid_weights(m.fid_weights)
+        if self.cfg.task == "text2image" and m.clip_model is not None:
+            check_clip_dir(m.clip_model)
 
     def keys(self) -> list[str]:
         return [it.key for it in self.items]
 
     def _load(self, indices: list[int]) -> tuple[list[int], list[Image.Image], list[dict]]:
-        """(indices whose image loaded, their images, error records for the others)."""
+        """(indices whose image loaded, their images, ``{"key", "error"}`` for the others)."""
         ok, images, errors = [], [], []
         for i in indices:
             try:
                 images.append(self.items[i].image())
                 ok.append(i)
             except ImageLoadError as e:
-                errors.append({"key": self.items[i].key, "error": str(e)})
+                errors.append({"key": self.items[i].key, "error": " ".join(str(e).split())})
         return ok, images, errors
 
     def _sampling(self, pipe):
@@ -73,7 +86,10 @@ class _Task:
         return self.cfg.sampling_overrides(getattr(pipe.cfg, f"{self.cfg.decoder}_sampling"))
 
     def _image_path(self, key: str) -> Path:
-        return Path(IMAGES) / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".png")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+        if name != key:  # "a/b" and "a_b" must not share a file
+            name += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+        return Path(IMAGES) / (name + ".png")
 
     def _save(self, key: str, image: Image.Image) -> str | None:
         if not self.cfg.save_images:
@@ -82,11 +98,6 @@ class _Task:
         (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
         image.save(self.out / rel)
         return str(rel)
-
-    @staticmethod
-    def _ok(records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
-        good = [r for r in records if "error" not in r]
-        return good, {"missing_images": len(records) - len(good), "scored": len(good)}
 
     def _fid(self, pairs: list[tuple[Image.Image, Image.Image]]) -> dict[str, float]:
         """FID between real and generated images (skipped without local Inception weights)."""
@@ -117,13 +128,14 @@ class CaptionTask(_Task):
         return records
 
     def score(self, records: list[dict]) -> dict[str, Any]:
-        good, out = self._ok(records)
-        preds = {r["key"]: r["caption"] for r in good}
+        preds = {r["key"]: r["caption"] for r in records}
         refs = {k: self.by_key[k].captions for k in preds}
         m = self.cfg.metrics
         scores = caption_scores(preds, refs, m.caption_metrics, tokenizer=m.caption_tokenizer) if preds else {}
-        out.update({k: 100.0 * v for k, v in scores.items()})
-        scenes = [(self.by_key[r["key"]].scene, r["caption"]) for r in good if self.by_key[r["key"]].scene is not None]
+        out: dict[str, Any] = {k: 100.0 * v for k, v in scores.items()}
+        scenes = [
+            (self.by_key[r["key"]].scene, r["caption"]) for r in records if self.by_key[r["key"]].scene is not None
+        ]
         if scenes:
             hits = sum(shapes_text.caption_names_scene(sc, c) for sc, c in scenes)
             out["attribute_accuracy"] = _percent(hits, len(scenes))
@@ -140,14 +152,14 @@ class VQATask(_Task):
         return records
 
     def score(self, records: list[dict]) -> dict[str, Any]:
-        good, out = self._ok(records)
-        preds = {r["key"]: r["answer"] for r in good}
+        out: dict[str, Any] = {}
+        preds = {r["key"]: r["answer"] for r in records}
         refs = {k: self.by_key[k].answers for k in preds}
         if preds and not any(refs.values()):
             # No answers (VQAv2 test-dev): write the evaluation server's results file instead.
             results = [{"question_id": _question_id(k), "answer": a} for k, a in preds.items()]
             (self.out / "results.json").write_text(json.dumps(results))
-            return {**out, "unscored": len(preds), "results_file": str(self.out / "results.json")}
+            return {"unscored": len(preds), "results_file": str(self.out / "results.json")}
         metric = "exact_match" if self.cfg.data.format == "gqa" else "vqa"
         if preds:
             out[f"{metric}_accuracy"] = vqa_scores(preds, refs, metric=metric)["accuracy"]
@@ -246,18 +258,17 @@ class ReconstructTask(_Task):
         return records
 
     def score(self, records: list[dict]) -> dict[str, Any]:
-        good, out = self._ok(records)
-        out["decoder"] = self.cfg.decoder
-        if good:
-            out["psnr"] = sum(r["psnr"] for r in good) / len(good)
-        judged = [r for r in good if "kept" in r]
+        out: dict[str, Any] = {"decoder": self.cfg.decoder}
+        if records:
+            out["psnr"] = sum(r["psnr"] for r in records) / len(records)
+        judged = [r for r in records if "kept" in r]
         if judged:
             out["scene_kept"] = _percent(sum(r["kept"] for r in judged), len(judged))
             out["scene_recovered"] = _percent(sum(r["recovered"] for r in judged), len(judged))
         if self.cfg.metrics.fid_weights is not None:
-            if any(r["image"] is None for r in good):
+            if any(r["image"] is None for r in records):
                 raise ValueError("FID reads the reconstructions: rerun with save_images=true")
-            out.update(self._fid([(self.by_key[r["key"]].image(), load_image(self.out / r["image"])) for r in good]))
+            out.update(self._fid([(self.by_key[r["key"]].image(), load_image(self.out / r["image"])) for r in records]))
         return out
 
 

@@ -10,11 +10,20 @@ ported to PyTorch; torchmetrics' ``FrechetInceptionDistance`` computes them thro
 ``torch-fidelity``. Nothing here downloads: the Inception weights come from a local file
 (``weights_path``), and tests pass a tiny ``feature_extractor`` instead.
 
+torch-fidelity unpickles its weights file with ``weights_only=False``, which runs whatever code
+a crafted pickle holds, so it never sees the user's file: that file must be a regular file whose
+sha256 starts with the ``6726825d`` of its official name (torch.hub's convention), is loaded here
+with ``weights_only=True`` (tensors only, no code), and the tensors reach torch-fidelity through a
+copy written by ``torch.save`` into a private temporary folder.
+
 CLIP score is ``100 * max(cos(E_image, E_text), 0)`` averaged over (image, prompt) pairs
 (Radford et al. 2021 embeddings, as used for text-to-image evaluation), with ``CLIPModel`` and
 ``CLIPProcessor`` loaded from a local ``save_pretrained`` folder. torchmetrics' ``CLIPScore``
 is not used: in torchmetrics 1.9 it only accepts hub names containing "openai" (or a callable),
 and it treats ``get_image_features``' output as a tensor, which transformers 5 no longer returns.
+
+The CLIP folder is loaded with ``trust_remote_code=False`` and ``use_safetensors=True``: a folder
+holding only pickle weights (``pytorch_model.bin``) is refused.
 
 Importing this module pulls in only torch: torchmetrics, transformers and torch-fidelity are
 imported inside the functions that need them.
@@ -22,8 +31,13 @@ imported inside the functions that need them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
+import os
 import pickle
+import stat
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +62,14 @@ INCEPTION_WEIGHTS_URLS = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
 )
 INCEPTION_FEATURE_DIMS = (64, 192, 768, 2048)
+# The official file's sha256 starts with the 8 hex digits in its name (torch.hub's convention).
+INCEPTION_SHA256_PREFIX = "6726825d"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class MetricFileError(ValueError):
+    """A metric's local file that is not what it must be (FID weights, CLIP folder); the message
+    (one line) names it and the fix."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +117,7 @@ def fid_metric(
             f"{FID_WEIGHTS_KEY}=/path/to/{INCEPTION_WEIGHTS_FILE}."
         )
     path = Path(weights_path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"FID Inception weights not found: {path}. Set {FID_WEIGHTS_KEY} to a local copy of {INCEPTION_WEIGHTS_FILE} "
             f"(downloaded from {INCEPTION_WEIGHTS_URLS[0]})."
@@ -107,10 +129,90 @@ def fid_metric(
             "FID with Inception features needs the 'torch-fidelity' package (torchmetrics runs its InceptionV3): "
             "pip install torch-fidelity"
         )
+    state = load_inception_state_dict(_fid_weights_bytes(path), path)
+    # torch-fidelity reads its weights with torch.load(weights_only=False): it gets a copy holding
+    # nothing but the tensors just loaded, in a folder only this user can write.
+    with tempfile.TemporaryDirectory(prefix="lavit-fid-") as tmp:
+        safe = Path(tmp) / INCEPTION_WEIGHTS_FILE
+        torch.save(state, safe)
+        try:
+            return FrechetInceptionDistance(
+                feature=feature_dim, normalize=True, feature_extractor_weights_path=str(safe)
+            )
+        except (RuntimeError, pickle.UnpicklingError) as e:
+            raise MetricFileError(
+                f"{path} is not the FID InceptionV3 state dict ({INCEPTION_WEIGHTS_FILE}): {_first_line(e)}"
+            ) from None
+
+
+def check_fid_weights(weights_path: str | Path) -> Path:
+    """Check that ``weights_path`` is the FID Inception weights file, without unpickling it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        MetricFileError: not a regular file, or its sha256 does not start with ``6726825d``.
+    """
+    path = Path(weights_path)
+    _fid_weights_bytes(path)
+    return path
+
+
+def _fid_weights_bytes(path: Path) -> bytes:
+    """The file's bytes, read once, so the bytes checked are the bytes loaded."""
     try:
-        return FrechetInceptionDistance(feature=feature_dim, normalize=True, feature_extractor_weights_path=str(path))
-    except (RuntimeError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path} is not the FID InceptionV3 state dict ({INCEPTION_WEIGHTS_FILE}): {e}") from None
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"FID Inception weights not found: {path}. Set {FID_WEIGHTS_KEY} to a local copy of {INCEPTION_WEIGHTS_FILE} "
+            f"(downloaded from {INCEPTION_WEIGHTS_URLS[0]})."
+        ) from None
+    except OSError as e:
+        raise MetricFileError(f"{FID_WEIGHTS_KEY}={path}: cannot read it ({e}); make it readable") from None
+    if not stat.S_ISREG(mode):
+        raise MetricFileError(
+            f"{FID_WEIGHTS_KEY}={path} is not a regular file (a folder, FIFO or device); "
+            f"give the {INCEPTION_WEIGHTS_FILE} file"
+        )
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not digest.startswith(INCEPTION_SHA256_PREFIX):
+        raise MetricFileError(
+            f"{path} is not the FID InceptionV3 state dict ({INCEPTION_WEIGHTS_FILE}): its sha256 starts with "
+            f"{digest[:8]}, not {INCEPTION_SHA256_PREFIX}; set {FID_WEIGHTS_KEY} to an unmodified download "
+            f"from {INCEPTION_WEIGHTS_URLS[0]}"
+        )
+    return data
+
+
+def load_inception_state_dict(data: bytes, path: str | Path) -> dict[str, Tensor]:
+    """Unpickle a state dict with ``weights_only=True``: tensors and plain containers only, so a
+    pickle that would run code is refused before any of it runs.
+
+    Args:
+        data: the file's bytes.
+        path: the file, for the messages.
+
+    Raises:
+        MetricFileError: not a plain ``{name: tensor}`` pickle.
+    """
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for code, RuntimeError for a non-torch file
+        raise MetricFileError(
+            f"{path}: refused, not a plain tensor state dict (torch.load with weights_only=True: "
+            f"{_first_line(e)}); set {FID_WEIGHTS_KEY} to an unmodified {INCEPTION_WEIGHTS_FILE}"
+        ) from None
+    if not (isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values())):
+        raise MetricFileError(
+            f"{path} holds a {type(state).__name__}, not a {{name: tensor}} state dict; "
+            f"set {FID_WEIGHTS_KEY} to an unmodified {INCEPTION_WEIGHTS_FILE}"
+        )
+    return state
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).strip().splitlines()[:1]) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def compute_fid(real: Iterable[Tensor], fake: Iterable[Tensor], metric: FrechetInceptionDistance) -> float:
@@ -194,23 +296,21 @@ class ClipScorer:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 64) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(
-                f"CLIP model folder not found: {model_dir}. Set {CLIP_DIR_KEY} to a local folder saved with "
-                "CLIPModel/CLIPProcessor.save_pretrained (e.g. a copy of openai/clip-vit-large-patch14); "
-                "nothing is downloaded."
-            )
+        model_dir = check_clip_dir(model_dir)
         if batch_size < 1:
             raise ValueError(f"ClipScorer: batch_size must be at least 1, got {batch_size}")
+        # No code from the folder (trust_remote_code=False), no pickle (use_safetensors=True).
+        safe = {"local_files_only": True, "trust_remote_code": False}
         try:
-            self.model = CLIPModel.from_pretrained(model_dir, local_files_only=True)
-            self.processor = CLIPProcessor.from_pretrained(model_dir, local_files_only=True)
+            self.model = CLIPModel.from_pretrained(model_dir, use_safetensors=True, **safe)
+            self.processor = CLIPProcessor.from_pretrained(model_dir, **safe)
         except OSError as e:
             raise FileNotFoundError(
                 f"{model_dir} is not a saved CLIP model: it needs config.json and the weights (CLIPModel.save_pretrained) "
-                f"plus the tokenizer and image-processor files (CLIPProcessor.save_pretrained). ({e})"
+                f"plus the tokenizer and image-processor files (CLIPProcessor.save_pretrained). ({_first_line(e)})"
             ) from None
+        except ValueError as e:  # a malformed config or processor file
+            raise MetricFileError(f"{model_dir} is not a loadable CLIP model ({_first_line(e)})") from None
         self.device = torch.device(device)
         self.model.to(self.device).eval().requires_grad_(False)
         self.batch_size = batch_size
@@ -278,6 +378,36 @@ class ClipScorer:
         if self._count == 0:
             raise ValueError("ClipScorer.compute: no pairs scored yet; call update(images, prompts) first")
         return self._sum / self._count
+
+
+def check_clip_dir(model_dir: str | Path) -> Path:
+    """Check that ``model_dir`` is a local CLIP folder with safetensors weights, loading nothing.
+
+    Raises:
+        FileNotFoundError: no such folder, or no weights in it.
+        MetricFileError: the weights are pickle files only (``pytorch_model.bin``), which can run
+            code when loaded.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"CLIP model folder not found: {model_dir}. Set {CLIP_DIR_KEY} to a local folder saved with "
+            "CLIPModel/CLIPProcessor.save_pretrained (e.g. a copy of openai/clip-vit-large-patch14); "
+            "nothing is downloaded."
+        )
+    names = sorted(p.name for p in model_dir.iterdir())
+    if not any(n.endswith(".safetensors") for n in names):
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise MetricFileError(
+                f"{model_dir} holds its weights only as pickle ({', '.join(pickles[:3])}), which can run code when "
+                "loaded; re-save them as safetensors (save_pretrained(safe_serialization=True)) where the file is trusted"
+            )
+        raise FileNotFoundError(
+            f"{model_dir} is not a saved CLIP model: it has no model.safetensors (write one with "
+            "CLIPModel.save_pretrained, and the processor files with CLIPProcessor.save_pretrained)"
+        )
+    return model_dir
 
 
 def clip_score(
