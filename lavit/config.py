@@ -260,6 +260,7 @@ class TextDecodingConfig:
     def __post_init__(self) -> None:
         check(self.num_beams >= 1, "num_beams", self.num_beams, "use 1 (greedy) or more beams")
         check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "use a positive count")
+        check(math.isfinite(self.length_penalty), "length_penalty", self.length_penalty, "use a finite value")
 
 
 @dataclass
@@ -405,7 +406,16 @@ def load_config(path: str | Path | None, schema: type[T], overrides: Sequence[st
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. resolution=32)")
-        sources.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+        try:
+            parsed = OmegaConf.from_dotlist([item])
+        except Exception:  # yaml's ParserError / ScannerError, over several lines that do not name it
+            # The shell strips quotes: prompt="Q: {} A:" arrives as prompt=Q: {} A:, which YAML
+            # reads as a mapping and rejects.
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML (a ': ' or braces in it?); quote it for YAML "
+                "inside the shell's quotes, e.g. 'prompt=\"Question: {} Answer:\"'"
+            ) from None
+        sources.append((f"override {item!r}", parsed))
 
     merged = base
     for where, conf in sources:

@@ -317,6 +317,8 @@ def _load_json_list(path: Path) -> list[Any]:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise AnnotationError(f"{path}: invalid JSON ({e}). Is the file complete?") from e
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: not UTF-8 text (byte {e.start}); is it the JSON annotation file?") from None
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON list at the top level, got {type(data).__name__}.")
     return data

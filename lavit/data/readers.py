@@ -223,27 +223,30 @@ class JsonlDataset(_ImageRecordDataset):
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, list[str], dict[str, Any]]]:
     """Yield (image, captions, other keys) per non-blank line, validating as it goes."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AnnotationError(f"{where}: invalid JSON ({e}). Each line must be one JSON object.") from e
-            if not isinstance(obj, dict):
-                raise AnnotationError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
-            for key in ("image", "text"):
-                if key not in obj:
-                    raise AnnotationError(f'{where}: missing key {key!r}. Expected {{"image": ..., "text": ...}}.')
-            image, text = obj.pop("image"), obj.pop("text")
-            if not isinstance(image, str):
-                raise AnnotationError(f"{where}: 'image' must be a path string, got {type(image).__name__}.")
-            captions = [text] if isinstance(text, str) else text
-            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-                raise AnnotationError(f"{where}: 'text' must be a string or a list of strings.")
-            yield image, captions, obj
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not UTF-8 text (byte {e.start}); save the JSONL file as UTF-8") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AnnotationError(f"{where}: invalid JSON ({e}). Each line must be one JSON object.") from e
+        if not isinstance(obj, dict):
+            raise AnnotationError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
+        for key in ("image", "text"):
+            if key not in obj:
+                raise AnnotationError(f'{where}: missing key {key!r}. Expected {{"image": ..., "text": ...}}.')
+        image, text = obj.pop("image"), obj.pop("text")
+        if not isinstance(image, str):
+            raise AnnotationError(f"{where}: 'image' must be a path string, got {type(image).__name__}.")
+        captions = [text] if isinstance(text, str) else text
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise AnnotationError(f"{where}: 'text' must be a string or a list of strings.")
+        yield image, captions, obj
 
 
 class CocoCaptionsDataset(_ImageRecordDataset):
@@ -467,6 +470,8 @@ def _load_json_object(path: Path, *, required: tuple[str, ...]) -> dict[str, Any
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise AnnotationError(f"{path}: invalid JSON ({e}). Is the file complete?") from e
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: not UTF-8 text (byte {e.start}); is it the JSON annotation file?") from None
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}.")
     for key in required:

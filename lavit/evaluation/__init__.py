@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
 from lavit.data.image_io import ImageLoadError
@@ -63,7 +61,6 @@ def main(task: str, argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. model=DIR out_dir=DIR data.limit=100")
     args = p.parse_args(argv)
     try:
-        _check_overrides(args.overrides)
         cfg = load_config(args.config, EvalConfig, [*args.overrides, f"task={task}"])
         report = evaluate(cfg, build_task(cfg), progress=not args.no_progress)
     except USER_ERRORS as e:
@@ -73,19 +70,6 @@ def main(task: str, argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         print(f"report: {Path(cfg.out_dir) / 'report.json'}")
     return 0
-
-
-def _check_overrides(overrides: list[str]) -> None:
-    """Each ``a.b=c`` parses as YAML. The shell strips quotes, so ``prompt="Q: {} A:"`` arrives as
-    ``prompt=Q: {} A:``, which YAML reads as a mapping and rejects."""
-    for item in overrides:
-        try:
-            OmegaConf.from_dotlist([item])
-        except Exception:  # yaml's ParserError / ScannerError, over several lines that do not name it
-            raise ConfigError(
-                f"override {item!r}: the value is not valid YAML (a ': ' or braces in it?); quote it for YAML "
-                f"inside the shell's quotes, e.g. 'prompt=\"Question: {{}} Answer:\"'"
-            ) from None
 
 
 def summarize(report_files: list[str | Path]) -> str:

@@ -155,9 +155,6 @@ class EvalConfig:
         check(self.candidates is None or self.candidates >= 1, "candidates", self.candidates, "use null, 1 or more")
         g = self.guidance_scale_for_llm
         check(g is None or math.isfinite(g), "guidance_scale_for_llm", g, GUIDANCE_FIX)
-        if self.decoding is not None:
-            lp = self.decoding.length_penalty
-            check(math.isfinite(lp), "decoding.length_penalty", lp, "use a finite exponent (1.0: LaVIT's)")
         if self.task == "vqa" and self.prompt is not None:
             fix = 'a VQA template holds {} once, where the question goes, e.g. "Question: {} Answer:"'
             check(_one_slot(self.prompt), "prompt", self.prompt, fix)

@@ -16,7 +16,6 @@ images are read later, one by one (an unreadable one is a missing item, not an e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -101,26 +100,12 @@ def _read(data: EvalDataConfig, build: Callable[[], object]):
         return build()
     except (AnnotationError, ConfigError):  # already one line naming the file or key
         raise
-    except UnicodeDecodeError:  # json.load on a binary file; the reader does not say which
-        raise AnnotationError(_not_json(data)) from None
     except OSError as e:  # permission denied and the like (absence was checked before)
         raise AnnotationError(
             f"{e.filename}: cannot read it ({e.strerror or e}); check the file and its permissions"
         ) from None
     except ValueError as e:  # the readers' own checks (a split absent from the file, an empty folder)
         raise AnnotationError(" ".join(str(e).split())) from None
-
-
-def _not_json(data: EvalDataConfig) -> str:
-    for name in FILES:
-        path = getattr(data, name)
-        if path is None:
-            continue
-        try:
-            json.loads(Path(path).read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return f"{path}: not UTF-8 JSON ({e}); set data.{name} to the {data.format} {name} file"
-    return f"the data.annotations / data.questions files of data.format={data.format} are not UTF-8 JSON"
 
 
 def _file_items(task: str, data: EvalDataConfig) -> list[Item]:
