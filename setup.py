@@ -22,10 +22,22 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "numpy>=1.24",
     "tqdm>=4.60",
+    "webdataset>=1.0,<2",  # tar shards (img2dataset's layout) for training at scale
+    "braceexpand>=0.1",  # shard patterns such as data/{00000..00099}.tar
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
+    # scikit-learn: its bundled photographs and digits are the real images the tests and the
+    # real-data recipe use (nothing can be downloaded at run time).
+    "dev": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "ruff>=0.6",
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6",
+        "scikit-learn>=1.3",
+    ],
     "eval": ["pycocoevalcap>=1.2", "torchmetrics>=1.4", "torch-fidelity>=0.3", "scipy>=1.10"],
     "xformers": ["xformers>=0.0.28"],
 }

@@ -14,6 +14,7 @@ Nothing here touches Pillow's global settings (``Image.MAX_IMAGE_PIXELS``,
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 
@@ -62,18 +63,50 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     name = os.fspath(path)
     # The with-block closes the file handle; everything returned is decoded before it ends.
     with _open(name, max_pixels) as img:
-        width, height = img.size  # from the header: Image.open decodes no pixels
-        if width * height > max_pixels:
-            raise ImageLoadError(
-                f"{name}: image is {width}x{height} = {width * height:,} pixels, over "
-                f"max_pixels={max_pixels:,} (a guard against decompression bombs). If you "
-                f"trust this file, pass a larger max_pixels.",
-                path=name,
-            )
-        _decode(img, name, max_pixels)
-        # exif_transpose returns a new image (a copy when there is no orientation tag).
-        upright = _exif_transpose(img, name)
-    return to_rgb(upright, name=name)
+        return _finish(img, name, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`load_image` for an image already in memory (a member of a tar shard).
+
+    Args:
+        data: the encoded image file's bytes.
+        name: how errors name it (e.g. ``shard-000.tar:KEY.jpg``).
+        max_pixels: as for :func:`load_image`.
+
+    Returns:
+        An RGB image, EXIF orientation applied.
+
+    Raises:
+        ImageLoadError: not an image, too large, truncated or corrupt; the message names ``name``.
+    """
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(f"{name}: not a recognised image (Pillow cannot identify it).", path=name) from e
+    except Image.DecompressionBombError as e:
+        raise _pillow_bomb_error(name, e, max_pixels) from e
+    except Exception as e:  # a malformed header can make a format plugin raise anything
+        raise _corrupt_error(name, e) from e
+    with img:
+        return _finish(img, name, max_pixels)
+
+
+def _finish(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    """An opened (header-only) image -> fully decoded, upright RGB, size-checked first."""
+    width, height = img.size  # from the header: Image.open decodes no pixels
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, over "
+            f"max_pixels={max_pixels:,} (a guard against decompression bombs). If you "
+            f"trust this file, pass a larger max_pixels.",
+            path=name,
+        )
+    _decode(img, name, max_pixels)
+    # exif_transpose returns a new image (a copy when there is no orientation tag).
+    return to_rgb(_exif_transpose(img, name), name=name)
 
 
 def _open(name: str, max_pixels: int) -> Image.Image:
