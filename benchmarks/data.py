@@ -25,9 +25,9 @@ from bench_utils import print_report
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
+from lavit.data.readers import JsonlDataset
 from lavit.data.sample import Sample
 from lavit.data.shards import ShardStream
-from lavit.data.sources import JsonlSource
 from lavit.data.transforms import to_tensor
 
 
@@ -109,7 +109,7 @@ def main() -> None:
         for side in args.sizes:
             for workers in args.workers:
                 sources = {
-                    "jsonl": (JsonlSource(jsonl), {"shuffle": False}),
+                    "jsonl": (JsonlDataset(jsonl), {"shuffle": False}),
                     "shards": (ShardStream(shards, shuffle_buffer=100).one_epoch(0), {}),
                 }
                 for name, (dataset, extra) in sources.items():

@@ -136,7 +136,7 @@ def test_latent_space_from_a_local_vae(tmp_path):
     again = load_detokenizer(tmp_path / "detok")
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    with pytest.raises(ConfigError, match="not a local diffusers AutoencoderKL folder"):
+    with pytest.raises(ConfigError, match="is not an AutoencoderKL folder"):
         DiffusionDetokenizer(cfg)
     with pytest.raises(ConfigError, match="latent space needs vae_path"):
         debug_cfg("space=latent")

@@ -219,7 +219,7 @@ def test_a_vae_folder_with_pickle_weights_only_is_refused(tmp_path):
     evil_code(folder, marker)
     with pytest.raises(ConfigError, match="vae_path=.*safetensors"):
         load_vae(str(folder))
-    with pytest.raises(ConfigError, match="not an AutoencoderKL folder with safetensors weights"):
+    with pytest.raises(ConfigError, match="init_from=.*AutoencoderKL folder with safetensors weights"):
         load_vae_weights(build_vae(cfg), folder)
     assert not marker.exists()
 

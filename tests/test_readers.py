@@ -88,7 +88,7 @@ def test_jsonl_malformed_line_names_file_and_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ('{"image": "a.png"}', "line 3: missing key 'text'"),
+        ('{"image": "a.png"}', "line 3: has neither 'text' nor 'question'"),
         ('{"text": "hi"}', "line 3: missing key 'image'"),
         ('["a.png", "hi"]', "line 3: expected a JSON object"),
         ('{"image": "a.png", "text": 5}', "line 3: 'text' must be a string or a list"),

@@ -21,7 +21,6 @@ from torch import nn
 
 from detokenizer.diffusion.config import DiffusionConfig
 from detokenizer.diffusion.schedule import noise_scheduler
-from lavit.config import ConfigError
 from lavit.layers import QueryConditioner, grid_to_seq, seq_to_grid
 
 # LaVIT's aspect-ratio buckets (SDXL's, at 1024 px) as (height, width); transposes added below.
@@ -233,20 +232,8 @@ def parse_ratio(ratio: str | float) -> float:
 
 
 def load_vae(path: str | None) -> AutoencoderKL:
-    """A diffusers AutoencoderKL from a local folder, with a clear error when it is not one."""
-    from pathlib import Path
+    """A diffusers AutoencoderKL from a local folder (``model.vae_path``), with a clear error
+    when it is not one."""
+    from detokenizer.diffusion.vae import open_autoencoder
 
-    if not path or not (Path(path) / "config.json").is_file():
-        raise ConfigError(
-            f"vae_path={path!r} is not a local diffusers AutoencoderKL folder (config.json + weights); "
-            "save one with AutoencoderKL.save_pretrained(DIR) and point vae_path at DIR"
-        )
-    # Safetensors only (a diffusion_pytorch_model.bin is refused rather than unpickled).
-    try:
-        return AutoencoderKL.from_pretrained(path, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as e:
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ConfigError(
-            f"vae_path={path!r} does not load as an AutoencoderKL with safetensors weights ({first}); "
-            "convert .bin weights with AutoencoderKL.save_pretrained(DIR, safe_serialization=True)"
-        ) from None
+    return open_autoencoder(path, "vae_path")

@@ -120,22 +120,37 @@ def edge_weights(images: torch.Tensor, strength: float) -> torch.Tensor:
     return 1 + strength * edge
 
 
+def open_autoencoder(path: str | Path | None, key: str) -> AutoencoderKL:
+    """A diffusers AutoencoderKL from a local folder, safetensors only (a
+    ``diffusion_pytorch_model.bin`` is refused rather than unpickled).
+
+    Raises:
+        ConfigError: naming ``key=path``: no such folder (diffusers would take a missing path for
+            a hub name), no config.json, or weights that do not load.
+    """
+    if not path or not (Path(path) / "config.json").is_file():
+        what = "no such folder" if not path or not Path(path).is_dir() else "no config.json"
+        raise ConfigError(
+            f"{key}={str(path)!r} is not an AutoencoderKL folder ({what}); save one with "
+            f"AutoencoderKL.save_pretrained(DIR) (or save_vae) and point {key} at DIR"
+        )
+    try:
+        return AutoencoderKL.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ConfigError(
+            f"{key}={str(path)!r} does not load as an AutoencoderKL folder with safetensors weights ({first}); "
+            "convert .bin weights with AutoencoderKL.save_pretrained(DIR, safe_serialization=True)"
+        ) from None
+
+
 def load_vae_weights(vae: AutoencoderKL, directory: str | Path) -> None:
     """Load a saved AutoencoderKL folder's weights and ``scaling_factor`` into ``vae``.
 
     Raises:
         ConfigError: the folder does not load, or its architecture differs from ``vae``'s.
     """
-    if not Path(directory).is_dir():  # diffusers would take a missing path for a hub name
-        raise ConfigError(f"init_from={str(directory)!r}: not an AutoencoderKL folder (no such folder); point at a folder save_vae wrote")
-    try:
-        source = AutoencoderKL.from_pretrained(directory, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as e:
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ConfigError(
-            f"init_from={str(directory)!r}: not an AutoencoderKL folder with safetensors weights ({first}); "
-            "point at a folder save_vae wrote (config.json + diffusion_pytorch_model.safetensors)"
-        ) from e
+    source = open_autoencoder(directory, "init_from")
     mine, theirs = vae.state_dict(), source.state_dict()
     bad = state_mismatch(mine, theirs)
     if bad:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "build_data": "sources",
     "expand_shorthand": "sources",
     "resolve_kind": "sources",
-    "JsonlSource": "sources",
+    "JsonlDataset": "readers",
     "ShardStream": "shards",
     "ShardError": "shards",
     "list_shards": "shards",

@@ -15,17 +15,16 @@ resume recomputes how many items each source had given and skips exactly those.
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
 from lavit.config import ConfigError
 from lavit.data.sample import Sample
-from lavit.data.shards import ShardError, worker_start
+from lavit.data.shards import ResumableStream, ShardError
 
 _M64 = (1 << 64) - 1
 _MIX_ORDER, _DRAWS = 0x313, 0xD5A  # separate keys: the mixture's item order, the stream's draws
@@ -162,7 +161,7 @@ class MixtureDataset(Dataset[Sample]):
         return self.datasets[k][index]
 
 
-class MapStream(IterableDataset):
+class MapStream(ResumableStream):
     """A map-style dataset read as an endless, resumable stream split across readers.
 
     Epoch e visits ``permute(., n, (seed, e))``; reader slot s of S takes positions s, s+S, ...
@@ -175,17 +174,6 @@ class MapStream(IterableDataset):
 
     def __init__(self, dataset: Dataset, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
-        self._start = (0, 1)
-
-    def resumed(self, batches_done: int, batch_size: int) -> MapStream:
-        """A copy that continues after ``batches_done`` DataLoader batches (see ShardStream)."""
-        new = copy.copy(self)
-        new._start = (batches_done, batch_size)
-        return new
-
-    def __iter__(self) -> Iterator[Any]:
-        role, num_workers, position = worker_start(*self._start)
-        return self.iter_from(role, num_workers, position)
 
     def iter_from(self, worker: int, num_workers: int, position: int) -> Iterator[Any]:
         """The endless sequence of one reader from ``position`` on."""
@@ -204,7 +192,7 @@ class MapStream(IterableDataset):
             epoch, offset = epoch + 1, 0
 
 
-class MixtureStream(IterableDataset):
+class MixtureStream(ResumableStream):
     """Iterable sources mixed by weight, per item, resumably.
 
     Item t of reader slot s draws its source from ``rng(seed, s, t // 4096)``; on resume at
@@ -232,17 +220,6 @@ class MixtureStream(IterableDataset):
         for k, s in enumerate(self.sources):
             assert (s.rank, s.world_size) == (rank, world_size), f"source {k} was built for another rank"
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._start = (0, 1)
-
-    def resumed(self, batches_done: int, batch_size: int) -> MixtureStream:
-        """A copy that continues after ``batches_done`` DataLoader batches (see ShardStream)."""
-        new = copy.copy(self)
-        new._start = (batches_done, batch_size)
-        return new
-
-    def __iter__(self) -> Iterator[Any]:
-        role, num_workers, position = worker_start(*self._start)
-        return self.iter_from(role, num_workers, position)
 
     def _draws(self, slot: int, chunk: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, slot, chunk, _DRAWS])

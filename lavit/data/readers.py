@@ -19,6 +19,7 @@ question id for question datasets (VQAv2) and the ``image_id`` otherwise (see
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -193,14 +194,17 @@ def _assign_unique_keys(records: list[_Record]) -> None:
 
 
 class JsonlDataset(_ImageRecordDataset):
-    """One JSON object per line: ``{"image": "a/b.jpg", "text": "a caption"}``.
+    """JSONL with caption lines, question lines, or both in one line::
 
-    ``text`` may also be a list of captions. Any other keys go into ``Sample.meta``;
-    ``image_id`` is the ``image`` value as written. Blank lines are skipped.
+        {"image": "a.jpg", "text": "a caption"}                    # text: a string or a list
+        {"image": "a.jpg", "question": "what colour?", "answers": ["red"], "question_id": 7}
+
+    ``answers`` may be a string or a list (default none); other keys go to ``Sample.meta``.
+    ``lines[i]`` is record i's line number (before any ``scan()``).
 
     Args:
         path: the JSONL file.
-        image_root: folder the image paths are relative to (default: the JSONL file's folder).
+        image_root: folder the image paths are relative to (default: the file's folder).
         on_bad_image, max_pixels: as for every reader (see the module docstring).
     """
 
@@ -214,39 +218,53 @@ class JsonlDataset(_ImageRecordDataset):
     ) -> None:
         path = Path(path)
         root = Path(image_root) if image_root is not None else path.parent
-        records = [
-            _Record(image_path=root / image, image_id=image, captions=captions, meta=meta)
-            for image, captions, meta in _read_jsonl(path)
-        ]
+        try:  # utf-8-sig: a byte-order mark some editors write is not part of line 1's JSON
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: not UTF-8 text (byte {e.start}); save the JSONL file as UTF-8") from None
+        records, self.lines = [], []
+        for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):  # newlines as a text-mode file
+            if line.strip():
+                where = f"{path}, line {lineno}"
+                records.append(_jsonl_record(_json_line(line, where), root, where))
+                self.lines.append(lineno)
         super().__init__(records, source=str(path), on_bad_image=on_bad_image, max_pixels=max_pixels)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, list[str], dict[str, Any]]]:
-    """Yield (image, captions, other keys) per non-blank line, validating as it goes."""
+def _json_line(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as an object, or an AnnotationError naming ``where``."""
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"{path}: not UTF-8 text (byte {e.start}); save the JSONL file as UTF-8") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AnnotationError(f"{where}: invalid JSON ({e}). Each line must be one JSON object.") from e
-        if not isinstance(obj, dict):
-            raise AnnotationError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
-        for key in ("image", "text"):
-            if key not in obj:
-                raise AnnotationError(f'{where}: missing key {key!r}. Expected {{"image": ..., "text": ...}}.')
-        image, text = obj.pop("image"), obj.pop("text")
-        if not isinstance(image, str):
-            raise AnnotationError(f"{where}: 'image' must be a path string, got {type(image).__name__}.")
-        captions = [text] if isinstance(text, str) else text
-        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-            raise AnnotationError(f"{where}: 'text' must be a string or a list of strings.")
-        yield image, captions, obj
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{where}: invalid JSON ({e}). Each line must be one JSON object.") from e
+    if not isinstance(obj, dict):
+        raise AnnotationError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
+    return obj
+
+
+def _jsonl_record(obj: dict[str, Any], root: Path, where: str) -> _Record:
+    if "image" not in obj:
+        raise AnnotationError(f"{where}: missing key 'image'. Each line needs an image path and a text or question.")
+    if "text" not in obj and "question" not in obj:
+        raise AnnotationError(
+            f"{where}: has neither 'text' nor 'question' (keys {sorted(obj)}). Give a caption as "
+            '"text" or a VQA item as "question" + "answers".'
+        )
+    image, text, question = obj.pop("image"), obj.pop("text", []), obj.pop("question", None)
+    answers, qid = obj.pop("answers", []), obj.pop("question_id", None)
+    if not isinstance(image, str):
+        raise AnnotationError(f"{where}: 'image' must be a path string, got {type(image).__name__}.")
+    captions = [text] if isinstance(text, str) else text
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise AnnotationError(f"{where}: 'text' must be a string or a list of strings.")
+    answers = [answers] if isinstance(answers, str) else answers
+    if question is not None and (
+        not isinstance(question, str) or not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)
+    ):
+        raise AnnotationError(f"{where}: 'question' must be a string and 'answers' a string or a list of strings.")
+    qa = [] if question is None else [QA(question, answers, None if qid is None else str(qid))]
+    key = None if qid is None else str(qid)
+    return _Record(image_path=root / image, image_id=image, captions=captions, qa=qa, meta=obj, key=key)
 
 
 class CocoCaptionsDataset(_ImageRecordDataset):

@@ -259,7 +259,35 @@ def worker_start(batches_done: int, batch_size: int) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------ the stream
 
 
-class ShardStream(IterableDataset):
+class ResumableStream(IterableDataset):
+    """An endless stream that a DataLoader can pick up after ``batches_done`` batches: subclasses
+    give :meth:`iter_from` (one reader's sequence from a position); :meth:`resumed` and
+    ``__iter__`` turn the DataLoader's worker into that reader and position."""
+
+    _start: tuple[int, int] = (0, 1)  # (batches the DataLoader already delivered, its batch size)
+
+    def resumed(self, batches_done: int, batch_size: int):
+        """A copy whose DataLoader (``batch_size``, any ``num_workers``) continues after
+        ``batches_done`` batches of this rank (``step * grad_accum``) exactly as the uninterrupted
+        run would."""
+        new = copy.copy(self)
+        new._start = (batches_done, batch_size)
+        new._reset()
+        return new
+
+    def __iter__(self) -> Iterator[Any]:
+        role, num_workers, position = worker_start(*self._start)
+        self._reset()
+        return self.iter_from(role, num_workers, position)
+
+    def _reset(self) -> None:
+        """Clear per-pass state (a fresh pass, or a worker's copy, counts afresh)."""
+
+    def iter_from(self, worker: int, num_workers: int, position: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class ShardStream(ResumableStream):
     """An endless, resumable stream of :class:`Sample` over tar shards, split across ranks and
     DataLoader workers without duplication (see the module docstring for the sequence).
 
@@ -295,20 +323,9 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.max_bad_fraction, self.max_pixels = shuffle_buffer, max_bad_fraction, max_pixels
         self.counts: dict[str, ShardCounts] = {}  # per shard, in the process that iterates
         self._sizes: dict[str, int] = {}
-        self._start = (0, 1)  # (batches the DataLoader already delivered, its batch size)
 
-    def resumed(self, batches_done: int, batch_size: int) -> ShardStream:
-        """A copy whose DataLoader (``batch_size``, any ``num_workers``) continues after
-        ``batches_done`` batches of this rank (``step * grad_accum``) exactly as the uninterrupted
-        run would."""
-        new = copy.copy(self)
-        new.counts, new._start = {}, (batches_done, batch_size)
-        return new
-
-    def __iter__(self) -> Iterator[Sample]:
-        role, num_workers, position = worker_start(*self._start)
-        self.counts = {}  # a fresh pass (or a worker's copy) counts afresh
-        return self.iter_from(role, num_workers, position)
+    def _reset(self) -> None:
+        self.counts = {}
 
     def slot_shards(self, epoch: int, worker: int, num_workers: int) -> list[str]:
         """The shards reader ``worker`` of ``num_workers`` on this rank reads in ``epoch``, in order."""

@@ -20,7 +20,6 @@ a file that is not a tar shard, an unknown kind, an empty source, bad mixture we
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -37,11 +36,10 @@ from lavit.data.readers import (
     AnnotationError,
     CocoCaptionsDataset,
     ImageFolderDataset,
+    JsonlDataset,
     VQAv2Dataset,
-    _ImageRecordDataset,
-    _Record,
 )
-from lavit.data.sample import QA, Sample
+from lavit.data.sample import Sample
 from lavit.data.shapes import SPLITS
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shards import ShardStream, list_shards
@@ -199,7 +197,7 @@ def build_source(
         )
     common = {"on_bad_image": on_bad_image, "max_pixels": max_pixels}
     if kind == "jsonl":
-        ds = JsonlSource(str(cfg.path), cfg.image_root, **common)
+        ds = JsonlDataset(str(cfg.path), cfg.image_root, **common)
     elif kind == "coco_captions":
         ds = CocoCaptionsDataset(str(cfg.path), cfg.image_root or Path(str(cfg.path)).parent, **common)
     elif kind == "vqav2":
@@ -273,78 +271,3 @@ def _check_images_exist(ds: Any, n: int, where: str) -> None:
         f"{ds.source}: {len(missing)} of {n} images do not exist, e.g. {shown}. "
         f"Check {where}.image_root or the image paths in the file."
     )
-
-
-class JsonlSource(_ImageRecordDataset):
-    """JSONL with caption lines, question lines, or both in one line::
-
-        {"image": "a.jpg", "text": "a caption"}                    # text: a string or a list
-        {"image": "a.jpg", "question": "what colour?", "answers": ["red"], "question_id": 7}
-
-    ``answers`` may be a string or a list (default none); other keys go to ``Sample.meta``.
-    ``lines[i]`` is record i's line number (before any ``scan()``).
-    (:class:`lavit.data.readers.JsonlDataset` reads caption lines only.)
-
-    Args:
-        path: the JSONL file.
-        image_root: folder the image paths are relative to (default: the file's folder).
-        on_bad_image, max_pixels: as for every reader (see lavit/data/readers.py).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        image_root: str | os.PathLike[str] | None = None,
-        *,
-        on_bad_image: str = "raise",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> None:
-        path = Path(path)
-        root = Path(image_root) if image_root is not None else path.parent
-        try:  # utf-8-sig: a byte-order mark some editors write is not part of line 1's JSON
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise AnnotationError(f"{path}: not UTF-8 text (byte {e.start}); save the JSONL file as UTF-8") from None
-        records, self.lines = [], []
-        for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):  # newlines as a text-mode file
-            if line.strip():
-                where = f"{path}, line {lineno}"
-                records.append(_jsonl_record(json_line(line, where), root, where))
-                self.lines.append(lineno)
-        super().__init__(records, source=str(path), on_bad_image=on_bad_image, max_pixels=max_pixels)
-
-
-def json_line(line: str, where: str) -> dict[str, Any]:
-    """One JSONL line as an object, or an AnnotationError naming ``where``."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{where}: invalid JSON ({e}). Each line must be one JSON object.") from e
-    if not isinstance(obj, dict):
-        raise AnnotationError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
-    return obj
-
-
-def _jsonl_record(obj: dict[str, Any], root: Path, where: str) -> _Record:
-    if "image" not in obj:
-        raise AnnotationError(f"{where}: missing key 'image'. Each line needs an image path and a text or question.")
-    if "text" not in obj and "question" not in obj:
-        raise AnnotationError(
-            f"{where}: has neither 'text' nor 'question' (keys {sorted(obj)}). Give a caption as "
-            '"text" or a VQA item as "question" + "answers".'
-        )
-    image, text, question = obj.pop("image"), obj.pop("text", []), obj.pop("question", None)
-    answers, qid = obj.pop("answers", []), obj.pop("question_id", None)
-    if not isinstance(image, str):
-        raise AnnotationError(f"{where}: 'image' must be a path string, got {type(image).__name__}.")
-    captions = [text] if isinstance(text, str) else text
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise AnnotationError(f"{where}: 'text' must be a string or a list of strings.")
-    answers = [answers] if isinstance(answers, str) else answers
-    if question is not None and (
-        not isinstance(question, str) or not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)
-    ):
-        raise AnnotationError(f"{where}: 'question' must be a string and 'answers' a string or a list of strings.")
-    qa = [] if question is None else [QA(question, answers, None if qid is None else str(qid))]
-    key = None if qid is None else str(qid)
-    return _Record(image_path=root / image, image_id=image, captions=captions, qa=qa, meta=obj, key=key)
