@@ -125,7 +125,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 def test_every_kind_yields_samples(files: dict[str, Path]) -> None:
     root = files["root"]
-    shapes = build_source(SourceConfig(kind="shapes", split="val", limit=2, shapes=ShapesWorldConfig(resolution=32)))
+    shapes = build_source(SourceConfig(kind="shapes", split="val", limit=2), shapes=ShapesWorldConfig(resolution=32))
     assert len(shapes) == 2 and shapes[0].image.size == (32, 32) and shapes[0].captions and shapes[0].qa
 
     cap = build_source(SourceConfig(kind="jsonl", path=str(root / "cap.jsonl")))
@@ -202,7 +202,7 @@ def test_data_config_loads_through_omegaconf_and_shorthand(files: dict[str, Path
     path = str(files["root"] / "cap.jsonl")
     cfg = load_config(None, Run, expand_shorthand([f"data.train={path}", "data.val=shapes", "data.seed=3"]))
     assert (cfg.data.train[0].kind, cfg.data.train[0].path, cfg.data.val[0].path) == ("auto", path, "shapes")
-    assert len(build_data(cfg.data.train, cfg.data.seed)) == 2
+    assert len(build_data(cfg.data)) == 2
     with pytest.raises(ConfigError) as e:
         load_config(None, Run, ["data.train=[{kind: parquet, path: x}]"])
     _one_line_error(e, "kind", "parquet")
@@ -435,13 +435,21 @@ def test_mixture_stream_draws_in_proportion() -> None:
 def test_mixture_of_map_sources_is_map_style(files: dict[str, Path]) -> None:
     root = files["root"]
     cfgs = [SourceConfig(path=str(root / "cap.jsonl"), weight=1), SourceConfig(kind="shapes", limit=4, weight=1)]
-    mix = build_data(cfgs, seed=0)
+    mix = build_data(DataConfig(train=cfgs))
     assert isinstance(mix, MixtureDataset) and len(mix) == 6 and all(isinstance(mix[i], Sample) for i in range(6))
     cfgs.append(SourceConfig(path=str(root / "shards")))
-    assert isinstance(build_data(cfgs, seed=0), MixtureStream)
+    assert isinstance(build_data(DataConfig(train=cfgs)), MixtureStream)
 
 
 # ------------------------------------------------------------------------------ bad input
+
+
+def _zero_weights() -> DataConfig:
+    """A config whose weights were zeroed after validation (as code may build one)."""
+    cfg = DataConfig(train=[SourceConfig(kind="shapes"), SourceConfig(kind="shapes")])
+    for source in cfg.train:
+        source.weight = 0.0
+    return cfg
 
 
 def _jsonl(tmp: Path, text: str | bytes) -> SourceConfig:
@@ -541,7 +549,7 @@ BAD_INPUTS = [
     ("negative_weight", lambda tmp, root: SourceConfig(kind="shapes", weight=-1.0), ConfigError, ("'weight'", "-1.0")),
     (
         "all_weights_zero",
-        lambda tmp, root: build_data([SourceConfig(kind="shapes", weight=0.0)] * 2, 0),
+        lambda tmp, root: build_data(_zero_weights()),
         ConfigError,
         ("every mixture weight is 0",),
     ),

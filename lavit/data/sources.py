@@ -7,7 +7,7 @@
         - {kind: shapes}
       val: [{kind: coco_captions, path: captions_val2014.json, image_root: val2014}]
 
-``build_data(cfg.train, seed)`` gives one map-style ``Dataset[Sample]`` (one map-style source,
+``build_data(cfg, "train")`` gives one map-style ``Dataset[Sample]`` (one map-style source,
 or a :class:`MixtureDataset` of several) or an endless, resumable stream (a :class:`ShardStream`,
 or a :class:`MixtureStream` when any source is one). A training task reads fields of
 :class:`Sample`, never which source it came from. On the command line, ``data.train=PATH``
@@ -59,7 +59,6 @@ class SourceConfig:
     split: str = "train"  # shapes: which split
     weight: float = 1.0  # share in a mixture, proportional; 0 leaves the source out
     limit: int | None = None  # map-style sources: only the first N items
-    shapes: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
 
     def __post_init__(self) -> None:
         check(self.kind in (*KINDS, "auto"), "kind", self.kind, f"use one of {', '.join(KINDS)} or auto")
@@ -75,13 +74,15 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    """Training and validation sources, and how streams are read."""
+    """Training and validation sources, and how streams are read. ``shapes`` is the one
+    ShapesWorld every ``kind: shapes`` source draws its split from (``data.shapes.resolution=32``)."""
 
     train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="shapes", split="train")])
     val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="shapes", split="val")])
     shuffle_buffer: int = 1000  # raw samples held per reader when shuffling shards
     max_bad_fraction: float = 0.01  # share of undecodable samples past which a run stops
     seed: int = 0
+    shapes: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
 
     def __post_init__(self) -> None:
         check(len(self.train) > 0, "data.train", self.train, "name at least one source")
@@ -153,6 +154,7 @@ def build_source(
     shuffle_buffer: int = 1000,
     max_bad_fraction: float = 0.01,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    shapes: ShapesWorldConfig | None = None,
     where: str = "source",
 ) -> Dataset[Sample] | ShardStream:
     """Build one source.
@@ -162,6 +164,7 @@ def build_source(
         on_bad_image: map-style readers' policy for an image that fails to decode.
         seed, rank, world_size, shuffle_buffer, max_bad_fraction: for a webdataset stream.
         max_pixels: decompression-bomb limit of every image.
+        shapes: the ShapesWorld a ``kind: shapes`` source draws from (default: the default one).
         where: how errors name the source (``data.train[1]``).
 
     Returns:
@@ -173,7 +176,7 @@ def build_source(
     """
     kind = resolve_kind(cfg)
     if kind == "shapes":
-        ds: Any = ShapesWorld(cfg.shapes, cfg.split)
+        ds: Any = ShapesWorld(shapes or ShapesWorldConfig(), cfg.split)
         return Subset(ds, range(min(cfg.limit, len(ds)))) if cfg.limit else ds
     for key in ("path", "questions", "image_root"):
         value = getattr(cfg, key)
@@ -215,46 +218,35 @@ def build_source(
     return Subset(ds, range(n)) if n < len(ds) else ds
 
 
-def build_data(
-    cfgs: list[SourceConfig],
-    seed: int,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle_buffer: int = 1000,
-    max_bad_fraction: float = 0.01,
-    length: int | None = None,
-    where: str = "data.train",
-) -> Any:
-    """Build a source list: one source -> itself, several -> a weighted mixture.
+def build_data(cfg: DataConfig, split: str = "train", *, rank: int = 0, world_size: int = 1, length: int | None = None):
+    """Build ``cfg.train`` or ``cfg.val``: one source -> itself, several -> a weighted mixture.
 
     Args:
-        cfgs: the sources (``DataConfig.train`` or ``.val``).
-        seed: seeds shard order, shuffle buffers and mixture draws.
+        cfg: the run's data config (sources, seed, shard reading, the ShapesWorld of its shapes
+            sources).
+        split: ``"train"`` or ``"val"``.
         rank, world_size: this process among the data-parallel ranks (streams split by them).
-        shuffle_buffer, max_bad_fraction: ``DataConfig``'s, for shard streams.
         length: items of a :class:`MixtureDataset` (default: its sources' total).
-        where: how errors name the list.
 
     Returns:
         A map-style ``Dataset[Sample]`` (use the trainer's StepBatchSampler) or an endless stream
         (``ShardStream`` / ``MixtureStream``; use ``.resumed(...)`` to resume, see shards.py).
     """
+    assert split in ("train", "val"), split
+    cfgs, where = getattr(cfg, split), f"data.{split}"
     if not cfgs:
         raise ConfigError(f"{where}: no sources; name at least one")
     names = [f"{where}[{i}]" for i in range(len(cfgs))]
     weights = [c.weight for c in cfgs]
     normalise_weights(weights, names)  # raises on a negative weight or all zeros
-    stream = {"seed": seed, "rank": rank, "world_size": world_size}
-    sources = [
-        build_source(c, shuffle_buffer=shuffle_buffer, max_bad_fraction=max_bad_fraction, where=n, **stream)
-        for c, n in zip(cfgs, names, strict=True)
-    ]
+    stream = {"seed": cfg.seed, "rank": rank, "world_size": world_size}
+    reading = {"shuffle_buffer": cfg.shuffle_buffer, "max_bad_fraction": cfg.max_bad_fraction, "shapes": cfg.shapes}
+    sources = [build_source(c, where=n, **reading, **stream) for c, n in zip(cfgs, names, strict=True)]
     if len(sources) == 1:
         return sources[0]
     if any(isinstance(s, ShardStream) for s in sources):
         return MixtureStream(sources, weights, **stream)
-    return MixtureDataset(sources, weights, seed=seed, length=length)
+    return MixtureDataset(sources, weights, seed=cfg.seed, length=length)
 
 
 def _check_images_exist(ds: Any, n: int, where: str) -> None:
