@@ -8,7 +8,7 @@
     feature decoder (training only)  -> (B, N, Ce) rebuilt standardised encoder features (cosine loss)
     read-out (optional, frozen)      the encoder's pretraining heads on rebuilt vs original features (KL)
 
-Public interface (DESIGN.md section 4):
+Public interface (docs/design.md §4):
 
     codes = tok.encode(images)              # list of B LongTensors, len N_i <= N
     feats = tok.encode_features(images)     # list of B (N_i, W) continuous merger outputs

@@ -1,4 +1,4 @@
-"""VAR's next-scale transformer, conditioned on a *sequence* (DESIGN.md section 7).
+"""VAR's next-scale transformer, conditioned on a *sequence* (docs/design.md §7).
 
 Sequence layout: scale 0 is one start token made from the pooled condition; scale k >= 1 holds
 the ``p_k^2`` positions of the cumulative ``f_hat`` after scales < k, area-downsampled to

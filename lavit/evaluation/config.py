@@ -2,7 +2,7 @@
 
 One :class:`EvalConfig` per run: which task, which model, which data set (format + local paths)
 and how to decode. Prompts and decoding settings left at ``None`` take the pipeline's own,
-which default to LaVIT's (DESIGN.md section 5): captions with 2 beams and up to 36 new tokens,
+which default to LaVIT's (docs/design.md §5): captions with 2 beams and up to 36 new tokens,
 VQA as "Question: {} Answer:" with 5 beams and up to 10.
 """
 
