@@ -110,10 +110,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_recipe(load_recipe(args.recipe, args.overrides))
         return
     from lavit.config import load_config
+    from lavit.data.sources import expand_shorthand
     from lavit.train.trainer import fit_stage
 
     schema, task_cls = load_stage(args.stage)
-    cfg = load_config(args.config, schema, args.overrides)
+    cfg = load_config(args.config, schema, expand_shorthand(args.overrides))  # data.train=PATH
     metrics = fit_stage(task_cls, cfg)  # locks out_dir before the task writes there
     if metrics:
         print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))

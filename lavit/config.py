@@ -69,6 +69,57 @@ class ShapesWorldConfig:
         return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
 
 
+# The data layer's sources (lavit/data/sources.py builds them). Defined here, beside
+# ShapesWorldConfig, so that every stage's run config can hold a ``data: DataConfig``.
+SOURCE_KINDS = ("shapes", "jsonl", "coco_captions", "vqav2", "image_folder", "webdataset")
+SHAPES_SPLITS = ("test", "train", "val")  # lavit.data.shapes.SPLITS
+
+
+@dataclass
+class SourceConfig:
+    """One data source. ``kind: auto`` infers the kind from ``path`` (see :func:`resolve_kind`)."""
+
+    kind: str = "auto"  # one of SOURCE_KINDS, or auto
+    path: str | None = None  # jsonl file / COCO or VQAv2 annotations JSON / image folder / shards
+    image_root: str | None = None  # folder the annotation's image paths are relative to
+    questions: str | None = None  # vqav2: the questions JSON (path: the annotations, or none)
+    split: str = "train"  # shapes: which split
+    weight: float = 1.0  # share in a mixture, proportional; 0 leaves the source out
+    limit: int | None = None  # map-style sources: only the first N items
+
+    def __post_init__(self) -> None:
+        check(self.kind in (*SOURCE_KINDS, "auto"), "kind", self.kind, f"use one of {', '.join(SOURCE_KINDS)} or auto")
+        check(self.weight >= 0, "weight", self.weight, "mixture weights are >= 0 (0 leaves the source out)")
+        check(self.limit is None or self.limit >= 1, "limit", self.limit, "use a positive item count, or null for all")
+        check(self.split in SHAPES_SPLITS, "split", self.split, f"use one of {sorted(SHAPES_SPLITS)}")
+        needs_path = self.kind not in ("shapes", "vqav2")
+        check(not needs_path or bool(self.path), "path", self.path, f"kind {self.kind} needs a path")
+        check(
+            self.kind != "vqav2" or bool(self.questions), "questions", self.questions, "vqav2 needs the questions JSON"
+        )
+
+
+@dataclass
+class DataConfig:
+    """Training and validation sources, and how streams are read. ``shapes`` is the one
+    ShapesWorld every ``kind: shapes`` source draws its split from (``data.shapes.resolution=32``)."""
+
+    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="shapes", split="train")])
+    val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="shapes", split="val")])
+    shuffle_buffer: int = 1000  # raw samples held per reader when shuffling shards
+    max_bad_fraction: float = 0.01  # share of undecodable samples past which a run stops
+    seed: int = 0
+    shapes: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+
+    def __post_init__(self) -> None:
+        check(len(self.train) > 0, "data.train", self.train, "name at least one source")
+        check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "use 1 (no shuffle) or more")
+        check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "use a share in [0, 1]")
+        for name, sources in (("data.train", self.train), ("data.val", self.val)):
+            weights = [s.weight for s in sources]
+            check(not sources or sum(weights) > 0, f"{name}[*].weight", weights, "give one source a weight > 0")
+
+
 @dataclass
 class EncoderConfig:
     """The frozen (or trainable) timm ViT whose last-block features the tokenizer reads."""
@@ -328,7 +379,7 @@ class TokenizerRunConfig:
     """``lavit train tokenizer``: model, data and trainer settings."""
 
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vq_start_step: int = 200  # two phases (LaVIT): selector + merger without VQ, then VQ on
     eval_images: int = 500  # held-out (val) images for codebook usage / kept fraction / cosine
@@ -341,7 +392,7 @@ class EncoderRunConfig:
     from-scratch stand-in for LaVIT's EVA-CLIP, whose job is to make features semantic)."""
 
     model: EncoderConfig = field(default_factory=EncoderConfig)
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_images: int = 500  # held-out (val) images for the per-patch label accuracy
 
@@ -584,15 +635,16 @@ class LMRunConfig:
 
     lm: LMConfig = field(default_factory=LMConfig)
     tokenizer_dir: str = "runs/tokenizer_tiny/model"  # a trained tokenizer (lavit train tokenizer)
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # train: what it learns on; val: evaluation
     train: TrainConfig = field(default_factory=TrainConfig)
     mixture: LMMixtureConfig = field(default_factory=LMMixtureConfig)
-    num_scenes: int = 20_000  # training scenes; their codes are extracted once and cached
-    codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    num_scenes: int | None = 20_000  # items of each map-style train source (the first ones; null: all);
+    # a stream source gives one epoch. Their codes are extracted once and cached
+    codes_cache: str | None = None  # cache folder; default: <train.out_dir>/codes (lavit/train/codes_cache.py)
     # A saved LM (a `lavit train lm` run's model/, or a pipeline's lm/) whose weights start this
     # run, to train the shipped LM on (e.g. with another mixture). Its text tokenizer is copied
     # into the run; ``lm`` must describe the same model (its pretrained_path is provenance only).
     init_from: str | None = None
-    eval_scenes: int = 200
+    eval_scenes: int = 200  # items of data.val evaluated (the first ones)
     caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=36))
     vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=10))

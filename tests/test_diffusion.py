@@ -23,6 +23,7 @@ from detokenizer.diffusion.model import parse_ratio
 from detokenizer.diffusion.sampling import min_snr_weights, noise_scheduler, sampling_scheduler, training_target
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
+from lavit.data.shapes_dataset import ShapesWorld
 from lavit.train.tasks.diffusion import DiffusionTask, batch_codes, collate_scene_codes, focused_error
 from lavit.train.trainer import fit
 from tokenizer import load_tokenizer
@@ -248,7 +249,8 @@ def test_features_condition_and_spatial_layout(tmp_path, tokenizer_dir):
     task = DiffusionTask(cfg)
     data = task.train_dataset()
     masks = [data[i][2] for i in range(len(data))]  # each item carries its scene's small-shape boxes
-    assert all(torch.equal(m, task.world.focus_mask(i, cfg.model.resolution, ["small"])) for i, m in enumerate(masks))
+    world = ShapesWorld(cfg.data.shapes, "train")
+    assert all(torch.equal(m, world.focus_mask(i, cfg.model.resolution, ["small"])) for i, m in enumerate(masks))
     assert any(m.sum() > 0 for m in masks) and all(
         m.shape == (1, cfg.model.resolution, cfg.model.resolution) for m in masks
     )
@@ -324,7 +326,7 @@ def test_vae_stage_trains_calibrates_and_serves_latent_space(tmp_path):
             "model.resolution=32",
             "model.block_out_channels=[8,16]",
             "model.norm_num_groups=4",
-            "data.resolution=32",
+            "data.shapes.resolution=32",
             f"train.out_dir={tmp_path}",
             "train.steps=3",
             "train.batch_size=4",

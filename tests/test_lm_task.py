@@ -18,20 +18,21 @@ from lavit.train.trainer import fit
 def test_lm_stage_trains_evaluates_and_saves(tmp_path, tokenizer_dir, lm_cfg, mode):
     cfg = lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}")
     task = LMTask(cfg)
-    assert len(task.codes) == 64 and all(c.numel() >= 1 for c in task.codes)
+    assert len(task.codes) == 64 and all(task.codes.codes(i).numel() >= 1 for i in range(64))
     metrics = fit(task, cfg.train)
     assert 0.0 <= metrics["caption_attribute_acc"] <= 1.0 and 0.0 <= metrics["vqa_acc"] <= 1.0
+    assert metrics["caption_bleu4"] >= 0 and metrics["caption_cider"] >= 0
     assert metrics["t2i_code_loss"] > 0 and metrics["code_unigram_entropy"] > 0
     lm, text_tok = load_lm(tmp_path / "model")
     assert lm.layout.num_codes == 64 and lm.cfg.understanding_input == mode
     builder = SequenceBuilder(text_tok, lm.layout, 128)
-    seq = builder.understanding(task.codes[0], cfg.mixture.caption_prompt, "a red circle.")
+    seq = builder.understanding(task.codes.codes(0), cfg.mixture.caption_prompt, "a red circle.")
     assert seq.ids[-1] == text_tok.eos_token_id and sum(w > 0 for w in seq.weights) >= 3
     # The code cache is reused on a second run, and rebuilt when the data config changes.
-    cache = tmp_path / "codes_train.safetensors"
+    cache = tmp_path / "codes" / "train-0" / "index.json"
     mtime = cache.stat().st_mtime_ns
-    assert torch.equal(LMTask(cfg).codes[5], task.codes[5]) and cache.stat().st_mtime_ns == mtime
-    LMTask(lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}", "data.seed=1"))
+    assert torch.equal(LMTask(cfg).codes.codes(5), task.codes.codes(5)) and cache.stat().st_mtime_ns == mtime
+    LMTask(lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}", "data.shapes.seed=1"))
     assert cache.stat().st_mtime_ns != mtime
 
 
@@ -86,7 +87,7 @@ def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_di
     from lavit.data.transforms import to_pil
 
     mix = "mixture.caption_prob=0 mixture.vqa_prob=0 mixture.t2i_prob=0 mixture.synthesis_prob=1"
-    cfg = lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}", *mix.split(), "data.resolution=64")
+    cfg = lm_cfg(tmp_path, tokenizer_dir, f"lm.understanding_input={mode}", *mix.split(), "data.shapes.resolution=64")
     task = LMTask(cfg)
     task.build_model()
     items = task.train_dataset()
@@ -96,7 +97,7 @@ def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_di
     for j in range(12):
         seq, images = items[j]
         scene = j % cfg.num_scenes
-        target = layout.codes_to_ids(task.codes[scene]).tolist() + [layout.image_end_id]
+        target = layout.codes_to_ids(task.codes.codes(scene)).tolist() + [layout.image_end_id]
         prompt_len = len(seq) - len(target)
         assert seq.ids[prompt_len:] == target and seq.ids[prompt_len - 1] == layout.image_start_id
         assert all(w == 0 for w in seq.weights[:prompt_len]) and all(w == 1 for w in seq.weights[prompt_len:])
@@ -121,7 +122,7 @@ def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_di
             have = sum((colour_kinds(parse_scene(to_pil(im))) for im in images), start=colour_kinds(()))
             for m in map(named.match, text):
                 have[(m.group(1), m.group(2))] += 1
-            assert have == colour_kinds(task.world.scene(scene).shapes)
+            assert have == colour_kinds(task.codes[scene].scene().shapes)
         else:
             assert images is None
         kinds.add("text" if text else "images")

@@ -371,7 +371,7 @@ BAD_INPUTS = {
     "seed changed": resumed("train.seed=1", names=("train.seed: 0 -> 1",)),
     "lr changed": resumed("train.optim.lr=0.01", names=("train.optim.lr: 0.001 -> 0.01",)),
     "model width changed": resumed("model.width=64", names=("model.width: 32 -> 64",)),
-    "resolution changed": resumed("data.resolution=48", names=("data.resolution: 32 -> 48",)),
+    "resolution changed": resumed("data.shapes.resolution=48", names=("data.shapes.resolution: 32 -> 48",)),
     "ema switched on": resumed("train.ema_decay=0.9", names=("train.ema_decay: 0.0 -> 0.9",)),
     "task key changed": resumed("vq_start_step=3", names=("vq_start_step: 2 -> 3",)),
     "two keys changed": resumed("train.seed=1", "model.heads=4", names=("model.heads: 2 -> 4", "train.seed")),

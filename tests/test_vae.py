@@ -60,7 +60,7 @@ def run_cfg(tmp_path, *overrides: str) -> VAERunConfig:
         [
             *(f"model.{k}={v}" for k, v in SMALL.items()),
             "model.sample_posterior=false",
-            "data.resolution=32",
+            "data.shapes.resolution=32",
             f"train.out_dir={tmp_path / 'run'}",
             "train.steps=3",
             "train.batch_size=4",

@@ -484,7 +484,7 @@ def test_var_training_stage_reconstructs_from_codes_and_saves_one_loadable_decod
 
     cfg = debug_var_cfg(tmp_path, tokenizer_dir)
     metrics = fit(VARTask(cfg), cfg.train)
-    assert set(metrics) == {"recon_scene_kept", "recon_scene_recovered"}
+    assert set(metrics) == {"recon_scene_kept", "recon_scene_recovered", "recon_psnr"}
     assert (tmp_path / "var" / "recon_step3.png").is_file()
     decoder, tok = load_var_decoder(tmp_path / "var" / "model"), load_tokenizer(tokenizer_dir)
     codes = tok.encode(torch.rand(2, 3, 32, 32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lavit.config import GUIDANCE_FIX, ShapesWorldConfig, TrainConfig, check, check_norm_groups
+from lavit.config import GUIDANCE_FIX, DataConfig, TrainConfig, check, check_norm_groups
 from lavit.data.shapes import check_shape_description
 
 SCHEDULERS = ("ddim", "ddpm", "euler", "dpm")
@@ -168,10 +168,11 @@ class DiffusionRunConfig:
 
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
     tokenizer_dir: str = "runs/tokenizer_tiny/model"
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # train: what it learns on; val: evaluation
     train: TrainConfig = field(default_factory=TrainConfig)
-    num_scenes: int = 20_000  # training scenes; their codes are extracted once and cached
-    codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    num_scenes: int | None = 20_000  # items of each map-style train source (the first ones; null: all);
+    # a stream source gives one epoch. Their codes are extracted once and cached
+    codes_cache: str | None = None  # cache folder; default: <train.out_dir>/codes (lavit/train/codes_cache.py)
     cond_drop_prob: float = 0.1  # condition dropped for classifier-free guidance
     # Min-SNR-gamma loss weighting (Hang et al., ICCV 2023): each timestep's loss is weighted as
     # if it were an x0 loss with weight min(SNR(t), gamma). 0 = plain MSE on the target.
@@ -251,7 +252,7 @@ class VAERunConfig:
     """``lavit train vae``: the AutoencoderKL of ``space: latent`` on ShapesWorld images."""
 
     model: VAEConfig = field(default_factory=VAEConfig)
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_images: int = 200  # held-out (val) images: PSNR and scenes kept by the parser
     calibration_images: int = 512  # train images whose latent spread sets scaling_factor

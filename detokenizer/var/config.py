@@ -6,7 +6,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from lavit.config import GUIDANCE_FIX, ShapesWorldConfig, TrainConfig, check, check_norm_groups
+from lavit.config import GUIDANCE_FIX, DataConfig, TrainConfig, check, check_norm_groups
 
 
 @dataclass
@@ -69,7 +69,7 @@ class VQVAERunConfig:
     """``lavit train var-vqvae``: the multi-scale VQ-VAE on ShapesWorld images."""
 
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_images: int = 200  # held-out (val) images: PSNR, per-scale code usage, scenes kept
 
@@ -177,9 +177,10 @@ class VARRunConfig:
     # Parameter-name prefixes of the transformer to train, the rest frozen (empty: all of it),
     # e.g. [last_head.] to train a head grown on a trained decoder (init_from).
     trainable: list[str] = field(default_factory=list)
-    data: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # train: what it learns on; val: evaluation
     train: TrainConfig = field(default_factory=TrainConfig)
-    num_scenes: int = 20_000  # training scenes; their tokenizer codes are extracted once and cached
-    codes_cache: str | None = None  # default: <train.out_dir>/codes_train.safetensors
+    num_scenes: int | None = 20_000  # items of each map-style train source (the first ones; null: all);
+    # a stream source gives one epoch. Their codes are extracted once and cached
+    codes_cache: str | None = None  # cache folder; default: <train.out_dir>/codes (lavit/train/codes_cache.py)
     eval_scenes: int = 200
     sampling: VARSamplingConfig = field(default_factory=VARSamplingConfig)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from lavit.config import ConfigError, ShapesWorldConfig, check
+from lavit.config import SOURCE_KINDS, ConfigError, DataConfig, ShapesWorldConfig, SourceConfig
 from lavit.data.image_io import DEFAULT_MAX_PIXELS
 from lavit.data.mixture import MixtureDataset, MixtureStream, normalise_weights
 from lavit.data.readers import (
@@ -40,57 +39,11 @@ from lavit.data.readers import (
     VQAv2Dataset,
 )
 from lavit.data.sample import Sample
-from lavit.data.shapes import SPLITS
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shards import ShardStream, list_shards
 
-KINDS = ("shapes", "jsonl", "coco_captions", "vqav2", "image_folder", "webdataset")
+KINDS = SOURCE_KINDS
 MISSING_SHOWN = 3  # missing images named in the error (the count is always given)
-
-
-@dataclass
-class SourceConfig:
-    """One data source. ``kind: auto`` infers the kind from ``path`` (see :func:`resolve_kind`)."""
-
-    kind: str = "auto"  # one of KINDS, or auto
-    path: str | None = None  # jsonl file / COCO or VQAv2 annotations JSON / image folder / shards
-    image_root: str | None = None  # folder the annotation's image paths are relative to
-    questions: str | None = None  # vqav2: the questions JSON (path: the annotations, or none)
-    split: str = "train"  # shapes: which split
-    weight: float = 1.0  # share in a mixture, proportional; 0 leaves the source out
-    limit: int | None = None  # map-style sources: only the first N items
-
-    def __post_init__(self) -> None:
-        check(self.kind in (*KINDS, "auto"), "kind", self.kind, f"use one of {', '.join(KINDS)} or auto")
-        check(self.weight >= 0, "weight", self.weight, "mixture weights are >= 0 (0 leaves the source out)")
-        check(self.limit is None or self.limit >= 1, "limit", self.limit, "use a positive item count, or null for all")
-        check(self.split in SPLITS, "split", self.split, f"use one of {sorted(SPLITS)}")
-        needs_path = self.kind not in ("shapes", "vqav2")
-        check(not needs_path or bool(self.path), "path", self.path, f"kind {self.kind} needs a path")
-        check(
-            self.kind != "vqav2" or bool(self.questions), "questions", self.questions, "vqav2 needs the questions JSON"
-        )
-
-
-@dataclass
-class DataConfig:
-    """Training and validation sources, and how streams are read. ``shapes`` is the one
-    ShapesWorld every ``kind: shapes`` source draws its split from (``data.shapes.resolution=32``)."""
-
-    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="shapes", split="train")])
-    val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="shapes", split="val")])
-    shuffle_buffer: int = 1000  # raw samples held per reader when shuffling shards
-    max_bad_fraction: float = 0.01  # share of undecodable samples past which a run stops
-    seed: int = 0
-    shapes: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
-
-    def __post_init__(self) -> None:
-        check(len(self.train) > 0, "data.train", self.train, "name at least one source")
-        check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "use 1 (no shuffle) or more")
-        check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "use a share in [0, 1]")
-        for name, sources in (("data.train", self.train), ("data.val", self.val)):
-            weights = [s.weight for s in sources]
-            check(not sources or sum(weights) > 0, f"{name}[*].weight", weights, "give one source a weight > 0")
 
 
 def expand_shorthand(overrides: list[str], keys: tuple[str, ...] = ("data.train", "data.val")) -> list[str]:

@@ -52,6 +52,7 @@ RESUME_SAFE_KEYS = (
     "train.max_minutes",
     "eval_images",  # held-out images evaluation reads (tokenizer, encoder, autoencoders)
     "eval_scenes",  # held-out scenes evaluation reads (LM, detokenizers)
+    "data.val",  # the sources evaluation reads (training never draws from them)
 )
 
 

@@ -28,7 +28,9 @@ class Task(Protocol):
         """A fresh model on the CPU (the trainer moves and wraps it)."""
 
     def train_dataset(self) -> Dataset:
-        """Map-style dataset; items go through :meth:`collate`."""
+        """A map-style dataset (indexed by the trainer's ``StepBatchSampler``) or an endless
+        :class:`lavit.data.shards.ResumableStream` (resumed after the batches already taken);
+        items go through :meth:`collate`."""
 
     def collate(self, items: list[Any]) -> Any:
         """Items -> one micro-batch (tensors on the CPU)."""

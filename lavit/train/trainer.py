@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from lavit.checkpoint import CheckpointError, atomic_write, load_tree, save_tree
 from lavit.config import TrainConfig
+from lavit.data.shards import ResumableStream
 from lavit.files import JSONLError, read_jsonl
 from lavit.train.distributed import (
     DistInfo,
@@ -332,20 +333,7 @@ class Trainer:
                     file=sys.stderr,
                 )
             self._log({"step": self.step, "resume_fallback": str(self.resume_from), "skipped": self.skipped})
-        dataset = task.train_dataset()
-        sampler = StepBatchSampler(
-            len(dataset), cfg.batch_size, cfg.grad_accum, info.rank, info.world_size, cfg.seed, self.step, cfg.steps
-        )
-        # A dedicated generator: the loader must not draw from the global RNG (exact resume).
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=task.collate,
-            num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed),
-            persistent_workers=False,
-        )
-        batches = iter(loader)
+        batches = iter(self._loader(task.train_dataset()))
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -387,6 +375,47 @@ class Trainer:
             self._plot()
         barrier(info)
         return metrics
+
+    def _loader(self, dataset) -> DataLoader:
+        """The training batches from ``self.step`` on. A map-style dataset is indexed by the
+        :class:`StepBatchSampler` (a pure function of (seed, step)); an endless
+        :class:`ResumableStream` is picked up after the micro-batches this rank already took
+        (``resumed``: exact with any ``num_workers``, see lavit/data/shards.py)."""
+        cfg, info = self.cfg, self.info
+        if cfg.batch_size % (info.world_size * cfg.grad_accum) != 0:
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} must be divisible by world size {info.world_size} x "
+                f"train.grad_accum={cfg.grad_accum}"
+            )
+        if isinstance(dataset, ResumableStream):
+            micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
+            return DataLoader(
+                dataset.resumed(self.step * cfg.grad_accum, micro),
+                batch_size=micro,
+                collate_fn=self.task.collate,
+                num_workers=cfg.num_workers,
+                persistent_workers=False,
+            )
+        sampler = StepBatchSampler(
+            len(dataset),
+            cfg.batch_size,
+            cfg.grad_accum,
+            info.rank,
+            info.world_size,
+            cfg.seed,
+            self.step,
+            cfg.steps,
+            with_epoch=getattr(dataset, "takes_epoch", False),
+        )
+        # A dedicated generator: the loader must not draw from the global RNG (exact resume).
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.task.collate,
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            persistent_workers=False,
+        )
 
     def _out_of_time(self, started: float) -> bool:
         """Whether ``train.max_minutes`` has run out, asked at logged steps only (under DDP the

@@ -1,6 +1,9 @@
 """Stage 3a: the diffusion detokenizer on codes from a frozen tokenizer (``lavit train diffusion``).
 
-Each item is a train scene's codes and its image at the detokenizer's resolution. The loss is
+Each item is a training sample's codes (cached once, lavit/train/codes_cache.py, for any source
+of ``data.train``) and its image at the detokenizer's resolution. Evaluation reconstructs
+``data.val`` items from their codes: PSNR for any source, and on ShapesWorld its parser's
+judgement of the scenes. The loss is
 the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep
 (optionally Min-SNR-gamma weighted); the condition is replaced by the learned null one with
 probability ``cond_drop_prob`` (CFG).
@@ -8,7 +11,6 @@ probability ``cond_drop_prob`` (CFG).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -33,11 +35,11 @@ from detokenizer.diffusion.sampling import (
 )
 from lavit.checkpoint import CheckpointError, state_mismatch
 from lavit.config import ConfigError
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
+from lavit.data.shapes import shape_mask
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import seeded_generators
-from lavit.train.codes_cache import cached_codes, pack_codes, train_world, unpack_codes
+from lavit.train.codes_cache import CodesDataset, CodesMixture, codes_dataset, pack_codes, unpack_codes
+from lavit.train.evaluation import judge_scenes, psnr
 from lavit.viz import image_grid
 from tokenizer import load_tokenizer
 
@@ -62,9 +64,7 @@ class DiffusionTask:
                 raise ConfigError(
                     f"{key}={want} but the tokenizer at {cfg.tokenizer_dir} needs {have}; set {key}={have}"
                 )
-        self.world = train_world(cfg.data, cfg.num_scenes)
-        path = cfg.codes_cache or self.out / "codes_train.safetensors"
-        self.codes = cached_codes(self.tokenizer, cfg.tokenizer_dir, self.world, cfg.num_scenes, path)
+        self.codes = stage_codes(self, "train", cfg.num_scenes, cfg.model.resolution)
         self.noise = noise_scheduler(cfg.model)
         self.block_types: tuple[type[nn.Module], ...] = ()
 
@@ -76,7 +76,7 @@ class DiffusionTask:
 
     def train_dataset(self) -> Dataset:
         focus = self.cfg.focus_shapes if self.cfg.focus_weight > 0 else None
-        return SceneCodes(self.world, self.codes, self.cfg.model.resolution, focus)
+        return CodeImages(self.codes, self.cfg.model.resolution, focus)
 
     def collate(self, items: list[tuple[torch.Tensor, ...]]) -> dict:
         return collate_scene_codes(items)
@@ -111,34 +111,27 @@ class DiffusionTask:
 
     @torch.no_grad()
     def evaluate(self, model: DiffusionDetokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
-        """Reconstruct held-out (val) scenes from their codes: the share whose colours and kinds
-        the ShapesWorld parser finds again (and whose full scene it recovers), and PSNR."""
+        """Reconstruct held-out (``data.val``) items from their codes: PSNR, and on ShapesWorld
+        the share whose colours and kinds the parser finds again (and whose full scene it
+        recovers)."""
         cfg = self.cfg
+        if not cfg.data.val:
+            return {}
         device = next(model.parameters()).device
         self.tokenizer.to(device)
-        val = ShapesWorld(cfg.data, "val")
-        n = min(cfg.eval_scenes, len(val))
-        size, res = self.tokenizer.cfg.encoder.image_size, cfg.model.resolution
-        kept = recovered = 0
-        sq_err, originals, recons = [], [], []
-        for start in range(0, n, batch_size):
-            idx = range(start, min(start + batch_size, n))
-            images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
-            codes = self.tokenizer.encode(images)
-            gens = seeded_generators(len(idx), start, device)  # scene i is seeded i
-            out = decode_codes(model, self.tokenizer, codes, cfg.sampling, size=(res, res), generator=gens).cpu()
-            truth = torch.stack([to_tensor(val.image(i), res) for i in idx])
-            sq_err += ((out - truth) ** 2).flatten(1).mean(1).tolist()
-            for i, img in zip(idx, out, strict=True):
-                parsed = parse_scene(to_pil(img))
-                kept += attributes_kept(val.scene(i), parsed)
-                recovered += scene_recovered(val.scene(i), parsed)
-            if start == 0:
-                originals, recons = truth[:8], out[:8]
-        grid = image_grid([to_pil(x) for pair in zip(originals, recons, strict=True) for x in pair], columns=4)
+        res = cfg.model.resolution
+        size = (res, res)
+
+        def decode(codes: list[torch.Tensor], start: int) -> torch.Tensor:
+            gens = seeded_generators(len(codes), start, device)  # item i is seeded i
+            return decode_codes(model, self.tokenizer, codes, cfg.sampling, size=size, generator=gens).cpu()
+
+        metrics, pairs = evaluate_reconstructions(
+            stage_codes(self, "val", cfg.eval_scenes, res), res, decode, batch_size
+        )
+        grid = image_grid([to_pil(x) for pair in pairs for x in pair], columns=4)
         grid.save(self.out / f"recon_step{step}.png")
-        psnr = sum(10 * math.log10(1 / max(e, 1e-12)) for e in sq_err) / len(sq_err)
-        return {"recon_scene_kept": kept / n, "recon_scene_recovered": recovered / n, "recon_psnr": psnr}
+        return metrics
 
     def save(self, model: DiffusionDetokenizer, directory: Path) -> None:
         save_detokenizer(model, directory)
@@ -187,27 +180,64 @@ def focused_error(pred: torch.Tensor, target: torch.Tensor, focus: torch.Tensor 
     return (sq * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * sq.shape[1])
 
 
-class SceneCodes(Dataset):
-    """(codes, image at ``resolution``) for scene ``i``, and with ``focus`` (shape descriptions)
-    its (1, R, R) :meth:`ShapesWorld.focus_mask`."""
+def stage_codes(task, split: str, limit: int | None, image_size: int) -> CodesDataset | CodesMixture:
+    """The cached codes of ``data.<split>`` for a detokenizer stage (``task`` has ``cfg``, ``out``,
+    ``tokenizer``): a stream's images are stored at ``image_size``, the stage's target side."""
+    cfg = task.cfg
+    root = cfg.codes_cache or task.out / "codes"
+    return codes_dataset(task.tokenizer, cfg.tokenizer_dir, cfg.data, split, root, limit=limit, image_size=image_size)
 
-    def __init__(
-        self, world: ShapesWorld, codes: list[torch.Tensor], resolution: int, focus: list[str] | None = None
-    ) -> None:
-        self.world, self.codes, self.resolution, self.focus = world, codes, resolution, focus
+
+@torch.no_grad()
+def evaluate_reconstructions(records, resolution: int, decode, batch_size: int = 50):
+    """Decode every record of ``records`` with ``decode(codes, start) -> (B, 3, R, R)`` and score
+    it against the record's image: ``({"recon_psnr", and on ShapesWorld "recon_scene_kept",
+    "recon_scene_recovered"}, the first 8 (original, reconstruction) pairs)``."""
+    n = len(records)
+    kept = recovered = judged = 0
+    scores: list[float] = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, n, batch_size):
+        idx = range(start, min(start + batch_size, n))
+        out = decode([records.codes(i) for i in idx], start)
+        truth = torch.stack([to_tensor(records.image(i), resolution) for i in idx])
+        scores += psnr(out, truth)
+        scenes = [records[i].scene() for i in idx]
+        if all(sc is not None for sc in scenes):
+            k, r = judge_scenes(scenes, out)
+            kept, recovered, judged = kept + k, recovered + r, judged + len(scenes)
+        pairs += list(zip(truth, out, strict=True))[: 8 - len(pairs)]
+    metrics = {"recon_psnr": sum(scores) / len(scores)}
+    if judged:
+        metrics.update(recon_scene_kept=kept / judged, recon_scene_recovered=recovered / judged)
+    return metrics, pairs
+
+
+class CodeImages(Dataset):
+    """(codes, image at ``resolution``) of record ``i``, and with ``focus`` (shape descriptions)
+    its (1, R, R) ShapesWorld focus mask (:func:`lavit.data.shapes.shape_mask`)."""
+
+    def __init__(self, records: CodesDataset | CodesMixture, resolution: int, focus: list[str] | None = None) -> None:
+        self.records, self.resolution, self.focus = records, resolution, focus
+        if focus is not None and records[0].scene() is None:
+            raise ConfigError(
+                "focus_weight > 0 weighs the boxes of ShapesWorld shapes, and data.train is not ShapesWorld; "
+                "set focus_weight=0"
+            )
 
     def __len__(self) -> int:
-        return len(self.codes)
+        return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        item = self.codes[i], to_tensor(self.world.image(i), self.resolution)
+        item = self.records.codes(i), to_tensor(self.records.image(i), self.resolution)
         if self.focus is None:
             return item
-        return *item, self.world.focus_mask(i, self.resolution, self.focus)
+        scene = self.records[i].scene()
+        return *item, torch.from_numpy(shape_mask(scene, self.resolution, self.focus))[None].float()
 
 
 def collate_scene_codes(items: list[tuple[torch.Tensor, ...]]) -> dict:
-    """One batch of :class:`SceneCodes` items as tensors, whatever the batch size: the
+    """One batch of :class:`CodeImages` items as tensors, whatever the batch size: the
     variable-length code sequences concatenated (:func:`lavit.train.codes_cache.pack_codes`), the
     stacked images (and focus masks); the sequences' lengths travel as a list of ints, so that
     splitting them again (:func:`batch_codes`) reads nothing back from the GPU.

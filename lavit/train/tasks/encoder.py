@@ -7,7 +7,8 @@ head, 2.4% (colour, kind) probe accuracy). This stage gives the tiny encoder wha
 gives LaVIT: features that name what is in each patch. Each patch is labelled with the colour,
 kind and size of the shape covering it (:func:`lavit.data.shapes.patch_labels`, from train
 scenes only); three linear heads read the last block's features, as the tokenizer will. The
-saved ``vit.safetensors`` is what ``encoder.weights`` of the tokenizer preset points at.
+labels come from the scenes, so every ``data`` source must be ``kind: shapes``. The saved
+``vit.safetensors`` is what ``encoder.weights`` of the tokenizer preset points at.
 """
 
 from __future__ import annotations
@@ -18,30 +19,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from lavit.checkpoint import save_model_dir
 from lavit.config import EncoderConfig, EncoderRunConfig
-from lavit.data.shapes import COLOURS, KINDS, SIZES, patch_labels
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.transforms import to_tensor
+from lavit.data.preprocess import MappedDataset, MappedStream, preprocess
+from lavit.data.sample import Sample
+from lavit.data.shapes import COLOURS, KINDS, SIZES, Scene, patch_labels
+from lavit.train.tasks.images import require_shapes, sample_data, take
 from tokenizer.encoder import PatchReadout, VisionEncoder
 
 ATTRIBUTES: tuple[tuple[str, int], ...] = (("colour", len(COLOURS)), ("kind", len(KINDS)), ("size", len(SIZES)))
 
 
-class PatchLabelled(Dataset):
-    """(image (3, S, S) in [0, 1], labels (3, N) of :func:`patch_labels`) per scene."""
+class PatchLabelled:
+    """A ShapesWorld sample -> (image (3, S, S) in [0, 1], labels (3, N) of :func:`patch_labels`)."""
 
-    def __init__(self, world: ShapesWorld, size: int, patch: int) -> None:
-        self.world, self.size, self.patch = world, size, patch
+    def __init__(self, size: int, patch: int) -> None:
+        self.size, self.patch = size, patch
 
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = patch_labels(self.world.scene(index), self.size, self.patch)
-        return to_tensor(self.world.image(index), self.size), torch.from_numpy(labels).flatten(1)
+    def __call__(self, sample: Sample, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = patch_labels(Scene.from_dict(sample.meta["scene"]), self.size, self.patch)
+        return preprocess(sample.image, self.size), torch.from_numpy(labels).flatten(1)
 
 
 READOUT_CLASSES: list[int] = [1 + n for _, n in ATTRIBUTES]  # 0 = no shape
@@ -65,15 +63,16 @@ class EncoderTask:
     block_types: tuple[type[nn.Module], ...] = ()
 
     def __init__(self, cfg: EncoderRunConfig) -> None:
+        require_shapes(cfg.data, "encoder pretraining (it learns ShapesWorld patch labels)")
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
         return PatchClassifier(self.cfg.model)
 
-    def _data(self, split: str) -> PatchLabelled:
-        return PatchLabelled(ShapesWorld(self.cfg.data, split), self.cfg.model.image_size, self.cfg.model.patch_size)
+    def _data(self, split: str) -> MappedDataset | MappedStream:
+        return sample_data(self.cfg.data, split, PatchLabelled(self.cfg.model.image_size, self.cfg.model.patch_size))
 
-    def train_dataset(self) -> Dataset:
+    def train_dataset(self) -> MappedDataset | MappedStream:
         return self._data("train")
 
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -93,13 +92,14 @@ class EncoderTask:
     def evaluate(self, model: PatchClassifier, step: int, batch_size: int = 100) -> dict[str, float]:
         """Held-out (val) scenes: per-attribute accuracy on the patches a shape covers, and the
         share of those patches with all three right (background patches are easy and many)."""
-        data = self._data("val")
-        n = min(self.cfg.eval_images, len(data))
+        if not self.cfg.data.val:
+            return {}  # no held-out source named
+        val = take(self._data("val"), self.cfg.eval_images)
         device = next(model.parameters()).device
         right = torch.zeros(len(ATTRIBUTES))
         all_right = covered = background_right = background = 0
-        for start in range(0, n, batch_size):
-            items = [data[i] for i in range(start, min(start + batch_size, n))]
+        for start in range(0, len(val), batch_size):
+            items = val[start : start + batch_size]
             images, labels = (t.to(device) for t in self.collate(items).values())
             pred = torch.stack([lg.argmax(-1) for lg in model(images)], dim=1)  # (B, 3, N)
             shape = labels[:, 0] > 0

@@ -1,11 +1,17 @@
-"""Stage 2: the unified LM on ShapesWorld (``lavit train lm``).
+"""Stage 2: the unified LM (``lavit train lm``) on any sources of the data layer.
 
-Codes come from a frozen, trained visual tokenizer and are extracted once to a safetensors
-cache. Each training item is one scene seen as one task, drawn deterministically from the item
-index: captioning, VQA, text-to-image (prompt dropped with ``cfg_drop_prob`` for CFG) or,
-when the mixture asks for it, multimodal synthesis (the scene from its parts: image + text or
-image + image). One next-token objective; per-task loss weights ride on the sequences' loss
-weights.
+Codes come from a frozen, trained visual tokenizer and are extracted once to a sharded cache
+(lavit/train/codes_cache.py). Each training item is one sample seen as one task, drawn
+deterministically from the item index among the tasks its fields support: captioning (it has
+captions), VQA (it has questions), text-to-image (captions, or ShapesWorld's prompt; the text
+dropped with ``cfg_drop_prob`` for CFG) or, when the mixture asks for it, multimodal synthesis
+(a ShapesWorld scene from its parts: image + text or image + image); the mixture's
+probabilities are renormalised over those tasks. One next-token objective; per-task loss weights
+ride on the sequences' loss weights.
+
+Evaluation on ``data.val``: caption BLEU-4 / CIDEr and VQA accuracy for any source, the
+teacher-forced text-to-image code loss, and on a ShapesWorld val source its parser's caption
+check.
 """
 
 from __future__ import annotations
@@ -24,21 +30,18 @@ from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, LMConfig, LMRunConfig
 from lavit.data import shapes_text
 from lavit.data.shapes import Scene, render
-from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
 from lavit.lm_io import TOKENIZER_DIR, load_lm, save_lm
+from lavit.metrics.caption import caption_scores
+from lavit.metrics.vqa import vqa_accuracy
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, collate
 from lavit.text_tokenizer import load_text_tokenizer, train_bpe
-from lavit.train.codes_cache import cached_codes, train_world
+from lavit.train.codes_cache import CodeRecord, codes_dataset
 from tokenizer import load_tokenizer
 
 VIEWS = 4  # items per scene: each scene is drawn as several (task, text) views
-
-
-def normalise_answer(s: str) -> str:
-    return s.lower().strip().rstrip(".").strip()
 
 
 class LMTask:
@@ -58,20 +61,22 @@ class LMTask:
                 f"lm.feature_dim={cfg.lm.feature_dim} must equal the tokenizer width "
                 f"{self.tokenizer.cfg.width} for continuous understanding input"
             )
-        self.world = train_world(cfg.data, cfg.num_scenes)
+        self.codes = self._codes()  # map-style CodeRecords of data.train
         self.text_tok = self._text_tokenizer()
         self.layout = None  # known once the model is built
-        self.codes = self._codes()
         self.block_types: tuple[type[nn.Module], ...] = ()
 
     # --- data --------------------------------------------------------------------------------
 
     def _corpus(self, n: int) -> list[str]:
+        """The BPE's training text: the prompts and the first ``n`` training records' captions,
+        ShapesWorld prompts, and questions with their first answer."""
         mix = self.cfg.mixture
         texts = [mix.caption_prompt, mix.vqa_prompt.format("")]
-        for i in range(n):
-            captions, qa, prompt = self.world.words(i)
-            texts += captions + [prompt] + [mix.vqa_prompt.format(q.question) + " " + q.answers[0] for q in qa]
+        for i in range(min(n, len(self.codes))):
+            r = self.codes[i]
+            prompt = [r.meta["prompt"]] if "prompt" in r.meta else []
+            texts += r.captions + prompt + [mix.vqa_prompt.format(q.question) + " " + q.answers[0] for q in r.qa]
         return texts
 
     def _text_tokenizer(self):
@@ -86,24 +91,40 @@ class LMTask:
                     "model/ folder of a `lavit train lm` run (or a pipeline's lm/ folder)"
                 )
             shutil.copytree(source, path, dirs_exist_ok=True)
+        if self.cfg.lm.pretrained_path and not (path / "tokenizer.json").is_file():
+            # A pretrained LM reads text with its own tokenizer; the run keeps a copy beside it.
+            tmp = self.out / f".text_tokenizer.tmp{id(self)}"
+            load_text_tokenizer(self.cfg.lm.pretrained_path).save_pretrained(tmp)
+            if not path.exists():
+                tmp.replace(path)
+            shutil.rmtree(tmp, ignore_errors=True)
         if not (path / "tokenizer.json").is_file():
-            tok = train_bpe(self._corpus(min(self.cfg.num_scenes, 5000)), self.cfg.lm.text_vocab_size)
+            tok = train_bpe(self._corpus(5000), self.cfg.lm.text_vocab_size)
             tmp = self.out / f".text_tokenizer.tmp{id(self)}"
             tok.save_pretrained(tmp)
             if not path.exists():  # another rank may have written the identical file first
                 tmp.replace(path)
             shutil.rmtree(tmp, ignore_errors=True)
         tok = load_text_tokenizer(path)
-        if len(tok) > self.cfg.lm.text_vocab_size:
+        if not self.cfg.lm.pretrained_path and len(tok) > self.cfg.lm.text_vocab_size:
             raise ConfigError(
                 f"text tokenizer at {path} has {len(tok)} ids > lm.text_vocab_size={self.cfg.lm.text_vocab_size}"
             )
         return tok
 
-    def _codes(self) -> list[torch.Tensor]:
-        """Codes of the first ``num_scenes`` train scenes (cached in safetensors)."""
-        path = self.cfg.codes_cache or self.out / "codes_train.safetensors"
-        return cached_codes(self.tokenizer, self.cfg.tokenizer_dir, self.world, self.cfg.num_scenes, path)
+    def _codes(self):
+        """Records of ``data.train`` (codes cached once; see lavit/train/codes_cache.py)."""
+        cfg = self.cfg
+        continuous = cfg.lm.understanding_input == "continuous"
+        return codes_dataset(
+            self.tokenizer,
+            cfg.tokenizer_dir,
+            cfg.data,
+            "train",
+            cfg.codes_cache or self.out / "codes",
+            limit=cfg.num_scenes,
+            image_size=self.tokenizer.cfg.encoder.image_size if continuous else None,
+        )
 
     def builder(self, layout) -> SequenceBuilder:
         return SequenceBuilder(self.text_tok, layout, self.cfg.lm.max_position_embeddings)
@@ -136,72 +157,91 @@ class LMTask:
 
     # --- evaluation --------------------------------------------------------------------------
 
+    def val_records(self):
+        """Records of the first ``eval_scenes`` items of each ``data.val`` source (codes cached)."""
+        cfg = self.cfg
+        continuous = cfg.lm.understanding_input == "continuous"
+        root = Path(cfg.codes_cache or self.out / "codes")
+        size = self.tokenizer.cfg.encoder.image_size
+        return codes_dataset(
+            self.tokenizer, cfg.tokenizer_dir, cfg.data, "val", root, limit=cfg.eval_scenes,
+            image_size=size if continuous else None,
+        )  # fmt: skip
+
     @torch.no_grad()
     def evaluate(self, model: UnifiedLM, step: int) -> dict[str, float]:
-        """Held-out (val) scenes: caption attribute accuracy (every shape's colour and kind
-        named, counts included), VQA exact-match accuracy, and the teacher-forced loss on image
-        codes against the unigram entropy of the training codes."""
+        """Held-out (``data.val``) items: caption BLEU-4 / CIDEr (Python tokenizer, no Java) on
+        those with captions, VQA accuracy on those with questions, the teacher-forced loss on
+        image codes given the text against the unigram entropy of the training codes, and on
+        ShapesWorld its caption attribute accuracy (every shape's colour and kind named)."""
         cfg, mix = self.cfg, self.cfg.mixture
+        if not cfg.data.val:
+            return {}
         device = next(model.parameters()).device
         self.tokenizer.to(device)
-        val = ShapesWorld(cfg.data, "val")
+        val = self.val_records()
         n = min(cfg.eval_scenes, len(val))
+        records = [val[i] for i in range(n)]
         size = self.tokenizer.cfg.encoder.image_size
         builder = self.builder(model.layout)
-        images = torch.stack([to_tensor(val.image(i), size) for i in range(n)]).to(device)
-        codes = self.tokenizer.encode(images)
         continuous = cfg.lm.understanding_input == "continuous"
-        feats = self.tokenizer.encode_features(images) if continuous else None
 
-        cap_ok, answers, vqa_ok = 0, 0, 0
-        for start in range(0, n, 50):
-            idx = range(start, min(start + 50, n))
-            prompts = [builder.understanding_prompt(codes[i], mix.caption_prompt) for i in idx]
-            caps = generate_text(
-                model, builder, prompts, cfg.caption_decoding, features=[feats[i] for i in idx] if continuous else None
-            )
+        def features(idx: list[int]) -> list[torch.Tensor] | None:
+            if not continuous:
+                return None
+            images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
+            return self.tokenizer.encode_features(images)
+
+        captioned = [i for i in range(n) if records[i].captions]
+        preds, scenes_ok, scenes = {}, 0, 0
+        for start in range(0, len(captioned), 50):
+            idx = captioned[start : start + 50]
+            prompts = [builder.understanding_prompt(records[i].codes, mix.caption_prompt) for i in idx]
+            caps = generate_text(model, builder, prompts, cfg.caption_decoding, features=features(idx))
             for i, cap in zip(idx, caps, strict=True):
-                cap_ok += shapes_text.caption_names_scene(val.scene(i), cap)
-            qs, refs, qfeats = [], [], []
-            for i in idx:
-                for qa in val.words(i)[1]:
-                    qs.append(builder.understanding_prompt(codes[i], mix.vqa_prompt.format(qa.question)))
-                    refs.append(qa.answers[0])
-                    qfeats.append(feats[i] if continuous else None)
-            for qstart in range(0, len(qs), 100):
-                got = generate_text(
-                    model,
-                    builder,
-                    qs[qstart : qstart + 100],
-                    cfg.vqa_decoding,
-                    features=qfeats[qstart : qstart + 100] if continuous else None,
-                )
-                vqa_ok += sum(
-                    normalise_answer(g) == normalise_answer(r)
-                    for g, r in zip(got, refs[qstart : qstart + 100], strict=True)
-                )
-            answers += len(qs)
+                preds[str(i)] = cap
+                scene = records[i].scene()
+                if scene is not None:
+                    scenes_ok += shapes_text.caption_names_scene(scene, cap)
+                    scenes += 1
 
-        # Text-to-image: teacher-forced loss on codes + </img> given the prompt.
-        seqs = [builder.generation(val.words(i)[2], codes[i]) for i in range(n)]
+        questions = [(i, qa) for i in range(n) for qa in records[i].qa]
+        vqa = []
+        for start in range(0, len(questions), 100):
+            chunk = questions[start : start + 100]
+            prompts = [
+                builder.understanding_prompt(records[i].codes, mix.vqa_prompt.format(q.question)) for i, q in chunk
+            ]
+            feats = features([i for i, _ in chunk])
+            got = generate_text(model, builder, prompts, cfg.vqa_decoding, features=feats)
+            vqa += [vqa_accuracy(g, q.answers) for g, (_, q) in zip(got, chunk, strict=True)]
+
+        # Text-to-image: teacher-forced loss on codes + </img> given the prompt (or a caption).
+        seqs = [builder.generation(t2i_text(r), r.codes) for r in records if t2i_text(r) is not None]
         nll, count = 0.0, 0
-        for start in range(0, n, 50):
+        for start in range(0, len(seqs), 50):
             batch = {k: v.to(device) for k, v in collate(seqs[start : start + 50], self.text_tok.pad_token_id).items()}
             out = model(batch["input_ids"], batch["attention_mask"], batch["loss_weights"])
             k = int((batch["loss_weights"][:, 1:] > 0).sum())
             nll += float(out.loss) * k
             count += k
-        return {
-            "caption_attribute_acc": cap_ok / n,
-            "vqa_acc": vqa_ok / max(answers, 1),
-            "t2i_code_loss": nll / max(count, 1),
-            "code_unigram_entropy": self.unigram_entropy(),
-        }
+        metrics = {"t2i_code_loss": nll / max(count, 1), "code_unigram_entropy": self.unigram_entropy()}
+        if preds:
+            refs = {str(i): records[i].captions for i in captioned}
+            scores = caption_scores(preds, refs, metrics=("bleu4", "cider"), tokenizer="python")
+            metrics.update(caption_bleu4=scores["bleu4"], caption_cider=scores["cider"])
+        if vqa:
+            metrics["vqa_acc"] = sum(vqa) / len(vqa)
+        if scenes:
+            metrics["caption_attribute_acc"] = scenes_ok / scenes
+        return metrics
 
     def unigram_entropy(self) -> float:
         """Entropy (nats) of the training codes plus </img>: the loss of a prompt-blind model
         that predicts every image token from its frequency alone."""
-        counts = torch.bincount(torch.cat(self.codes), minlength=self.cfg.lm.num_codes).double()
+        counts = torch.zeros(self.cfg.lm.num_codes, dtype=torch.double)
+        for flat in self.codes.all_codes():
+            counts += torch.bincount(flat, minlength=self.cfg.lm.num_codes).double()
         total = torch.cat([counts, torch.tensor([float(len(self.codes))], dtype=torch.double)])
         p = total / total.sum()
         return float(-(p * p.clamp_min(1e-30).log()).sum())
@@ -210,54 +250,83 @@ class LMTask:
         save_lm(model, self.text_tok, directory)
 
 
+CAPTION, VQA, T2I, SYNTHESIS = range(4)  # the mixture's tasks, in LMMixtureConfig's order
+
+
+def t2i_text(record: CodeRecord) -> str | None:
+    """The text-to-image evaluation prompt of a record: ShapesWorld's prompt, else its first
+    caption, or None (no text: no text-to-image item)."""
+    return record.meta.get("prompt") or (record.captions[0] if record.captions else None)
+
+
+def supported_tasks(record: CodeRecord, synthesis: bool) -> list[bool]:
+    """Which of (caption, VQA, text-to-image, synthesis) a record's fields allow."""
+    has_text = bool(record.captions) or "prompt" in record.meta
+    return [bool(record.captions), bool(record.qa), has_text, synthesis and record.scene() is not None]
+
+
 class LMItems(Dataset):
-    """Item j: scene ``j % num_scenes`` as one task, drawn from an RNG seeded by j."""
+    """Item j: record ``j % len(records)`` as one task, drawn from an RNG seeded by j among the
+    tasks its fields support (the mixture renormalised over them)."""
 
     def __init__(self, task: LMTask) -> None:
-        self.task, self.cfg = task, task.cfg
+        self.task, self.cfg, self.records = task, task.cfg, task.codes
         self.builder = task.builder(task.layout)
         self.size = task.tokenizer.cfg.encoder.image_size
         mix = self.cfg.mixture
-        probs = np.array([mix.caption_prob, mix.vqa_prob, mix.t2i_prob, mix.synthesis_prob], dtype=float)
-        self.probs = probs / probs.sum()
+        self.probs = np.array([mix.caption_prob, mix.vqa_prob, mix.t2i_prob, mix.synthesis_prob], dtype=float)
         # Synthesis prompts hold images the cache does not: their codes come from a CPU copy of
         # the frozen tokenizer, here in the data workers (the task's own may move to the GPU).
         self.encoder = copy.deepcopy(task.tokenizer).cpu().eval() if mix.synthesis_prob > 0 else None
 
     def __len__(self) -> int:
-        return self.cfg.num_scenes * VIEWS
+        return len(self.records) * VIEWS
+
+    def draw(self, j: int) -> tuple[int, CodeRecord, np.random.Generator, int]:
+        """(record index, record, item j's RNG, task (CAPTION, VQA, T2I or SYNTHESIS))."""
+        i = j % len(self.records)
+        record = self.records[i]
+        rng = np.random.default_rng([self.cfg.train.seed, j, 17])
+        probs = self.probs * supported_tasks(record, self.encoder is not None)
+        if probs.sum() == 0:
+            raise ValueError(
+                f"training item {record.image_id!r} has no caption, question or prompt, and the mixture "
+                "gives it no task; give the source captions or questions (an image-only source cannot "
+                "train the LM)"
+            )
+        return i, record, rng, int(rng.choice(4, p=probs / probs.sum()))  # as choice(3) when synthesis_prob is 0
 
     def __getitem__(self, j: int) -> tuple[TokenSeq, torch.Tensor | None]:
         """(the sequence, its input images (N, 3, H, W) in the order they appear, or None)."""
-        scene = j % self.cfg.num_scenes
-        rng = np.random.default_rng([self.cfg.train.seed, j, 17])
-        mix, codes = self.cfg.mixture, self.task.codes[scene]
-        kind = rng.choice(4, p=self.probs)  # drawn as by choice(3) when synthesis_prob is 0
-        if kind == 3:
-            return self._synthesis(scene, rng)
-        captions, qa, prompt = self.task.world.words(scene)
-        image = None
-        if kind == 2:  # text-to-image
-            text = (
-                None
-                if rng.random() < mix.cfg_drop_prob
-                else (prompt if rng.random() < 0.5 else captions[int(rng.integers(len(captions)))])
-            )
+        i, record, rng, kind = self.draw(j)
+        mix, codes = self.cfg.mixture, record.codes
+        if kind == SYNTHESIS:
+            return self._synthesis(record, rng)
+        if kind == T2I:
+            prompt = record.meta.get("prompt")
+            if rng.random() < mix.cfg_drop_prob:
+                text = None
+            elif prompt is not None and (rng.random() < 0.5 or not record.captions):
+                text = prompt
+            else:
+                text = record.captions[int(rng.integers(len(record.captions)))]
             return self.builder.generation(text, codes, mix.t2i_weight), None
+        image = None
         if self.cfg.lm.understanding_input == "continuous":
-            image = to_tensor(self.task.world.image(scene), self.size)[None]
-        if kind == 0:
-            cap = captions[int(rng.integers(len(captions)))]
+            image = to_tensor(self.records.image(i), self.size)[None]
+        if kind == CAPTION:
+            cap = record.captions[int(rng.integers(len(record.captions)))]
             return self.builder.understanding(codes, mix.caption_prompt, cap, mix.caption_weight), image
-        q = qa[int(rng.integers(len(qa)))]
+        q = record.qa[int(rng.integers(len(record.qa)))]
         return self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answers[0], mix.vqa_weight), image
 
-    def _synthesis(self, scene: int, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor]:
-        """Train scene ``scene`` as the answer to a prompt made of its parts, in the order
+    def _synthesis(self, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor]:
+        """A ShapesWorld record's scene as the answer to a prompt made of its parts, in the order
         `pipe.synthesize` gives them: [image, "a <size> <colour> <kind>"] (one shape left out of
         the image and named; the size half the time) or [image, image] (the shapes split
         between the two, in random order). A part may show no shape (the background alone)."""
-        target, world = self.task.world.scene(scene), self.task.world.cfg
+        target, world = record.scene(), self.cfg.data.shapes
+        assert target is not None, "synthesis is drawn only for ShapesWorld records"
         shapes = [target.shapes[i] for i in rng.permutation(len(target.shapes))]
         if rng.random() < 0.5:
             named = shapes.pop()
@@ -276,7 +345,7 @@ class LMItems(Dataset):
         with torch.no_grad():
             encoded = iter(self.encoder.encode(images))
         prompt = [p if isinstance(p, str) else next(encoded) for p in parts]
-        seq = self.builder.generation(prompt, self.task.codes[scene], self.cfg.mixture.synthesis_weight)
+        seq = self.builder.generation(prompt, record.codes, self.cfg.mixture.synthesis_weight)
         return seq, images if self.cfg.lm.understanding_input == "continuous" else None
 
 

@@ -1,4 +1,9 @@
-"""Stage 1: the dynamic visual tokenizer on images (``lavit train tokenizer``)."""
+"""Stage 1: the dynamic visual tokenizer on images (``lavit train tokenizer``).
+
+Images come from ``data.train`` resized whole to the encoder's side (LaVIT's tokenizer does not
+crop); the evaluation reads ``data.val``, and adds what the ShapesWorld scenes tell (the code
+probe, scenes the pixel head keeps) where every val source is ShapesWorld.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from lavit.config import ConfigError, TokenizerRunConfig
+from lavit.data.preprocess import MappedDataset, MappedStream
 from lavit.data.shapes import COLOURS, KINDS, Scene
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import attributes_kept, parse_scene
-from lavit.data.transforms import to_pil, to_tensor
 from lavit.layers import CrossBlock
+from lavit.train.evaluation import judge_scenes
+from lavit.train.tasks.images import take, train_images, val_batches
 from tokenizer import DynamicVisualTokenizer, save_tokenizer
 from tokenizer.model import code_stats, patchify
-
-
-class ShapesImages(Dataset):
-    """ShapesWorld images as (3, S, S) tensors in [0, 1]."""
-
-    def __init__(self, world: ShapesWorld, size: int) -> None:
-        self.world, self.size = world, size
-
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(self.world.image(index), self.size)
 
 
 class TokenizerTask:
@@ -39,6 +30,7 @@ class TokenizerTask:
 
     name = "tokenizer"
     block_types = (CrossBlock,)
+    crop = "resize"  # the whole image squeezed to the encoder's side, as LaVIT's tokenizer does
 
     def __init__(self, cfg: TokenizerRunConfig) -> None:
         m = cfg.model
@@ -56,13 +48,11 @@ class TokenizerTask:
     def build_model(self) -> nn.Module:
         model = DynamicVisualTokenizer(self.cfg.model)
         if self.cfg.model.encoder.frozen:
-            data = self.train_dataset()
-            n = min(self.cfg.calibration_images, len(data))
-            model.calibrate(torch.stack([data[i] for i in range(n)]))
+            model.calibrate(torch.stack(take(self.train_dataset(), self.cfg.calibration_images)))
         return model
 
-    def train_dataset(self) -> Dataset:
-        return ShapesImages(ShapesWorld(self.cfg.data, "train"), self.cfg.model.encoder.image_size)
+    def train_dataset(self) -> MappedDataset | MappedStream:
+        return train_images(self.cfg.data, self.cfg.model.encoder.image_size, self.crop)
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)
@@ -73,23 +63,24 @@ class TokenizerTask:
 
     @torch.no_grad()
     def evaluate(self, model: DynamicVisualTokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
-        """Held-out (val) scenes: codebook usage and perplexity over all their codes, mean kept
-        fraction, cosine similarity of the features rebuilt from codes (deterministic), what a
-        linear probe reads from the bag of codes (:func:`code_probe`), and with a pixel head the
-        share of scenes whose shapes (colour and kind) the ShapesWorld parser finds in the image
-        rebuilt from the codes alone."""
+        """Held-out (``data.val``) images: codebook usage and perplexity over all their codes,
+        mean kept fraction, cosine similarity of the features rebuilt from codes
+        (deterministic), what a ridge probe reads of the pixels from them; on ShapesWorld also
+        what a linear probe reads of the scene from the bag of codes (:func:`code_probe`), and
+        with a pixel head the share of scenes whose shapes (colour and kind) the parser finds in
+        the image rebuilt from the codes alone."""
         if not bool(model.quantizer._codebook.initted):
             return {"quantized": 0.0}  # no quantized step yet: no codes (encoding must not initialise them)
+        if not self.cfg.data.val:
+            return {"quantized": 1.0}  # no held-out source named
         self.calibrate_keep(model)
-        world = ShapesWorld(self.cfg.data, "val")
-        n = min(self.cfg.eval_images, len(world))
         device = next(model.parameters()).device
-        data = ShapesImages(world, self.cfg.model.encoder.image_size)
-        all_codes, kept, cos, rebuilt_all, pixels_all = [], [], [], [], []
-        scenes_kept = 0
+        all_codes, kept, cos, rebuilt_all, pixels_all, scenes = [], [], [], [], [], []
+        kept_scenes = 0
         sq_err = sq_tot = 0.0
-        for start in range(0, n, batch_size):
-            images = torch.stack([data[i] for i in range(start, min(start + batch_size, n))]).to(device)
+        size, judged = self.cfg.model.encoder.image_size, True
+        for images, batch_scenes in val_batches(self.cfg.data, self.cfg.eval_images, size, self.crop, batch_size):
+            images = images.to(device)
             codes = model.encode(images)
             all_codes += codes
             kept += [c.numel() / self.cfg.model.encoder.num_patches for c in codes]
@@ -99,10 +90,12 @@ class TokenizerTask:
             sq_err += float(((rebuilt - target) ** 2).sum())
             sq_tot += float(((target - target.mean(dim=(0, 1))) ** 2).sum())
             rebuilt_all.append(rebuilt.cpu())
-            if self.cfg.model.pixel_loss_weight > 0:  # does the image survive the codes? (the parser judges)
-                for i, img in zip(range(start, start + len(codes)), model.decode_pixels(codes), strict=True):
-                    scenes_kept += attributes_kept(world.scene(i), parse_scene(to_pil(img)))
+            judged = batch_scenes is not None
+            scenes += batch_scenes or []
+            if judged and self.cfg.model.pixel_loss_weight > 0:  # does the image survive the codes?
+                kept_scenes += judge_scenes(batch_scenes, model.decode_pixels(codes))[0]
             pixels_all.append(patchify(images, self.cfg.model.encoder.patch_size).cpu())
+        n = len(all_codes)
         stats = code_stats(torch.cat(all_codes), model.codebook_size)
         lengths = torch.tensor([c.numel() for c in all_codes], dtype=torch.float)
         return {
@@ -119,17 +112,15 @@ class TokenizerTask:
             "tokens_min": float(lengths.min()),
             "tokens_max": float(lengths.max()),
             "recon_cos": float(torch.cat(cos).mean()),
-            **code_probe(all_codes, [world.scene(i) for i in range(n)], model.codebook_size),
-            **({"pixel_scene_kept": scenes_kept / n} if self.cfg.model.pixel_loss_weight > 0 else {}),
+            **(code_probe(all_codes, scenes, model.codebook_size) if judged else {}),
+            **({"pixel_scene_kept": kept_scenes / n} if judged and self.cfg.model.pixel_loss_weight > 0 else {}),
             "quantized": 1.0,
         }
 
     def calibrate_keep(self, model: DynamicVisualTokenizer) -> float:
         """The inference keep threshold from training images (never the held-out ones)."""
-        data = self.train_dataset()
-        n = min(self.cfg.calibration_images, len(data))
         device = next(model.parameters()).device
-        return model.calibrate_keep(torch.stack([data[i] for i in range(n)]).to(device))
+        return model.calibrate_keep(torch.stack(take(self.train_dataset(), self.cfg.calibration_images)).to(device))
 
     def save(self, model: DynamicVisualTokenizer, directory: Path) -> None:
         self.calibrate_keep(model)

@@ -1,9 +1,9 @@
 """Stage 3a, part 0: the AutoencoderKL of latent-space diffusion on images (``lavit train vae``).
 
 Loss: L1 + L2 on pixels in [-1, 1] (weighted towards outlines and, with ``focus_weight``, towards
-named shapes) plus ``kl_weight`` times the per-element KL. Evaluation: PSNR of the latent mode's
-reconstruction and the share of held-out scenes whose shapes (colour and kind) the parser finds
-in it (a ceiling for any decoder in this latent space). On saving, ``scaling_factor`` is
+named ShapesWorld shapes) plus ``kl_weight`` times the per-element KL. Evaluation: PSNR of the
+latent mode's reconstruction and, on ShapesWorld, the share of held-out scenes whose shapes
+(colour and kind) the parser finds in it (a ceiling for any decoder in this latent space). On saving, ``scaling_factor`` is
 calibrated on training images, unless the encoder was frozen (``freeze_encoder``: the latents,
 and so ``init_from``'s factor, are unchanged).
 """
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from detokenizer.diffusion.config import VAERunConfig
 from detokenizer.diffusion.vae import VAETrainer, calibrate_scaling, load_vae_weights, save_vae
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.transforms import to_tensor
+from lavit.data.preprocess import MappedDataset, MappedStream, preprocess
+from lavit.data.sample import Sample
+from lavit.data.shapes import Scene, shape_mask
 from lavit.train.tasks.autoencoder import AutoencoderTask
+from lavit.train.tasks.images import require_shapes, sample_data, take
 
 
 class VAETask(AutoencoderTask):
@@ -35,11 +36,16 @@ class VAETask(AutoencoderTask):
             model.freeze_encoder()
         return model
 
-    def train_dataset(self) -> Dataset:
+    def __init__(self, cfg: VAERunConfig) -> None:
+        super().__init__(cfg)
+        if cfg.model.focus_weight > 0:
+            require_shapes(cfg.data, "model.focus_weight > 0 (a loss focused on named shapes)")
+
+    def train_dataset(self) -> MappedDataset | MappedStream:
         m = self.cfg.model
         if m.focus_weight == 0:
             return super().train_dataset()
-        return FocusImages(ShapesWorld(self.cfg.data, "train"), m.resolution, m.focus_shapes)
+        return sample_data(self.cfg.data, "train", FocusItem(m.resolution, m.focus_shapes))
 
     def collate(self, items: list) -> torch.Tensor | dict[str, torch.Tensor]:
         if isinstance(items[0], torch.Tensor):
@@ -55,23 +61,20 @@ class VAETask(AutoencoderTask):
 
     def save(self, model: VAETrainer, directory: Path) -> None:
         if not model.encoder_frozen:
-            data = super().train_dataset()
-            n = min(self.cfg.calibration_images, len(data))
+            images = take(super().train_dataset(), self.cfg.calibration_images)
             device = next(model.parameters()).device
-            calibrate_scaling(model.vae, torch.stack([data[i] for i in range(n)]).to(device))
+            calibrate_scaling(model.vae, torch.stack(images).to(device))
         save_vae(model.vae, directory)
 
 
-class FocusImages(Dataset):
-    """(image (3, R, R) in [0, 1], focus mask (1, R, R) float) per ShapesWorld scene: the mask
-    covers the boxes of the shapes that fit ``descriptions`` (:meth:`ShapesWorld.focus_mask`)."""
+class FocusItem:
+    """A ShapesWorld sample -> (image (3, R, R) in [0, 1], focus mask (1, R, R) float): the mask
+    covers the boxes of the shapes that fit ``descriptions`` (:func:`lavit.data.shapes.shape_mask`)."""
 
-    def __init__(self, world: ShapesWorld, resolution: int, descriptions: list[str]) -> None:
-        self.world, self.resolution, self.descriptions = world, resolution, list(descriptions)
+    def __init__(self, resolution: int, descriptions: list[str]) -> None:
+        self.resolution, self.descriptions = resolution, list(descriptions)
 
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = self.world.focus_mask(index, self.resolution, self.descriptions)
-        return to_tensor(self.world.image(index), self.resolution), mask
+    def __call__(self, sample: Sample, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scene = Scene.from_dict(sample.meta["scene"])
+        mask = torch.from_numpy(shape_mask(scene, self.resolution, self.descriptions))[None].float()
+        return preprocess(sample.image, self.resolution), mask

@@ -2,8 +2,9 @@
 tokenizer's code embeddings, predicting a frozen multi-scale VQ-VAE's token maps.
 
 The condition is dropped (the learned null sequence) with probability ``cond_drop_prob`` for
-classifier-free guidance. Evaluation reconstructs held-out scenes from their tokenizer codes
-and asks the ShapesWorld parser whether the shapes survived.
+classifier-free guidance. Codes and images come from any source of ``data.train`` (cached once,
+lavit/train/codes_cache.py). Evaluation reconstructs ``data.val`` items from their tokenizer
+codes: PSNR for any source, and on ShapesWorld the parser's judgement of the shapes.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from detokenizer.var.decoder import VARDecoder, decode_codes_var, load_var_decod
 from detokenizer.var.io import load_vqvae
 from lavit.checkpoint import CheckpointError, state_mismatch
 from lavit.config import ConfigError
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import attributes_kept, parse_scene, scene_recovered
-from lavit.data.transforms import to_pil, to_tensor
+from lavit.data.transforms import to_pil
 from lavit.generate import seeded_generators
-from lavit.train.codes_cache import cached_codes, train_world
-from lavit.train.tasks.diffusion import SceneCodes, batch_codes, collate_scene_codes
+from lavit.train.tasks.diffusion import (
+    CodeImages,
+    batch_codes,
+    collate_scene_codes,
+    evaluate_reconstructions,
+    stage_codes,
+)
 from lavit.viz import image_grid
 from tokenizer import load_tokenizer
 
@@ -43,9 +47,7 @@ class VARTask:
                 f"embeddings of width {self.tokenizer.cfg.width}; set model.cond_dim={self.tokenizer.cfg.width}"
             )
         self.vqvae = load_vqvae(cfg.vqvae_dir)
-        self.world = train_world(cfg.data, cfg.num_scenes)
-        path = cfg.codes_cache or self.out / "codes_train.safetensors"
-        self.codes = cached_codes(self.tokenizer, cfg.tokenizer_dir, self.world, cfg.num_scenes, path)
+        self.codes = stage_codes(self, "train", cfg.num_scenes, self.vqvae.cfg.resolution)
 
     def build_model(self) -> nn.Module:
         model = VARDecoder(VARDecoderConfig(vqvae=self.vqvae.cfg, transformer=self.cfg.model))
@@ -59,7 +61,7 @@ class VARTask:
         return model
 
     def train_dataset(self) -> Dataset:
-        return SceneCodes(self.world, self.codes, self.vqvae.cfg.resolution)
+        return CodeImages(self.codes, self.vqvae.cfg.resolution)
 
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
         return collate_scene_codes(items)
@@ -75,31 +77,23 @@ class VARTask:
 
     @torch.no_grad()
     def evaluate(self, model: VARDecoder, step: int, batch_size: int = 50) -> dict[str, float]:
-        """Reconstruct held-out (val) scenes from their tokenizer codes: the share whose colours
-        and kinds the parser finds again (and whose full scene it recovers)."""
+        """Reconstruct held-out (``data.val``) items from their tokenizer codes: PSNR, and on
+        ShapesWorld the share whose colours and kinds the parser finds again (and whose full
+        scene it recovers)."""
         cfg = self.cfg
+        if not cfg.data.val:
+            return {}
         device = next(model.parameters()).device
         self.tokenizer.to(device)
-        val = ShapesWorld(cfg.data, "val")
-        n = min(cfg.eval_scenes, len(val))
-        size, res = self.tokenizer.cfg.encoder.image_size, model.resolution
-        kept = recovered = 0
-        shown = []
-        for start in range(0, n, batch_size):
-            idx = range(start, min(start + batch_size, n))
-            images = torch.stack([to_tensor(val.image(i), size) for i in idx]).to(device)
-            codes = self.tokenizer.encode(images)
-            out = decode_codes_var(
-                model, self.tokenizer, codes, cfg.sampling, generator=seeded_generators(len(idx), start, device)
-            )
-            for i, img in zip(idx, out.cpu(), strict=True):
-                parsed = parse_scene(to_pil(img))
-                kept += attributes_kept(val.scene(i), parsed)
-                recovered += scene_recovered(val.scene(i), parsed)
-                if len(shown) < 16:
-                    shown += [val.image(i).resize((res, res)), to_pil(img)]
-        image_grid(shown, columns=4).save(self.out / f"recon_step{step}.png")
-        return {"recon_scene_kept": kept / n, "recon_scene_recovered": recovered / n}
+
+        def decode(codes: list[torch.Tensor], start: int) -> torch.Tensor:
+            gens = seeded_generators(len(codes), start, device)  # item i is seeded i
+            return decode_codes_var(model, self.tokenizer, codes, cfg.sampling, generator=gens).cpu()
+
+        records = stage_codes(self, "val", cfg.eval_scenes, model.resolution)
+        metrics, pairs = evaluate_reconstructions(records, model.resolution, decode, batch_size)
+        image_grid([to_pil(x) for pair in pairs for x in pair], columns=4).save(self.out / f"recon_step{step}.png")
+        return metrics
 
     def save(self, model: VARDecoder, directory: Path) -> None:
         save_var_decoder(model, directory)
