@@ -1,0 +1,29 @@
+"""What every config module shares: the error a user can fix, and the checks that raise it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-fixable configuration problem; the message names the key and the file."""
+
+
+GUIDANCE_FIX = "use a finite guidance scale (1.0 disables classifier-free guidance)"
+
+
+def check(ok: bool, key: str, value: Any, fix: str) -> None:
+    """Raise a ConfigError naming ``key`` and ``value`` and saying how to fix it, unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"invalid value {value!r} for '{key}': {fix}")
+
+
+def check_norm_groups(groups: int, channels: Sequence[int], key: str = "norm_num_groups") -> None:
+    """GroupNorm's group count must divide every block width (diffusers' UNets and VAEs)."""
+    check(
+        groups >= 1 and all(c % groups == 0 for c in channels),
+        key,
+        groups,
+        f"must divide every entry of block_out_channels {list(channels)}",
+    )
