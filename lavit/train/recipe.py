@@ -16,6 +16,14 @@ A recipe YAML mirrors :class:`RecipeConfig`:
     pipeline:                                # optional: PipelineConfig fields (pipeline.yaml)
       caption_decoding: {num_beams: 2}
 
+Data: ``data.train=PATH`` / ``data.val=PATH`` (and any other ``data.*`` key) given to the recipe,
+not to one stage, reach every stage whose run config has a ``data`` field, as if appended to its
+overrides (a bare path is one source, as with ``lavit train STAGE``: see
+:func:`lavit.data.sources.expand_shorthand`); a stage's own command-line override (``lm.data.val=...``)
+still wins over them. A bare path is checked when the recipe loads, before anything trains:
+
+    lavit train all --recipe configs/recipes/generic_tiny.yaml data.train=train.jsonl data.val=val.jsonl
+
 Paths: a stage's ``config`` is relative to the recipe file's folder (as ``include:`` is to its
 file), so a recipe finds its configs from any working directory. Every other path (the stages'
 ``train.out_dir`` and ``tokenizer_dir``, the recipe's ``out_dir``) is relative to the working
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import operator
 import os
@@ -59,7 +68,9 @@ from pathlib import Path
 from typing import Any
 
 from lavit.checkpoint import atomic_write, cast_weights
-from lavit.config import ConfigError, check, load_config
+from lavit.config import ConfigError, SourceConfig, check, load_config
+from lavit.data.shards import list_shards
+from lavit.data.sources import expand_shorthand, resolve_kind
 from lavit.files import read_jsonl
 from lavit.pipeline import LaVITPipeline, PipelineConfig
 from lavit.train.run_state import CKPT_DIR, LATEST, METRICS, RunLock
@@ -125,22 +136,28 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeConfig
     Args:
         path: the recipe file, e.g. configs/recipes/shapes_tiny.yaml.
         overrides: ``a.b=c`` overrides of the recipe (``out_dir=checkpoints/x``,
-            ``pipeline.caption_decoding.num_beams=1``) or, prefixed with a stage's name, of that
-            stage's config, appended to its overrides (``lm.train.steps=100``).
+            ``pipeline.caption_decoding.num_beams=1``), of every stage that reads data
+            (``data.train=PATH``, appended to each such stage's overrides), or,
+            prefixed with a stage's name, of that stage's config, appended to its overrides after
+            those (``lm.train.steps=100``).
 
     Returns:
         The recipe, each ``stages[i].config`` replaced by the path it resolved to.
 
     Raises:
-        ConfigError: a bad key or value, an unknown or repeated stage, or a missing stage config
-            (the message names the entry and the path tried).
+        ConfigError: a bad key or value, an unknown or repeated stage, a missing stage config
+            (the message names the entry and the path tried), or a ``data.train=PATH`` /
+            ``data.val=PATH`` whose path does not exist.
     """
     path = Path(path)
-    own, per_stage = [], {}
+    own, per_stage, data = [], {}, []
     for item in overrides:
         head, _, rest = item.partition(".")
         if head in STAGES and rest:
             per_stage.setdefault(head, []).append(rest)
+        elif head == "data" and rest:
+            _check_data_path(item)
+            data.append(item)
         elif head == "stages":  # OmegaConf cannot merge a dotted key into a list
             raise ConfigError(f"override {item!r}: override a stage as STAGE.key=value, e.g. lm.train.steps=100")
         else:
@@ -150,7 +167,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeConfig
     if missing:
         raise ConfigError(f"override of stage {missing[0]!r}, which {path} does not train")
     for i, entry in enumerate(recipe.stages):
-        entry.overrides += per_stage.get(entry.stage, [])
+        entry.overrides += [*(data if _reads_data(entry.stage) else []), *per_stage.get(entry.stage, [])]
         resolved = Path(os.path.normpath(path.parent / entry.config))
         if not resolved.is_file():
             raise ConfigError(
@@ -159,6 +176,30 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeConfig
             )
         entry.config = str(resolved)
     return recipe
+
+
+def _check_data_path(item: str) -> None:
+    """A recipe-level ``data.train=PATH`` (or ``data.val``) names data that exists: every stage
+    would read it, so a typo fails now rather than when the first stage builds its data."""
+    key, _, value = item.partition("=")
+    value = value.strip()
+    if key.strip() not in ("data.train", "data.val") or not value or value.startswith("["):
+        return  # a source list or another data key: checked where the stages build their data
+    try:
+        kind = resolve_kind(SourceConfig(path=value))  # from the name alone for .jsonl and .tar
+        if kind == "webdataset":
+            list_shards(value)  # every shard of a pattern exists and is a tar archive
+        elif kind != "shapes" and not os.path.exists(value):
+            raise ConfigError(f"{value} does not exist; check the path")
+    except ConfigError as e:
+        raise ConfigError(f"override {key.strip()}={value}: {e}") from None
+
+
+def _reads_data(stage: str) -> bool:
+    """Whether the stage's run config has a ``data`` field (imports its schema, not its task)."""
+    module, name = STAGES[stage][0].split(":")
+    schema = getattr(importlib.import_module(module), name)
+    return any(f.name == "data" for f in dataclasses.fields(schema))
 
 
 @dataclass
@@ -290,7 +331,8 @@ def _plan(recipe: RecipeConfig, progress: bool) -> list[_Step]:
         if not path.is_file():
             raise ConfigError(f"stages[{i}].config ({entry.stage}): {path} not found")
         schema, task_cls = load_stage(entry.stage)
-        overrides = [*entry.overrides, *([] if progress else ["train.progress=false"])]
+        # data.train=PATH is one source, as with `lavit train STAGE` (a recipe's, a stage's or the YAML's)
+        overrides = expand_shorthand([*entry.overrides, *([] if progress else ["train.progress=false"])])
         try:
             cfg = load_config(path, schema, overrides)
         except ConfigError as e:
