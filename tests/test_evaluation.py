@@ -265,3 +265,27 @@ def test_summary_table(tmp_path):
     table = summarize([tmp_path / "a.json", tmp_path / "b.json"])
     assert table.splitlines()[0] == "| task | format | items | cider | vqa_accuracy |"
     assert "| caption | shapes | 5 | 12.35 |  |" in table
+
+
+def test_caption_and_vqa_jsonl_are_eval_formats(tmp_path, capsys):
+    """A JSONL of caption and VQA lines (the data layer's format) evaluates both tasks; each task
+    takes the lines it can score."""
+    from lavit.config import ShapesWorldConfig
+    from lavit.data.shapes_dataset import ShapesWorld
+
+    world = ShapesWorld(ShapesWorldConfig(), "val")
+    lines = []
+    for i in range(3):
+        s = world[i]
+        s.image.save(tmp_path / f"{i}.png")
+        lines.append({"image": f"{i}.png", "text": s.captions})
+        lines.append({"image": f"{i}.png", "question": s.qa[0].question, "answers": s.qa[0].answers})
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "lavit-shapes-tiny"
+    common = ["--no-progress", f"model={shipped}", "data.format=jsonl", f"data.annotations={tmp_path / 'val.jsonl'}"]
+    assert main("caption", [*common, f"out_dir={tmp_path / 'cap'}", "metrics.caption_tokenizer=python"]) == 0
+    assert main("vqa", [*common, f"out_dir={tmp_path / 'vqa'}"]) == 0
+    cap = json.loads((tmp_path / "cap" / "report.json").read_text())
+    vqa = json.loads((tmp_path / "vqa" / "report.json").read_text())
+    assert cap["scored"] == 3 and cap["cider"] > 0 and "attribute_accuracy" not in cap
+    assert vqa["scored"] == 3 and vqa["vqa_accuracy"] >= 0

@@ -27,8 +27,8 @@ DECODER_SAMPLING = {"diffusion": DiffusionSamplingConfig, "var": VARSamplingConf
 
 # Which data formats each task reads (lavit/evaluation/sets.py builds them).
 FORMATS = {
-    "caption": ("shapes", "coco_karpathy", "flickr30k", "nocaps", "coco"),
-    "vqa": ("shapes", "vqav2", "okvqa", "vizwiz", "gqa"),
+    "caption": ("shapes", "coco_karpathy", "flickr30k", "nocaps", "coco", "jsonl"),
+    "vqa": ("shapes", "vqav2", "okvqa", "vizwiz", "gqa", "jsonl"),
     "text2image": ("shapes", "coco_prompts"),
     "reconstruct": ("shapes", "image_folder"),
 }

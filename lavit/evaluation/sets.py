@@ -26,7 +26,13 @@ from PIL import Image
 from lavit.config import ConfigError
 from lavit.data.benchmark_readers import CocoPromptsDataset, GQADataset, KarpathyCaptionsDataset, VizWizDataset
 from lavit.data.image_io import load_image
-from lavit.data.readers import AnnotationError, CocoCaptionsDataset, ImageFolderDataset, VQAv2Dataset
+from lavit.data.readers import (
+    AnnotationError,
+    CocoCaptionsDataset,
+    ImageFolderDataset,
+    JsonlDataset,
+    VQAv2Dataset,
+)
 from lavit.data.shapes import Scene
 from lavit.data.shapes_dataset import ShapesWorld
 from lavit.evaluation.config import EvalDataConfig
@@ -162,15 +168,25 @@ def _read_items(task: str, data: EvalDataConfig) -> list[Item]:
     elif fmt == "image_folder":
         _need(data, "image_root")
         ds = ImageFolderDataset(data.image_root)
+    elif fmt == "jsonl":  # caption and/or VQA lines; images relative to the file (or image_root)
+        _need(data, "annotations")
+        ds = JsonlDataset(data.annotations, data.image_root)
+        want = (lambda i: bool(ds.qa(i))) if task == "vqa" else (lambda i: bool(ds.captions(i)))
+        kept = [i for i in range(len(ds)) if want(i)]
+        if not kept:
+            what = "question" if task == "vqa" else "caption"
+            raise AnnotationError(f"{data.annotations}: no {what} lines for the {task} task")
+        return [_item(task, ds, i) for i in kept]
     else:
         raise ConfigError(f"unknown data.format {fmt!r}")
 
-    items = []
-    for i in range(len(ds)):
-        image = partial(load_image, ds.image_path(i))
-        if task == "vqa":
-            (qa,) = ds.qa(i)  # question datasets hold one question per record
-            items.append(Item(ds.key(i), image, question=qa.question, answers=qa.answers))
-        else:
-            items.append(Item(ds.key(i), image, captions=ds.captions(i)))
-    return items
+    return [_item(task, ds, i) for i in range(len(ds))]
+
+
+def _item(task: str, ds, i: int) -> Item:
+    """Record ``i`` of a reader as an evaluation item (its image loaded lazily)."""
+    image = partial(load_image, ds.image_path(i))
+    if task == "vqa":
+        (qa,) = ds.qa(i)  # question datasets hold one question per record
+        return Item(ds.key(i), image, question=qa.question, answers=qa.answers)
+    return Item(ds.key(i), image, captions=ds.captions(i))
