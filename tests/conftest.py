@@ -248,3 +248,20 @@ def assert_user_error(rc: int, stderr: str, *names: str) -> str:
     for name in names:
         assert name in errors[0], f"{name!r} not named in: {errors[0]}"
     return errors[0]
+
+
+def crashing(task_cls: type) -> type:
+    """``task_cls`` whose ``training_step`` dies at step ``crash_at`` (a simulated kill, after
+    whatever checkpoints came before): ``crashing(TokenizerTask)(cfg, crash_at=5)``."""
+
+    class Crashing(task_cls):
+        def __init__(self, cfg, crash_at: int):
+            super().__init__(cfg)
+            self.crash_at = crash_at
+
+        def training_step(self, model, batch, step):
+            if step == self.crash_at:
+                raise KeyboardInterrupt("simulated crash")
+            return super().training_step(model, batch, step)
+
+    return Crashing

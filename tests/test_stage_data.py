@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import crashing
 from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_sample_images
@@ -197,17 +198,7 @@ def test_shapes_only_stages_name_the_non_shapes_source(photos, tmp_path):
 # ------------------------------------------------------------------------------ exact resume
 
 
-class CrashingVQVAE(VQVAETask):
-    """Dies in the middle of step ``crash_at`` (after the checkpoint of step 3)."""
-
-    def __init__(self, cfg, crash_at: int):
-        super().__init__(cfg)
-        self.crash_at = crash_at
-
-    def training_step(self, model, images, step):
-        if step == self.crash_at:
-            raise KeyboardInterrupt("simulated crash")
-        return super().training_step(model, images, step)
+CrashingVQVAE = crashing(VQVAETask)  # dies in the middle of step crash_at
 
 
 def test_a_killed_run_over_shards_with_workers_resumes_bit_for_bit(photos, tmp_path):

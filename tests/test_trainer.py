@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import crashing
 from safetensors.torch import load_file
 
 from lavit.checkpoint import CheckpointError, load_tree, save_tree
@@ -37,17 +38,7 @@ def run_cfg(out_dir: Path, *overrides: str) -> TokenizerRunConfig:
     return load_config(DEBUG, TokenizerRunConfig, base + list(overrides))
 
 
-class CrashingTask(TokenizerTask):
-    """Dies in the middle of ``crash_at`` (after checkpoint 3, with steps 4.. logged)."""
-
-    def __init__(self, cfg, crash_at: int):
-        super().__init__(cfg)
-        self.crash_at = crash_at
-
-    def training_step(self, model, images, step):
-        if step == self.crash_at:
-            raise KeyboardInterrupt("simulated crash")
-        return super().training_step(model, images, step)
+CrashingTask = crashing(TokenizerTask)  # dies in the middle of step crash_at
 
 
 def test_lr_schedule_warmup_then_cosine():
