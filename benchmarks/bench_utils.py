@@ -8,8 +8,14 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+# The model that ships in the repository (lavit.demo.DEFAULT_MODEL, from any working directory):
+# the default of the benchmarks that read trained parts. A path, so that they need not import
+# the pipeline.
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "lavit-shapes-tiny"
 
 
 def device_name(device: str) -> str:

@@ -6,6 +6,7 @@ and which (colour, kind) pairs, the scene contains; the score is the held-out sh
 whose whole set is right.
 
     python benchmarks/code_probe.py runs/tokenizer_tiny/model
+    python benchmarks/code_probe.py --quick     # the shipped tokenizer, 20 scenes (tests)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 
 import torch
+from bench_utils import SHIPPED_MODEL
 
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes_dataset import ShapesWorld
@@ -24,10 +26,15 @@ from tokenizer import load_tokenizer
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tokenizer_dir")
+    p.add_argument(
+        "tokenizer_dir", nargs="?", default=str(SHIPPED_MODEL / "tokenizer"), help="default: the shipped one"
+    )
     p.add_argument("--scenes", type=int, default=5000)
     p.add_argument("--train-share", type=float, default=0.8)
+    p.add_argument("--quick", action="store_true", help="20 scenes: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.scenes = 20
     torch.manual_seed(0)
     tok = load_tokenizer(args.tokenizer_dir)
     size = tok.cfg.encoder.image_size

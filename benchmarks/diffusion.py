@@ -6,6 +6,7 @@ keeping half its patches: 32 for tiny).
 
     python benchmarks/diffusion.py                          # tiny preset, steps 10/25/50, batch 1 and 8
     python benchmarks/diffusion.py --device cuda --dtype bfloat16 --configs tiny
+    python benchmarks/diffusion.py --quick                  # debug preset, 1 step, batch 1 (tests)
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--steps", nargs="+", type=int, default=[10, 25, 50])
     add_device_args(p)
+    p.add_argument("--quick", action="store_true", help="debug preset, 1 step, batch 1: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.configs, args.batches, args.steps, args.repeats = ["debug"], [1], [1], 1
     dtype = getattr(torch, args.dtype)
     results = [
         bench(c, b, s, args.device, dtype, args.repeats) for c in args.configs for b in args.batches for s in args.steps

@@ -8,6 +8,7 @@ cannot draw a clean scene at all tops out near the noisy input's own PSNR at sma
 ``input_psnr``).
 
     python benchmarks/diffusion_probe.py runs/diffusion_tiny/model runs/tokenizer_tiny/model
+    python benchmarks/diffusion_probe.py --quick    # the shipped decoder, 2 scenes, one t (tests)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 
 import torch
 import torch.nn.functional as F
+from bench_utils import SHIPPED_MODEL
 
 from detokenizer.diffusion.io import load_detokenizer
 from detokenizer.diffusion.sampling import condition_inputs, noise_scheduler, patch_inputs
@@ -44,11 +46,18 @@ def x0_estimate(model, noisy, steps, a, emb, mask, drop=None, patches=None) -> t
 @torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("detokenizer_dir")
-    p.add_argument("tokenizer_dir")
+    p.add_argument(
+        "detokenizer_dir", nargs="?", default=str(SHIPPED_MODEL / "diffusion"), help="default: the shipped one"
+    )
+    p.add_argument(
+        "tokenizer_dir", nargs="?", default=str(SHIPPED_MODEL / "tokenizer"), help="default: the shipped one"
+    )
     p.add_argument("--scenes", type=int, default=64)
     p.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950])
+    p.add_argument("--quick", action="store_true", help="2 scenes at t = 400: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.scenes, args.timesteps = 2, [400]
     torch.manual_seed(0)
     model, tok = load_detokenizer(args.detokenizer_dir).eval(), load_tokenizer(args.tokenizer_dir).eval()
     size, n = model.cfg.resolution, args.scenes

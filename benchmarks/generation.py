@@ -11,6 +11,7 @@ capture); ``ours_dynamic`` the same loop over HF's growing cache, one eager forw
 
     python benchmarks/generation.py                 # tiny and ~100M configs, batch 1 and 4
     python benchmarks/generation.py --device cuda --dtype bfloat16 --configs lavit-7b
+    python benchmarks/generation.py --quick         # tiny, batch 1, 2 image tokens (tests)
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--guidance", type=float, default=4.0)
     add_device_args(p)
+    p.add_argument("--quick", action="store_true", help="tiny, batch 1, 2 tokens, 1 repeat: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.configs, args.batches, args.tokens, args.repeats = ["tiny"], [1], 2, 1
     dtype = getattr(torch, args.dtype)
     results = [
         bench(c, b, args.tokens, args.guidance, args.device, dtype, args.repeats)

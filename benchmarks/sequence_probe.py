@@ -9,6 +9,7 @@ the tokens allow, where ``benchmarks/code_probe.py``'s linear, order-free probe 
 
     python benchmarks/sequence_probe.py checkpoints/lavit-shapes-tiny/tokenizer              # codes
     python benchmarks/sequence_probe.py checkpoints/lavit-shapes-tiny/tokenizer --input features
+    python benchmarks/sequence_probe.py --quick      # the shipped tokenizer, 16 + 8 scenes, 2 steps (tests)
 
 ``--input codes``: the codebook vectors of the codes (what the detokenizers read);
 ``--input features``: the continuous merger outputs before quantization (what the LM reads with
@@ -24,6 +25,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from bench_utils import SHIPPED_MODEL
 from torch import nn
 
 from lavit.config import ShapesWorldConfig
@@ -131,12 +133,17 @@ def scenes_and_tokens(tok: DynamicVisualTokenizer, split: str, n: int, kind: str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tokenizer_dir")
+    p.add_argument(
+        "tokenizer_dir", nargs="?", default=str(SHIPPED_MODEL / "tokenizer"), help="default: the shipped one"
+    )
     p.add_argument("--input", choices=("codes", "features"), default="codes")
     p.add_argument("--train-scenes", type=int, default=15000)
     p.add_argument("--val-scenes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="16 train and 8 val scenes, 2 steps: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.train_scenes, args.val_scenes, args.steps = 16, 8, 2
     start = time.time()
     tok = load_tokenizer(args.tokenizer_dir).eval()
     train = scenes_and_tokens(tok, "train", args.train_scenes, args.input)

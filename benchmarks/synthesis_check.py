@@ -8,6 +8,7 @@ held-out scenes whose shapes fit one scene (3 at most, in distinct cells), given
 ``[[image_a, image_b]]``: how often the first's shapes are in the output, the second's, and both.
 
     python benchmarks/synthesis_check.py [--model DIR] [--scenes 50]
+    python benchmarks/synthesis_check.py --quick      # 1 scene (tests)
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--scenes", type=int, default=50)
     ap.add_argument("--decoders", nargs="+", default=None, help="default: every decoder the model has")
+    ap.add_argument("--quick", action="store_true", help="1 scene: the smoke test's setting")
     args = ap.parse_args()
+    if args.quick:
+        args.scenes = 1
     pipe = LaVITPipeline.from_pretrained(args.model)
     print(json.dumps(check(pipe, args.scenes, args.decoders or sorted(pipe.decoders)), indent=1))
 

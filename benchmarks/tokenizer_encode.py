@@ -4,6 +4,7 @@
 
     python benchmarks/tokenizer_encode.py               # tiny and lavit-shaped, batch 8, CPU
     python benchmarks/tokenizer_encode.py --presets tiny --batch 32 --device cuda
+    python benchmarks/tokenizer_encode.py --quick       # tiny, batch 1, one timed call (tests)
 
 The lavit-shaped preset (EVA-CLIP g/14 encoder, 12-block merger) is randomly initialised:
 throughput does not depend on the weights. Its ~1.8B fp32 parameters need ~7 GB of memory.
@@ -53,7 +54,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny preset, batch 1, one call: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.presets, args.batch, args.warmup, args.iters = ["tiny"], 1, 0, 1
     results = []
     with torch.inference_mode():
         for preset in args.presets:

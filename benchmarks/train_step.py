@@ -6,6 +6,7 @@ trainer runs it (``lavit/train/trainer.py``: bf16 autocast over fp32 weights).
 
     python benchmarks/train_step.py                                   # tiny, CPU
     python benchmarks/train_step.py --device cuda --configs tiny 100m --batch 16 --seq-len 512
+    python benchmarks/train_step.py --quick                           # tiny, batch 1, 16 tokens (tests)
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny, batch 1, 16 tokens, 1 repeat: the smoke test's setting")
     args = p.parse_args()
+    if args.quick:
+        args.configs, args.batch, args.seq_len, args.repeats = ["tiny"], 1, 16, 1
     results = []
     for c in args.configs:
         for prec in args.precisions:

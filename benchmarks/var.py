@@ -8,6 +8,7 @@ weights (speed does not depend on them). Target (issue 6): VAR >= 5x faster.
 
     python benchmarks/var.py                                  # tiny, batch 1 and 8, CPU
     python benchmarks/var.py --device cuda --dtype bfloat16
+    python benchmarks/var.py --quick                          # batch 1, a 32 px VQ-VAE: 4 scales, 85 tokens (tests)
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ def next_token_sample(
     return torch.stack(out, dim=1)
 
 
-def bench(batch: int, device: str, dtype: torch.dtype, repeats: int) -> dict:
+# --quick: the tiny VQ-VAE at 32 px (an 8x8 latent), so the baseline decodes 85 tokens, not 507.
+QUICK_VQVAE = ["resolution=32", "scales=[1,2,4,8]"]
+
+
+def bench(batch: int, device: str, dtype: torch.dtype, repeats: int, vq_overrides: list[str]) -> dict:
     torch.manual_seed(0)
-    vq = load_config(CONFIGS / "vqvae_tiny.yaml", VQVAEConfig)
+    vq = load_config(CONFIGS / "vqvae_tiny.yaml", VQVAEConfig, vq_overrides)
     cfg = load_config(CONFIGS / "tiny.yaml", VARConfig)
     model = NextScaleTransformer(cfg, vq).to(device=device, dtype=dtype).eval()
     quantizer = MultiScaleQuantizer(vq.latent_channels, vq.codebook_size, vq.scales).to(device=device, dtype=dtype)
@@ -80,10 +85,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_args(p)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--quick", action="store_true", help="batch 1, 1 repeat, a 32 px VQ-VAE: the smoke test's setting")
     args = p.parse_args()
+    vq_overrides = QUICK_VQVAE if args.quick else []
+    if args.quick:
+        args.batches, args.repeats = [1], 1
     dtype = getattr(torch, args.dtype)
-    results = [bench(b, args.device, dtype, args.repeats) for b in args.batches]
-    print_report("var_vs_next_token", args.device, results, preset="tiny", guidance_scale=3.0, dtype=args.dtype)
+    results = [bench(b, args.device, dtype, args.repeats, vq_overrides) for b in args.batches]
+    preset = "tiny" + (f" with {' '.join(vq_overrides)}" if vq_overrides else "")
+    print_report("var_vs_next_token", args.device, results, preset=preset, guidance_scale=3.0, dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ sampled as the pipeline samples them; the ShapesWorld parser says whether the sc
 VQ-VAE alone, so the steps between them say which scales' predictions cost scenes.
 
     python benchmarks/var_scales.py [--model DIR] [--scenes 200]
+    python benchmarks/var_scales.py --quick      # 1 scene (tests)
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ def main() -> None:
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--scenes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="1 scene: the smoke test's setting")
     args = ap.parse_args()
+    if args.quick:
+        args.scenes = 1
     pipe = LaVITPipeline.from_pretrained(args.model)
     print(json.dumps(scenes_kept_by_prefix(pipe, args.scenes, seed=args.seed), indent=1))
 
