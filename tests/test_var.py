@@ -1,4 +1,4 @@
-"""VAR decoder: the multi-scale residual quantizer and VQ-VAE (DESIGN.md section 7)."""
+"""VAR decoder: the multi-scale residual quantizer and VQ-VAE (docs/design.md §7)."""
 
 import pytest
 import torch

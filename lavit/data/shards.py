@@ -33,6 +33,7 @@ and a DataLoader with the same ``batch_size``, ``num_workers``, ranks, seed and 
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import json
@@ -259,7 +260,7 @@ def worker_start(batches_done: int, batch_size: int) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------ the stream
 
 
-class ResumableStream(IterableDataset):
+class ResumableStream(IterableDataset, abc.ABC):
     """An endless stream that a DataLoader can pick up after ``batches_done`` batches: subclasses
     give :meth:`iter_from` (one reader's sequence from a position); :meth:`resumed` and
     ``__iter__`` turn the DataLoader's worker into that reader and position."""
@@ -283,8 +284,9 @@ class ResumableStream(IterableDataset):
     def _reset(self) -> None:
         """Clear per-pass state (a fresh pass, or a worker's copy, counts afresh)."""
 
+    @abc.abstractmethod
     def iter_from(self, worker: int, num_workers: int, position: int) -> Iterator[Any]:
-        raise NotImplementedError
+        """The endless sequence of reader ``worker`` of ``num_workers`` (on this rank) from ``position``."""
 
 
 class ShardStream(ResumableStream):
