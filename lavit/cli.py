@@ -28,25 +28,27 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from lavit.checkpoint import CheckpointError
+from lavit.cli_inputs import (
+    MAX_IMAGES,
+    UsageError,
+    check_count,
+    check_device,
+    check_guidance,
+    check_images,
+    check_out_dir,
+    check_prompts,
+    fresh_out_dir,
+    reconstruction_names,
+)
 from lavit.config import ConfigError
 from lavit.data.image_io import ImageLoadError
 from lavit.files import JSONLError, OutDirLockedError, atomic_dir, atomic_write
 from lavit.train.stages import STAGES, load_stage
-
-# Bounds on what one command makes: every image is held in memory until it is written.
-MAX_IMAGES_PER_PROMPT = 64
-MAX_IMAGES = 256
-MAX_CANDIDATES = 16
-
-
-class UsageError(ValueError):
-    """A command-line problem the user can fix."""
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -75,7 +77,7 @@ def cmd_shapes(args: argparse.Namespace) -> None:
         raise UsageError(f"--num must be 1 to {MAX_IMAGES}, got {args.num}")
     if args.start < 0:
         raise UsageError(f"--start must be 0 or more, got {args.start}")
-    _check_out_dir(args)
+    check_out_dir(args)
     cfg = load_config(args.config, ShapesWorldConfig, args.overrides)
     ds = ShapesWorld(cfg, args.split)
     samples = [ds[args.start + i] for i in range(args.num)]
@@ -125,7 +127,7 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
     command uses (lm, diffusion), so a missing one fails before anything runs."""
     from lavit.pipeline import LaVITPipeline
 
-    _check_device(args.device)
+    check_device(args.device)
     stages = {"lm": args.lm, "diffusion": args.diffusion, "var": args.var}
     if args.model and (args.tokenizer or any(stages.values())):
         raise UsageError(
@@ -180,71 +182,6 @@ def _bad_input() -> Iterator[None]:
         raise UsageError(str(e)) from e
 
 
-def _check_device(device: str) -> None:
-    """``--device`` names a device this machine has (a CUDA one only where CUDA sees a GPU)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r} is not a device name: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
-        if dev.index is not None and dev.index >= count:
-            raise UsageError(f"--device {device}: only {count} CUDA GPU(s) are visible (cuda:0..cuda:{count - 1})")
-    elif dev.type != "cpu" and dev.type != "mps":
-        raise UsageError(f"--device {device}: use cpu, cuda or cuda:N")
-
-
-def _check_images(paths: Sequence[str]) -> None:
-    for p in paths:
-        path = Path(p)
-        if not path.exists():
-            raise UsageError(f"image file not found: {p} (give paths to existing image files)")
-        if not path.is_file():
-            raise UsageError(f"{p} is not a regular file (a folder, FIFO or device); give an image file")
-
-
-def _check_out_dir(args: argparse.Namespace) -> Path:
-    """``--out`` as a folder: refused when it names a file (checked before any model work)."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; '{args.command}' writes a folder of images: give a folder path")
-    return out
-
-
-def _fresh_out_dir(args: argparse.Namespace, manifest: str) -> Path:
-    """``--out`` for a command that writes a whole folder (replaced at the end, so nothing is left
-    half-written or stale from an earlier run): new, empty, or one this command wrote before
-    (it holds ``manifest``); a folder with other files is refused rather than wiped."""
-    out = _check_out_dir(args)
-    if out.is_dir() and any(out.iterdir()) and not (out / manifest).is_file():
-        raise UsageError(
-            f"--out {out} holds files that 'lavit {args.command}' did not write (no {manifest}), and the "
-            "folder is replaced whole: give a new or empty folder"
-        )
-    return out
-
-
-def _read_prompts(args: argparse.Namespace) -> None:
-    """Prompts from the command line and ``--prompts-file`` (UTF-8, one per line) into ``args.prompts``."""
-    prompts = list(args.prompts)
-    if args.prompts_file is not None:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise UsageError(f"--prompts-file {path}: no such file (one prompt per line, UTF-8)")
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UsageError(f"--prompts-file {path}: byte {e.start} is not UTF-8; save the file as UTF-8") from None
-        prompts += [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise UsageError(f'no prompts: give them as arguments (lavit {args.command} "a red circle") or --prompts-file')
-    args.prompts = prompts
-
-
 def _emit(records: list[dict], args: argparse.Namespace, text: Callable[[dict], str]) -> None:
     if args.json:
         print(json.dumps(records, indent=2))
@@ -254,7 +191,7 @@ def _emit(records: list[dict], args: argparse.Namespace, text: Callable[[dict], 
 
 
 def cmd_caption(args: argparse.Namespace) -> None:
-    _check_images(args.images)
+    check_images(args.images)
     pipe = _pipeline(args)
     with _bad_input():
         captions = pipe.caption(args.images, args.prompt, _decoding(pipe.cfg.caption_decoding, args))
@@ -263,7 +200,7 @@ def cmd_caption(args: argparse.Namespace) -> None:
 
 
 def cmd_vqa(args: argparse.Namespace) -> None:
-    _check_images([args.image])
+    check_images([args.image])
     if any(not q.strip() for q in args.questions):
         raise UsageError("empty question: give the question text, e.g. lavit vqa img.png 'What colour is it?'")
     if args.template is not None and args.template.count("{}") != 1:
@@ -278,31 +215,8 @@ def cmd_vqa(args: argparse.Namespace) -> None:
     _emit(records, args, lambda r: f"Q: {r['question']}\nA: {r['answer']}")
 
 
-def _check_count(args: argparse.Namespace, prompts: int) -> None:
-    """``--num-images`` (and ``--candidates``) within the bounds of what one command holds."""
-    if not 1 <= args.num_images <= MAX_IMAGES_PER_PROMPT:
-        raise UsageError(f"--num-images must be 1 to {MAX_IMAGES_PER_PROMPT}, got {args.num_images}")
-    if prompts * args.num_images > MAX_IMAGES:
-        raise UsageError(
-            f"{prompts} prompts x --num-images {args.num_images} = {prompts * args.num_images} images, over "
-            f"{MAX_IMAGES} per command: split the prompts over several commands"
-        )
-    candidates = getattr(args, "candidates", None)
-    if candidates is not None and not 1 <= candidates <= MAX_CANDIDATES:
-        raise UsageError(f"--candidates must be 1 to {MAX_CANDIDATES}, got {candidates}")
-
-
-def _check_prompts(args: argparse.Namespace) -> None:
-    _read_prompts(args)
-    if any(not p.strip() for p in args.prompts):
-        raise UsageError(f'empty prompt: give the text to draw, e.g. lavit {args.command} "a red circle"')
-    _check_count(args, len(args.prompts))
-    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
-        raise UsageError(f"--guidance-scale {args.guidance_scale}: use a finite scale (1.0 disables guidance)")
-
-
 def cmd_generate_tokens(args: argparse.Namespace) -> None:
-    _check_prompts(args)
+    check_prompts(args)
     if Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; generate-tokens writes one JSON file: give a file path")
     pipe = _pipeline(args)
@@ -337,16 +251,6 @@ def _save_pngs(out: Path, images: list, names: list[str]) -> list[Path]:
     return paths
 
 
-def reconstruction_names(images: Sequence[str]) -> list[str]:
-    """``<stem>_reconstruction.png`` per input; inputs that share a stem (a/x.png, b/x.png) get
-    their position too (``x_0_reconstruction.png``, ``x_1_...``), so none overwrites another."""
-    stems = [Path(p).stem for p in images]
-    return [
-        f"{stem}_{i}_reconstruction.png" if stems.count(stem) > 1 else f"{stem}_reconstruction.png"
-        for i, stem in enumerate(stems)
-    ]
-
-
 def _decoder_sampling(pipe, args: argparse.Namespace):
     sampling = getattr(pipe.cfg, f"{args.decoder}_sampling")
     if args.steps is not None:
@@ -361,8 +265,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
     from lavit.data.image_io import load_image
 
-    _check_images(args.images)
-    _check_out_dir(args)
+    check_images(args.images)
+    check_out_dir(args)
     originals = [load_image(p) for p in args.images]  # fail on a bad file before any model work
     pipe = _pipeline(args, needs=(args.decoder,))
     with _bad_input():
@@ -381,8 +285,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    _check_prompts(args)
-    out = _fresh_out_dir(args, GENERATE_MANIFEST)
+    check_prompts(args)
+    out = fresh_out_dir(args, GENERATE_MANIFEST)
     pipe = _pipeline(args, needs=("lm", args.decoder))
     with _bad_input():
         gen = pipe.generate(
@@ -422,11 +326,10 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
         raise UsageError("empty prompt: give parts in order, e.g. lavit synthesize --image a.png --text 'in blue'")
     if any(kind == "text" and not v.strip() for kind, v in parts):
         raise UsageError("empty --text part: give the text, e.g. --text 'in blue'")
-    _check_count(args, 1)
-    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
-        raise UsageError(f"--guidance-scale {args.guidance_scale}: use a finite scale (1.0 disables guidance)")
-    _check_images([v for kind, v in parts if kind == "image"])
-    out = _fresh_out_dir(args, SYNTHESIZE_MANIFEST)
+    check_count(args, 1)
+    check_guidance(args)
+    check_images([v for kind, v in parts if kind == "image"])
+    out = fresh_out_dir(args, SYNTHESIZE_MANIFEST)
     from lavit.data.image_io import load_image
 
     prompt = [load_image(v) if kind == "image" else v for kind, v in parts]  # bad files fail before the model
@@ -452,8 +355,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from lavit.demo import run_demo
     from lavit.pipeline import LaVITPipeline
 
-    _check_device(args.device)
-    _check_out_dir(args)
+    check_device(args.device)
+    check_out_dir(args)
     model = args.model or str(shipped_model())
     summary = run_demo(LaVITPipeline.from_pretrained(model, args.device), args.out)
     print(json.dumps({"model": model, **summary}, indent=2))

@@ -21,7 +21,8 @@ from conftest import assert_user_error
 from PIL import Image
 
 from lavit.checkpoint import save_model_dir
-from lavit.cli import MAX_CANDIDATES, MAX_IMAGES, MAX_IMAGES_PER_PROMPT, main, reconstruction_names
+from lavit.cli import main
+from lavit.cli_inputs import MAX_CANDIDATES, MAX_IMAGES, MAX_IMAGES_PER_PROMPT, reconstruction_names
 from lavit.config import ShapesWorldConfig
 from lavit.files import atomic_write
 from lavit.pipeline import LaVITPipeline
