@@ -45,7 +45,7 @@ from lavit.cli_inputs import (
     fresh_out_dir,
     reconstruction_names,
 )
-from lavit.config import ConfigError
+from lavit.config import ConfigError, fills_once
 from lavit.data.image_io import ImageLoadError
 from lavit.files import JSONLError, OutDirLockedError, atomic_dir, atomic_write
 from lavit.train.stages import STAGES, load_stage
@@ -203,7 +203,7 @@ def cmd_vqa(args: argparse.Namespace) -> None:
     check_images([args.image])
     if any(not q.strip() for q in args.questions):
         raise UsageError("empty question: give the question text, e.g. lavit vqa img.png 'What colour is it?'")
-    if args.template is not None and args.template.count("{}") != 1:
+    if args.template is not None and not fills_once(args.template):
         raise UsageError(
             f"--template {args.template!r} must hold the question's place as {{}} once, e.g. 'Question: {{}} Answer:'"
         )

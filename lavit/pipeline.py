@@ -48,6 +48,7 @@ from lavit.config import (
     ImageSamplingConfig,
     TextDecodingConfig,
     check,
+    fills_once,
     to_yaml,
 )
 from lavit.data.image_io import load_image
@@ -339,7 +340,7 @@ class LaVITPipeline:
         """One answer per (image, question) pair, asked as ``template.format(question)``
         (LaVIT's "Question: {} Answer:", 5 beams, up to 10 new tokens)."""
         template = self.cfg.vqa_prompt if template is None else template
-        if template.count("{}") != 1:
+        if not fills_once(template):
             raise ValueError(f"VQA template {template!r} must hold the question's place as {{}} once")
         empty = [i for i, q in enumerate(questions) if not q.strip()]
         if empty:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from lavit.checkpoint import save_model_dir
 from lavit.cli import main
-from lavit.cli_inputs import MAX_CANDIDATES, MAX_IMAGES, MAX_IMAGES_PER_PROMPT, reconstruction_names
+from lavit.cli_inputs import MAX_IMAGES, reconstruction_names
 from lavit.config import ShapesWorldConfig
 from lavit.files import atomic_write
 from lavit.pipeline import LaVITPipeline
@@ -131,7 +131,6 @@ def test_cli_bad_input_is_one_line_exit_2(argv, names, files, shipped_pipe, monk
 
 def test_catalogue_size():
     assert len(CASES) >= 50
-    assert MAX_IMAGES_PER_PROMPT * 4 == MAX_IMAGES and MAX_CANDIDATES >= 8
 
 
 # --- outputs -----------------------------------------------------------------------------------

@@ -27,3 +27,14 @@ def check_norm_groups(groups: int, channels: Sequence[int], key: str = "norm_num
         groups,
         f"must divide every entry of block_out_channels {list(channels)}",
     )
+
+
+def fills_once(template: str) -> bool:
+    """Whether ``template.format(question)`` puts the question in exactly once: one ``{}``, and
+    no other field (``{0}``, ``{q}``, an unmatched brace); ``{{}}`` is a literal "{}"."""
+    mark = "\0question\0"
+    try:
+        filled = template.format(mark)
+    except (IndexError, KeyError, ValueError):
+        return False
+    return filled.count(mark) == 1

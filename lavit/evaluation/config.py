@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detokenizer.diffusion.config import DiffusionSamplingConfig
 from detokenizer.var.config import VARSamplingConfig
-from lavit.config import GUIDANCE_FIX, ConfigError, ShapesWorldConfig, TextDecodingConfig, check
+from lavit.config import GUIDANCE_FIX, ConfigError, ShapesWorldConfig, TextDecodingConfig, check, fills_once
 from lavit.data.benchmark_readers import KARPATHY_SPLITS
 from lavit.data.shapes import SPLITS as SHAPES_SPLITS
 from lavit.metrics.caption import METRICS as CAPTION_METRICS
@@ -157,7 +157,7 @@ class EvalConfig:
         check(g is None or math.isfinite(g), "guidance_scale_for_llm", g, GUIDANCE_FIX)
         if self.task == "vqa" and self.prompt is not None:
             fix = 'a VQA template holds {} once, where the question goes, e.g. "Question: {} Answer:"'
-            check(_one_slot(self.prompt), "prompt", self.prompt, fix)
+            check(fills_once(self.prompt), "prompt", self.prompt, fix)
         self.sampling_overrides(DECODER_SAMPLING[self.decoder]())  # unknown or bad settings fail here
         self._check_model()
         self._check_metrics()
@@ -206,13 +206,3 @@ class EvalConfig:
                 None,
                 "metrics.fid_weights compares with the real COCO images: set data.image_root to their folder",
             )
-
-
-def _one_slot(template: str) -> bool:
-    """A template that ``template.format(question)`` fills with the question exactly once."""
-    mark = "\0question\0"
-    try:
-        filled = template.format(mark)
-    except (IndexError, KeyError, ValueError):  # "{0}{}", "{q}", an unmatched "{"
-        return False
-    return template.count("{}") == 1 and filled.count(mark) == 1  # "{{}}" is a literal "{}"
