@@ -13,6 +13,8 @@ from PIL import Image
 
 import lavit.train.recipe as recipe_module
 from lavit.cli import main
+from lavit.data.digits import build as build_digits
+from lavit.evaluation.digits import report as digits_report
 from lavit.pipeline import LaVITPipeline
 from lavit.train.recipe import REPORT_FILE, load_recipe
 from lavit.train.trainer import fit
@@ -95,6 +97,12 @@ def test_generic_debug_recipe_trains_on_a_jsonl_of_photos_and_the_pipeline_runs(
         rec = tmp_path / f"rec_{decoder}"
         assert main(["reconstruct", image, "--out", str(rec), "--decoder", decoder, *steps, *model]) == 0
         assert (rec / "val_flower_0_reconstruction.png").is_file()
+    # The handwritten-digits report (eval/digits.py) runs every capability of the pipeline.
+    build_digits(tmp_path / "digits", size=32)
+    scores = digits_report(pipe, tmp_path / "digits", limit=2, per_label=1, batch_size=8, seed=0)
+    assert scores["test_images"] == 2 and scores["judge"]["accuracy"] == 100.0
+    assert {"reconstruct_diffusion", "reconstruct_var", "text2image_diffusion", "text2image_var"} <= set(scores)
+    assert all(0 <= scores[k]["label_accuracy"] <= 100 for k in ("text2image_diffusion", "text2image_var"))
 
 
 def test_recipe_level_data_reaches_every_stage_that_reads_data(tmp_path):
