@@ -8,8 +8,8 @@ import pytest
 
 from lavit.data.digits import QUESTION, WORDS, build
 from lavit.data.image_io import load_image
-from lavit.evaluation.digits import DigitJudge, labelled_images, named_digits, report
 from lavit.data.sources import SourceConfig, build_source
+from lavit.evaluation.digits import DigitJudge, labelled_images, named_digits, report
 
 
 def test_digits_build_a_stratified_split_the_data_layer_reads(tmp_path):

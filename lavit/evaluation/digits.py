@@ -101,7 +101,7 @@ def report(pipe, data: Path, *, limit: int | None, per_label: int, batch_size: i
         "examples": captions_out[:5],
     }
     out["vqa"] = {
-        "accuracy": _share([y in named_digits(a) and len(named_digits(a)) == 1 for a, y in zip(answers, labels)]),
+        "accuracy": _share([named_digits(a) == {y} for a, y in zip(answers, labels, strict=True)]),
         "examples": answers[:5],
     }
     prompts = [(captions(y)[k % 3], y) for k in range(per_label) for y in range(len(WORDS))]
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = report(
-        pipe, data, limit=args.limit, per_label=args.per_label, batch_size=args.batch_size, seed=args.seed
-    )
+    result = report(pipe, data, limit=args.limit, per_label=args.per_label, batch_size=args.batch_size, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
