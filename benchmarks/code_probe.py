@@ -18,9 +18,9 @@ import torch
 from bench_utils import SHIPPED_MODEL
 
 from lavit.config import ShapesWorldConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
+from lavit.data.shapes.judge import code_probe
 from lavit.data.transforms import to_tensor
-from lavit.train.tasks.tokenizer import code_probe
 from tokenizer import load_tokenizer
 
 

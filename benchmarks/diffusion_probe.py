@@ -23,7 +23,7 @@ from bench_utils import SHIPPED_MODEL
 from detokenizer.diffusion.io import load_detokenizer
 from detokenizer.diffusion.sampling import condition_inputs, noise_scheduler, patch_inputs
 from lavit.config import ShapesWorldConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from tokenizer import load_tokenizer
 

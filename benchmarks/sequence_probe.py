@@ -4,7 +4,7 @@ A small transformer (3 blocks, 128 wide, 9 learned cell queries) reads a scene's
 sequence, in order, and names each cell of ShapesWorld's 3x3 grid: empty or one of the 30
 (colour, kind) pairs. The score is the share of held-out (val) scenes whose (colour, kind)
 multiset it gets right: the criterion a detokenizer's reconstruction is judged by
-(:func:`lavit.data.shapes_parser.attributes_kept`). So it estimates how much of that target
+(:func:`lavit.data.shapes.parser.attributes_kept`). So it estimates how much of that target
 the tokens allow, where ``benchmarks/code_probe.py``'s linear, order-free probe is a floor.
 
     python benchmarks/sequence_probe.py checkpoints/lavit-shapes-tiny/tokenizer              # codes
@@ -30,7 +30,7 @@ from torch import nn
 
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes import COLOURS, KINDS, Scene
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from tokenizer import DynamicVisualTokenizer, load_tokenizer
 

@@ -19,8 +19,8 @@ import random
 
 from lavit.config import ShapesWorldConfig
 from lavit.data.shapes import COLOURS, KINDS
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import colour_kinds, parse_scene
+from lavit.data.shapes.dataset import ShapesWorld
+from lavit.data.shapes.parser import colour_kinds, parse_scene
 from lavit.demo import DEFAULT_MODEL
 from lavit.pipeline import LaVITPipeline
 

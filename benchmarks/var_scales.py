@@ -19,8 +19,8 @@ import torch
 
 from detokenizer.var.decoder import decode_codes_var
 from lavit.config import ShapesWorldConfig
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import attributes_kept, parse_scene
+from lavit.data.shapes.dataset import ShapesWorld
+from lavit.data.shapes.parser import attributes_kept, parse_scene
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.demo import DEFAULT_MODEL
 from lavit.generate import seeded_generators

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from lavit.config import ShapesWorldConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.viz import image_grid
 
 NUM = 8

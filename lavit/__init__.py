@@ -1,7 +1,7 @@
 """lavit: a unified discrete-token multimodal model (LaVIT / VARGPT style).
 
 Importing ``lavit`` is cheap: it pulls in no training- or evaluation-only package. Submodules
-are imported where they are used (``from lavit.data.shapes_dataset import ShapesWorld``).
+are imported where they are used (``from lavit.data.shapes.dataset import ShapesWorld``).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_shapes(args: argparse.Namespace) -> None:
     from lavit.config import ShapesWorldConfig, load_config
-    from lavit.data.shapes_dataset import ShapesWorld
+    from lavit.data.shapes.dataset import ShapesWorld
     from lavit.viz import image_grid
 
     if not 1 <= args.num <= MAX_IMAGES:

@@ -23,9 +23,9 @@ from PIL import Image
 
 from lavit.checkpoint import atomic_dir
 from lavit.config import ShapesWorldConfig
-from lavit.data import shapes_text
-from lavit.data.shapes_dataset import ShapesWorld
-from lavit.data.shapes_parser import parse_scene, prompt_satisfied
+from lavit.data.shapes import text as shapes_text
+from lavit.data.shapes.dataset import ShapesWorld
+from lavit.data.shapes.parser import parse_scene, prompt_satisfied
 from lavit.metrics.vqa import vqa_accuracy
 from lavit.pipeline import LaVITPipeline
 from lavit.viz import image_grid

@@ -50,7 +50,7 @@ def test_console_script_is_installed():
 
 def test_import_lavit_is_light():
     code = (
-        "import sys, lavit, lavit.config, lavit.checkpoint, lavit.data.shapes_dataset\n"
+        "import sys, lavit, lavit.config, lavit.checkpoint, lavit.data.shapes.dataset\n"
         "heavy = [m for m in ('pycocoevalcap', 'torchmetrics', 'matplotlib', 'nbclient', 'pytest', 'xformers') if m in sys.modules]\n"
         "print(heavy)"
     )

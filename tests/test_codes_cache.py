@@ -7,7 +7,8 @@ import json
 import torch
 
 from lavit.config import DataConfig, ShapesWorldConfig, SourceConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes import Scene
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.data.transforms import to_tensor
 from lavit.train.codes_cache import codes_dataset
 from tokenizer import load_tokenizer
@@ -50,7 +51,10 @@ def test_shapes_records_are_the_scenes_in_order_and_sharded(tmp_path, tokenizer_
         record, (captions, qa, prompt) = ds[i], world.words(i)
         assert torch.equal(record.codes, direct[i]) and torch.equal(ds.codes(i), direct[i])
         assert record.captions == captions and record.qa == qa and record.meta["prompt"] == prompt
-        assert record.scene() == world.scene(i) and ds.image(i).tobytes() == world.image(i).tobytes()
+        assert (
+            Scene.from_dict(record.meta["scene"]) == world.scene(i)
+            and ds.image(i).tobytes() == world.image(i).tobytes()
+        )
     assert sum(c.numel() for c in ds.all_codes()) == sum(c.numel() for c in direct)
     mtime = (tmp_path / "train-0" / "index.json").stat().st_mtime_ns
     codes_dataset(tok, tokenizer_dir, shapes_data(seed=1), "train", tmp_path, limit=10)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from lavit.cli import main
 from lavit.config import ImageSamplingConfig, ShapesWorldConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.demo import DemoConfig, run_demo
 from lavit.pipeline import LaVITPipeline
 

@@ -23,7 +23,7 @@ from detokenizer.diffusion.model import parse_ratio
 from detokenizer.diffusion.sampling import min_snr_weights, noise_scheduler, sampling_scheduler, training_target
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, load_config
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.train.tasks.diffusion import DiffusionTask, batch_codes, collate_scene_codes, focused_error
 from lavit.train.trainer import fit
 from tokenizer import load_tokenizer

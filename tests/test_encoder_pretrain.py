@@ -142,8 +142,8 @@ def test_missing_encoder_weights_say_how_to_make_them(tmp_path):
 
 def test_code_probe_reads_codes_that_name_the_shapes_and_not_random_ones():
     from lavit.config import ShapesWorldConfig
-    from lavit.data.shapes_dataset import ShapesWorld
-    from lavit.train.tasks.tokenizer import code_probe
+    from lavit.data.shapes.dataset import ShapesWorld
+    from lavit.data.shapes.judge import code_probe
 
     world = ShapesWorld(ShapesWorldConfig(resolution=32), "train")
     scenes = [world.scene(i) for i in range(600)]

@@ -67,7 +67,7 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
 def coco(tmp_path: Path, with_images: bool = True) -> Path:
     """A 3-image COCO captions file (a.png, b.png, c.png in tmp_path/images) -> its path."""
     from lavit.config import ShapesWorldConfig
-    from lavit.data.shapes_dataset import ShapesWorld
+    from lavit.data.shapes.dataset import ShapesWorld
 
     world = ShapesWorld(ShapesWorldConfig(resolution=32), "val")
     (tmp_path / "images").mkdir(exist_ok=True)

@@ -184,7 +184,7 @@ def test_resume_refuses_another_world_size_or_settings(pipeline_dir, tmp_path):
 
 def coco_fixture(tmp_path: Path, missing: str = "b.png") -> Path:
     from lavit.config import ShapesWorldConfig
-    from lavit.data.shapes_dataset import ShapesWorld
+    from lavit.data.shapes.dataset import ShapesWorld
 
     world = ShapesWorld(ShapesWorldConfig(resolution=32), "val")
     names = ["a.png", "b.png", "c.png"]
@@ -216,7 +216,7 @@ def test_missing_images_are_counted_and_retried(pipeline_dir, tmp_path, capsys):
     assert "| caption | coco |" in (tmp_path / "out" / "report.md").read_text()
 
     from lavit.config import ShapesWorldConfig
-    from lavit.data.shapes_dataset import ShapesWorld
+    from lavit.data.shapes.dataset import ShapesWorld
 
     ShapesWorld(ShapesWorldConfig(resolution=32), "val").image(1).save(tmp_path / "b.png")
     assert main("caption", args) == 0
@@ -271,7 +271,7 @@ def test_caption_and_vqa_jsonl_are_eval_formats(tmp_path, capsys):
     """A JSONL of caption and VQA lines (the data layer's format) evaluates both tasks; each task
     takes the lines it can score."""
     from lavit.config import ShapesWorldConfig
-    from lavit.data.shapes_dataset import ShapesWorld
+    from lavit.data.shapes.dataset import ShapesWorld
 
     world = ShapesWorld(ShapesWorldConfig(), "val")
     lines = []

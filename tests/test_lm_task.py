@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lavit.config import ConfigError
+from lavit.data.shapes import Scene
 from lavit.lm_io import load_lm
 from lavit.sequence import SequenceBuilder
 from lavit.train.tasks.lm import LMTask
@@ -83,7 +84,7 @@ def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_di
     import re
 
     from lavit.data.shapes import COLOURS, KINDS
-    from lavit.data.shapes_parser import colour_kinds, parse_scene
+    from lavit.data.shapes.parser import colour_kinds, parse_scene
     from lavit.data.transforms import to_pil
 
     mix = "mixture.caption_prob=0 mixture.vqa_prob=0 mixture.t2i_prob=0 mixture.synthesis_prob=1"
@@ -122,7 +123,7 @@ def test_synthesis_items_are_the_prompts_synthesize_gives(tmp_path, tokenizer_di
             have = sum((colour_kinds(parse_scene(to_pil(im))) for im in images), start=colour_kinds(()))
             for m in map(named.match, text):
                 have[(m.group(1), m.group(2))] += 1
-            assert have == colour_kinds(task.codes[scene].scene().shapes)
+            assert have == colour_kinds(Scene.from_dict(task.codes[scene].meta["scene"]).shapes)
         else:
             assert images is None
         kinds.add("text" if text else "images")

@@ -13,7 +13,7 @@ from detokenizer.diffusion import DiffusionSamplingConfig
 from lavit.checkpoint import CheckpointError
 from lavit.cli import main
 from lavit.config import ConfigError, ImageSamplingConfig, ShapesWorldConfig, TextDecodingConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.generate import generate_image_tokens
 from lavit.lm_io import load_lm
 from lavit.pipeline import LaVITPipeline, PipelineConfig

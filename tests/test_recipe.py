@@ -12,7 +12,7 @@ import lavit.train.recipe as recipe_module
 from lavit.checkpoint import CheckpointError
 from lavit.cli import main
 from lavit.config import ConfigError, ShapesWorldConfig
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.pipeline import LaVITPipeline
 from lavit.train.recipe import REPORT_FILE, latest_step, load_recipe, run_recipe
 from lavit.train.trainer import fit

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from lavit.config import ShapesWorldConfig
-from lavit.data import shapes_text
 from lavit.data.shapes import COLOURS, KINDS, SIZES, Scene, relation, render, scene_for_index, split_of
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes import text as shapes_text
+from lavit.data.shapes.dataset import ShapesWorld
 
 CFG = ShapesWorldConfig()
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from lavit.config import ShapesWorldConfig
-from lavit.data import shapes_text
 from lavit.data.shapes import CELL_CENTRES, Scene, Shape, render, scene_for_index
-from lavit.data.shapes_parser import (
+from lavit.data.shapes import text as shapes_text
+from lavit.data.shapes.parser import (
     attributes_kept,
     label_components,
     layout_matches,

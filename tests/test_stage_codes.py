@@ -65,7 +65,7 @@ def test_codes_of_photos_extracted_once_sharded_and_reused(tmp_path, tokenizer_d
     index = tmp_path / "train-0" / "index.json"
     assert [s["count"] for s in json.loads(index.read_text())["shards"]] == [3, 3, 2]
     assert len(ds) == 8 and ds[0].captions == list(CAPTIONS[:1]) + [f"{CAPTIONS[0]}, part 0"]
-    assert [len(ds[i].qa) for i in range(8)] == [1, 0] * 4 and ds[0].scene() is None
+    assert [len(ds[i].qa) for i in range(8)] == [1, 0] * 4 and "scene" not in ds[0].meta
     assert ds.image(1).size == (64, 64) and all(ds.codes(i).numel() >= 1 for i in range(8))
     mtime = index.stat().st_mtime_ns
     again = codes_dataset(tok, tokenizer_dir, jsonl_data(photos), "train", tmp_path, shard_items=3)

@@ -23,7 +23,7 @@ from detokenizer.var.io import load_vqvae
 from lavit.cli import main
 from lavit.config import ConfigError, EncoderRunConfig, TokenizerRunConfig, load_config
 from lavit.data.preprocess import MappedDataset, buckets, crop_box, nearest_bucket, preprocess, to_bucket
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.data.sources import expand_shorthand
 from lavit.data.transforms import to_tensor
 from lavit.train.tasks.encoder import EncoderTask

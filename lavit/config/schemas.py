@@ -11,7 +11,7 @@ from lavit.config.base import GUIDANCE_FIX, check
 
 @dataclass
 class ShapesWorldConfig:
-    """ShapesWorld scene generator (lavit/data/shapes.py)."""
+    """ShapesWorld scene generator (lavit/data/shapes/world.py)."""
 
     resolution: int = 64  # image side in pixels; any size >= 32 (the parser is checked at 64)
     seed: int = 0  # changes every scene of every split; splits stay disjoint for every seed

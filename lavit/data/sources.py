@@ -39,7 +39,7 @@ from lavit.data.readers import (
     VQAv2Dataset,
 )
 from lavit.data.sample import Sample
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.data.shards import ShardStream, list_shards
 
 KINDS = SOURCE_KINDS

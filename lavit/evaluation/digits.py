@@ -34,7 +34,7 @@ from lavit.data.digits import QUESTION, WORDS, captions
 from lavit.data.image_io import load_image
 from lavit.data.transforms import to_tensor
 from lavit.files import read_jsonl
-from lavit.train.evaluation import psnr
+from lavit.metrics.image import psnr
 
 JUDGE_SIDE = 16
 _NUMBER = re.compile(r"\b(" + "|".join(WORDS) + r"|\d)\b")

@@ -34,7 +34,7 @@ from lavit.data.readers import (
     VQAv2Dataset,
 )
 from lavit.data.shapes import Scene
-from lavit.data.shapes_dataset import ShapesWorld
+from lavit.data.shapes.dataset import ShapesWorld
 from lavit.evaluation.config import EvalDataConfig
 
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lavit.data import shapes_text
 from lavit.data.image_io import ImageLoadError, load_image
-from lavit.data.shapes_parser import (
+from lavit.data.shapes import text as shapes_text
+from lavit.data.shapes.parser import (
     attributes_kept,
     layout_matches,
     parse_scene,

@@ -1,4 +1,4 @@
-"""Image-generation metrics: FID (through torchmetrics) and CLIP score (with a local CLIP).
+"""Image metrics: PSNR, FID (through torchmetrics) and CLIP score (with a local CLIP).
 
 FID compares the Gaussian fitted to a feature extractor's outputs on real images with the one
 fitted on generated images (Heusel et al. 2017):
@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import pickle
 import stat
@@ -65,6 +66,12 @@ INCEPTION_FEATURE_DIMS = (64, 192, 768, 2048)
 # The official file's sha256 starts with the 8 hex digits in its name (torch.hub's convention).
 INCEPTION_SHA256_PREFIX = "6726825d"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Per-image PSNR (dB) of ``images`` against ``targets``, both (B, 3, H, W) in [0, 1]."""
+    mse = ((images.float().cpu() - targets.float().cpu()) ** 2).flatten(1).mean(1)
+    return [10 * math.log10(1 / max(float(e), 1e-12)) for e in mse]
 
 
 class MetricFileError(ValueError):

@@ -40,13 +40,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from lavit.config import ConfigError, DataConfig, SourceConfig
 from lavit.data.mixture import MixtureDataset
 from lavit.data.sample import QA, Sample
-from lavit.data.shapes import Scene
-from lavit.data.shapes_dataset import ShapesWorld
 from lavit.data.shards import ShardStream, list_shards
 from lavit.data.sources import build_source, resolve_kind
 from lavit.data.transforms import to_pil, to_tensor
@@ -64,7 +62,7 @@ class CodeRecord:
         codes: (N,) long, the tokenizer's codes of the image.
         image_id: the sample's id.
         captions, qa: the sample's reference captions and question/answer groups.
-        meta: JSON-able extras; ShapesWorld: ``scene`` (a dict, :meth:`scene`), ``prompt``, ``index``.
+        meta: JSON-able extras; ShapesWorld: ``scene`` (read through :mod:`lavit.data.annotations`), ``prompt``, ``index``.
     """
 
     codes: torch.Tensor
@@ -72,10 +70,6 @@ class CodeRecord:
     captions: list[str] = field(default_factory=list)
     qa: list[QA] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def scene(self) -> Scene | None:
-        """The ShapesWorld scene of the sample, or None for any other source."""
-        return Scene.from_dict(self.meta["scene"]) if "scene" in self.meta else None
 
 
 def pack_codes(codes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -287,14 +281,9 @@ class CodesDataset(Dataset):
         if self.source is None:
             k, j = self._locate(i)
             return Image.open(io.BytesIO(bytes(self._slice(k, "png", j).numpy()))).convert("RGB")
-        if isinstance(self.source, ShapesWorld):
-            return self.source.image(i)  # the image alone: no words drawn
+        if hasattr(self.source, "image"):  # a source with an image-only read (ShapesWorld: no words drawn)
+            return self.source.image(i)
         return self.source[i].image
-
-    def world(self) -> ShapesWorld | None:
-        """The ShapesWorld the records come from (record ``i`` is its scene ``i``), or None."""
-        base = self.source.dataset if isinstance(self.source, Subset) else self.source
-        return base if isinstance(base, ShapesWorld) else None
 
     def all_codes(self) -> Iterator[torch.Tensor]:
         """Every record's codes flattened, one tensor per shard (for code statistics)."""
@@ -318,9 +307,6 @@ class CodesMixture(MixtureDataset):
     def image(self, i: int) -> Image.Image:
         k, j = self.locate(i)
         return self.datasets[k].image(j)
-
-    def world(self) -> ShapesWorld | None:
-        return None  # records come from several sources: no single scene index
 
     def all_codes(self) -> Iterator[torch.Tensor]:
         for d in self.datasets:

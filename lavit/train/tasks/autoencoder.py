@@ -15,8 +15,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from lavit.data.annotations import judge_images
 from lavit.data.preprocess import MappedDataset, MappedStream
-from lavit.train.evaluation import judge_scenes
 from lavit.train.tasks.images import train_images, val_batches
 
 
@@ -51,12 +51,12 @@ class AutoencoderTask(ABC):
             return {}  # no held-out source named
         device = next(model.parameters()).device
         sq_err, kept, n, judged = 0.0, 0, 0, False
-        for images, scenes in val_batches(self.cfg.data, self.cfg.eval_images, self.cfg.model.resolution):
+        for images, metas in val_batches(self.cfg.data, self.cfg.eval_images, self.cfg.model.resolution):
             images = images.to(device)
             recon = self.reconstruct(model, images)
             sq_err += float(((recon - images) ** 2).mean(dim=(1, 2, 3)).sum())
             n += len(images)
-            if scenes is not None:  # ShapesWorld: does the parser find the scene again?
-                kept, judged = kept + judge_scenes(scenes, recon)[0], True
+            if metas is not None:  # ShapesWorld: does the parser find the scene again?
+                kept, judged = kept + judge_images(metas, recon)[0], True
         metrics = {"psnr": 10 * math.log10(1 / max(sq_err / n, 1e-12))}
         return {**metrics, **({"scene_kept": kept / n} if judged else {}), **self.extra_metrics()}

@@ -35,11 +35,11 @@ from detokenizer.diffusion.sampling import (
 )
 from lavit.checkpoint import CheckpointError, state_mismatch
 from lavit.config import ConfigError
-from lavit.data.shapes import shape_mask
+from lavit.data.annotations import focus_mask, has_scene, judge_images
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import seeded_generators
+from lavit.metrics.image import psnr
 from lavit.train.codes_cache import CodesDataset, CodesMixture, codes_dataset, pack_codes, unpack_codes
-from lavit.train.evaluation import judge_scenes, psnr
 from lavit.viz import image_grid
 from tokenizer import load_tokenizer
 
@@ -202,10 +202,10 @@ def evaluate_reconstructions(records, resolution: int, decode, batch_size: int =
         out = decode([records.codes(i) for i in idx], start)
         truth = torch.stack([to_tensor(records.image(i), resolution) for i in idx])
         scores += psnr(out, truth)
-        scenes = [records[i].scene() for i in idx]
-        if all(sc is not None for sc in scenes):
-            k, r = judge_scenes(scenes, out)
-            kept, recovered, judged = kept + k, recovered + r, judged + len(scenes)
+        metas = [records[i].meta for i in idx]
+        if all(has_scene(m) for m in metas):
+            k, r = judge_images(metas, out)
+            kept, recovered, judged = kept + k, recovered + r, judged + len(metas)
         pairs += list(zip(truth, out, strict=True))[: 8 - len(pairs)]
     metrics = {"recon_psnr": sum(scores) / len(scores)}
     if judged:
@@ -215,11 +215,11 @@ def evaluate_reconstructions(records, resolution: int, decode, batch_size: int =
 
 class CodeImages(Dataset):
     """(codes, image at ``resolution``) of record ``i``, and with ``focus`` (shape descriptions)
-    its (1, R, R) ShapesWorld focus mask (:func:`lavit.data.shapes.shape_mask`)."""
+    its (1, R, R) ShapesWorld focus mask (:func:`lavit.data.annotations.focus_mask`)."""
 
     def __init__(self, records: CodesDataset | CodesMixture, resolution: int, focus: list[str] | None = None) -> None:
         self.records, self.resolution, self.focus = records, resolution, focus
-        if focus is not None and records[0].scene() is None:
+        if focus is not None and not has_scene(records[0].meta):
             raise ConfigError(
                 "focus_weight > 0 weighs the boxes of ShapesWorld shapes, and data.train is not ShapesWorld; "
                 "set focus_weight=0"
@@ -232,8 +232,7 @@ class CodeImages(Dataset):
         item = self.records.codes(i), to_tensor(self.records.image(i), self.resolution)
         if self.focus is None:
             return item
-        scene = self.records[i].scene()
-        return *item, torch.from_numpy(shape_mask(scene, self.resolution, self.focus))[None].float()
+        return *item, focus_mask(self.records[i].meta, self.resolution, self.focus)
 
 
 def collate_scene_codes(items: list[tuple[torch.Tensor, ...]]) -> dict:

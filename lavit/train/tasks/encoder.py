@@ -5,7 +5,7 @@ codes are semantic. No such weights exist for ShapesWorld, and a frozen *random*
 tiny tokenizer's codes lose which kind each shape is (measured: 3% of scenes kept by the pixel
 head, 2.4% (colour, kind) probe accuracy). This stage gives the tiny encoder what EVA-CLIP
 gives LaVIT: features that name what is in each patch. Each patch is labelled with the colour,
-kind and size of the shape covering it (:func:`lavit.data.shapes.patch_labels`, from train
+kind and size of the shape covering it (:func:`lavit.data.annotations.patch_labels`, from train
 scenes only); three linear heads read the last block's features, as the tokenizer will. The
 labels come from the scenes, so every ``data`` source must be ``kind: shapes``. The saved
 ``vit.safetensors`` is what ``encoder.weights`` of the tokenizer preset points at.
@@ -22,13 +22,11 @@ from torch import nn
 
 from lavit.checkpoint import save_model_dir
 from lavit.config import EncoderConfig, EncoderRunConfig
+from lavit.data.annotations import PATCH_ATTRIBUTES, patch_labels, require_scenes
 from lavit.data.preprocess import MappedDataset, MappedStream, preprocess
 from lavit.data.sample import Sample
-from lavit.data.shapes import COLOURS, KINDS, SIZES, Scene, patch_labels
-from lavit.train.tasks.images import require_shapes, sample_data, take
+from lavit.train.tasks.images import sample_data, take
 from tokenizer.encoder import PatchReadout, VisionEncoder
-
-ATTRIBUTES: tuple[tuple[str, int], ...] = (("colour", len(COLOURS)), ("kind", len(KINDS)), ("size", len(SIZES)))
 
 
 class PatchLabelled:
@@ -38,11 +36,11 @@ class PatchLabelled:
         self.size, self.patch = size, patch
 
     def __call__(self, sample: Sample, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = patch_labels(Scene.from_dict(sample.meta["scene"]), self.size, self.patch)
+        labels = patch_labels(sample.meta, self.size, self.patch)
         return preprocess(sample.image, self.size), torch.from_numpy(labels).flatten(1)
 
 
-READOUT_CLASSES: list[int] = [1 + n for _, n in ATTRIBUTES]  # 0 = no shape
+READOUT_CLASSES: list[int] = [1 + n for _, n in PATCH_ATTRIBUTES]  # 0 = no shape
 
 
 class PatchClassifier(nn.Module):
@@ -63,7 +61,7 @@ class EncoderTask:
     block_types: tuple[type[nn.Module], ...] = ()
 
     def __init__(self, cfg: EncoderRunConfig) -> None:
-        require_shapes(cfg.data, "encoder pretraining (it learns ShapesWorld patch labels)")
+        require_scenes(cfg.data, "encoder pretraining (it learns ShapesWorld patch labels)")
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
@@ -82,7 +80,7 @@ class EncoderTask:
         logits = model(batch["images"])
         logs: dict[str, torch.Tensor] = {}
         loss = 0.0
-        for (name, _), lg, target in zip(ATTRIBUTES, logits, batch["labels"].unbind(1), strict=True):
+        for (name, _), lg, target in zip(PATCH_ATTRIBUTES, logits, batch["labels"].unbind(1), strict=True):
             part = F.cross_entropy(lg.flatten(0, 1).float(), target.flatten())
             loss = loss + part
             logs[f"{name}_loss"] = part.detach()
@@ -96,7 +94,7 @@ class EncoderTask:
             return {}  # no held-out source named
         val = take(self._data("val"), self.cfg.eval_images)
         device = next(model.parameters()).device
-        right = torch.zeros(len(ATTRIBUTES))
+        right = torch.zeros(len(PATCH_ATTRIBUTES))
         all_right = covered = background_right = background = 0
         for start in range(0, len(val), batch_size):
             items = val[start : start + batch_size]
@@ -109,7 +107,9 @@ class EncoderTask:
             covered += int(shape.sum())
             background_right += int((pred[:, 0] == 0)[~shape].sum())
             background += int((~shape).sum())
-        metrics = {f"{name}_acc": float(r) / max(covered, 1) for (name, _), r in zip(ATTRIBUTES, right, strict=True)}
+        metrics = {
+            f"{name}_acc": float(r) / max(covered, 1) for (name, _), r in zip(PATCH_ATTRIBUTES, right, strict=True)
+        }
         metrics["shape_patch_acc"] = all_right / max(covered, 1)
         metrics["background_acc"] = background_right / max(background, 1)
         return metrics

@@ -1,7 +1,7 @@
 """What the image stages (tokenizer, encoder, VAE, VAR VQ-VAE) share: their images read through
 the data layer (``data: DataConfig``) and :mod:`lavit.data.preprocess`, and the held-out
-batches of ``data.val`` with their ShapesWorld scenes where every val source is ``kind: shapes``
-(the parser's judgement of them: :func:`lavit.train.evaluation.judge_scenes`).
+batches of ``data.val`` with their annotations where every val source gives scenes (judged
+through :mod:`lavit.data.annotations`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lavit.config import ConfigError, DataConfig
+from lavit.config import DataConfig
+from lavit.data.annotations import Meta, scenes_known
 from lavit.data.preprocess import MappedDataset, MappedStream, map_samples, preprocess
 from lavit.data.sample import Sample
-from lavit.data.shapes import Scene
 from lavit.data.shards import ResumableStream
-from lavit.data.sources import build_data, resolve_kind
+from lavit.data.sources import build_data
 from lavit.train.distributed import init_distributed
 
 
@@ -46,30 +46,17 @@ def take(data: Dataset | ResumableStream, n: int) -> list[Any]:
     return [data[i] for i in range(min(n, len(data)))]  # type: ignore[arg-type]
 
 
-def shapes_only(cfg: DataConfig, split: str) -> bool:
-    """Whether every source of ``cfg.<split>`` is ShapesWorld (its scenes can be judged)."""
-    sources = getattr(cfg, split)
-    return bool(sources) and all(resolve_kind(s) == "shapes" for s in sources if s.weight > 0)
-
-
-def require_shapes(cfg: DataConfig, what: str) -> None:
-    """Raise a one-line ConfigError unless every train and val source is ShapesWorld."""
-    for split in ("train", "val"):
-        for i, s in enumerate(getattr(cfg, split)):
-            if s.weight > 0 and (kind := resolve_kind(s)) != "shapes":
-                raise ConfigError(f"data.{split}[{i}] is kind {kind}: {what} needs ShapesWorld scenes (kind: shapes)")
-
-
 def val_batches(
     cfg: DataConfig, n: int, size: int, crop: str = "centre", batch_size: int = 50
-) -> Iterator[tuple[torch.Tensor, list[Scene] | None]]:
+) -> Iterator[tuple[torch.Tensor, list[Meta] | None]]:
     """The first ``n`` held-out images of ``cfg.val`` in batches: ``(images (B, 3, S, S) in
-    [0, 1], their scenes or None)``; scenes only when :func:`shapes_only` (``cfg.val``)."""
-    judged = shapes_only(cfg, "val")
+    [0, 1], their metas or None)``; metas only when every val source gives scenes
+    (:func:`lavit.data.annotations.scenes_known`), for the annotation judges."""
+    judged = scenes_known(cfg, "val")
 
-    def item(sample: Sample, counter: int) -> tuple[torch.Tensor, Scene | None]:
-        scene = Scene.from_dict(sample.meta["scene"]) if judged else None
-        return preprocess(sample.image, size, crop, seed=cfg.seed, key=sample.image_id), scene
+    def item(sample: Sample, counter: int) -> tuple[torch.Tensor, Meta | None]:
+        meta = sample.meta if judged else None
+        return preprocess(sample.image, size, crop, seed=cfg.seed, key=sample.image_id), meta
 
     data = sample_data(cfg, "val", item)
     items = iter(data) if isinstance(data, ResumableStream) else (data[i] for i in range(min(n, len(data))))

@@ -28,8 +28,7 @@ from torch.utils.data import Dataset
 
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, LMConfig, LMRunConfig
-from lavit.data import shapes_text
-from lavit.data.shapes import Scene, render
+from lavit.data.annotations import caption_right, has_scene, synthesis_prompt
 from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
 from lavit.lm_io import TOKENIZER_DIR, load_lm, save_lm
@@ -200,9 +199,8 @@ class LMTask:
             caps = generate_text(model, builder, prompts, cfg.caption_decoding, features=features(idx))
             for i, cap in zip(idx, caps, strict=True):
                 preds[str(i)] = cap
-                scene = records[i].scene()
-                if scene is not None:
-                    scenes_ok += shapes_text.caption_names_scene(scene, cap)
+                if has_scene(records[i].meta):
+                    scenes_ok += caption_right(records[i].meta, cap)
                     scenes += 1
 
         questions = [(i, qa) for i in range(n) for qa in records[i].qa]
@@ -262,7 +260,7 @@ def t2i_text(record: CodeRecord) -> str | None:
 def supported_tasks(record: CodeRecord, synthesis: bool) -> list[bool]:
     """Which of (caption, VQA, text-to-image, synthesis) a record's fields allow."""
     has_text = bool(record.captions) or "prompt" in record.meta
-    return [bool(record.captions), bool(record.qa), has_text, synthesis and record.scene() is not None]
+    return [bool(record.captions), bool(record.qa), has_text, synthesis and has_scene(record.meta)]
 
 
 class LMItems(Dataset):
@@ -321,27 +319,11 @@ class LMItems(Dataset):
         return self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answers[0], mix.vqa_weight), image
 
     def _synthesis(self, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor]:
-        """A ShapesWorld record's scene as the answer to a prompt made of its parts, in the order
-        `pipe.synthesize` gives them: [image, "a <size> <colour> <kind>"] (one shape left out of
-        the image and named; the size half the time) or [image, image] (the shapes split
-        between the two, in random order). A part may show no shape (the background alone)."""
-        target, world = record.scene(), self.cfg.data.shapes
-        assert target is not None, "synthesis is drawn only for ShapesWorld records"
-        shapes = [target.shapes[i] for i in rng.permutation(len(target.shapes))]
-        if rng.random() < 0.5:
-            named = shapes.pop()
-            size = f"{named.size} " if rng.random() < 0.5 else ""
-            parts: list = [tuple(shapes), f"a {size}{named.colour} {named.kind}"]
-        else:
-            cut = int(rng.integers(len(shapes) + 1))
-            parts = [tuple(shapes[:cut]), tuple(shapes[cut:])]
-        images = torch.stack(
-            [
-                to_tensor(render(Scene(p, target.background), world.resolution, world.supersample), self.size)
-                for p in parts
-                if isinstance(p, tuple)
-            ]
-        )
+        """A ShapesWorld record's scene as the answer to a prompt made of its parts
+        (:func:`lavit.data.annotations.synthesis_prompt`: image + text or image + image)."""
+        world = self.cfg.data.shapes
+        parts = synthesis_prompt(record.meta, rng, world.resolution, world.supersample)
+        images = torch.stack([to_tensor(p, self.size) for p in parts if not isinstance(p, str)])
         with torch.no_grad():
             encoded = iter(self.encoder.encode(images))
         prompt = [p if isinstance(p, str) else next(encoded) for p in parts]

@@ -11,14 +11,12 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lavit.config import ConfigError, TokenizerRunConfig
+from lavit.data.annotations import code_probe, judge_images
 from lavit.data.preprocess import MappedDataset, MappedStream
-from lavit.data.shapes import COLOURS, KINDS, Scene
 from lavit.layers import CrossBlock
-from lavit.train.evaluation import judge_scenes
 from lavit.train.tasks.images import take, train_images, val_batches
 from tokenizer import DynamicVisualTokenizer, save_tokenizer
 from tokenizer.model import code_stats, patchify
@@ -93,7 +91,7 @@ class TokenizerTask:
             judged = batch_scenes is not None
             scenes += batch_scenes or []
             if judged and self.cfg.model.pixel_loss_weight > 0:  # does the image survive the codes?
-                kept_scenes += judge_scenes(batch_scenes, model.decode_pixels(codes))[0]
+                kept_scenes += judge_images(batch_scenes, model.decode_pixels(codes))[0]
             pixels_all.append(patchify(images, self.cfg.model.encoder.patch_size).cpu())
         n = len(all_codes)
         stats = code_stats(torch.cat(all_codes), model.codebook_size)
@@ -125,42 +123,6 @@ class TokenizerTask:
     def save(self, model: DynamicVisualTokenizer, directory: Path) -> None:
         self.calibrate_keep(model)
         save_tokenizer(model, directory)
-
-
-def code_probe(codes: list[torch.Tensor], scenes: list[Scene], codebook_size: int, train_share: float = 0.5) -> dict:
-    """What codes say about the scene: a linear multi-label probe on the bag of codes (code
-    counts) predicts which colours, and which (colour, kind) pairs, a scene holds. Fitted on the
-    first ``train_share`` of the scenes; the score is the share of the rest whose whole set is
-    right. Order-free, so a lower bound on what a sequence model (the LM) can read."""
-    colours, pairs = list(COLOURS), [(c, k) for c in COLOURS for k in KINDS]
-    y_col, y_pair = torch.zeros(len(scenes), len(colours)), torch.zeros(len(scenes), len(pairs))
-    for i, scene in enumerate(scenes):
-        for s in scene.shapes:
-            y_col[i, colours.index(s.colour)] = 1
-            y_pair[i, pairs.index((s.colour, s.kind))] = 1
-    bags = torch.stack([torch.bincount(c.cpu(), minlength=codebook_size).float() for c in codes])
-    n_train = int(train_share * len(scenes))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return {
-            "probe_colour_set_acc": _set_accuracy(bags, y_col, n_train),
-            "probe_colour_kind_set_acc": _set_accuracy(bags, y_pair, n_train),
-        }
-
-
-@torch.enable_grad()
-def _set_accuracy(x: torch.Tensor, y: torch.Tensor, n_train: int, steps: int = 500) -> float:
-    """Fit a linear multi-label probe on the first ``n_train`` rows (full-batch Adam, a fixed
-    number of steps whatever ``n_train``); exact-set accuracy on the rest."""
-    probe = torch.nn.Linear(x.shape[1], y.shape[1])
-    opt = torch.optim.Adam(probe.parameters(), 3e-2, weight_decay=1e-4)
-    for _ in range(steps):
-        loss = F.binary_cross_entropy_with_logits(probe(x[:n_train]), y[:n_train])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return float(((probe(x[n_train:]) > 0) == (y[n_train:] > 0)).all(1).float().mean())
 
 
 def pixel_probe_psnr(features: torch.Tensor, pixels: torch.Tensor, ridge: float = 1e-2) -> float:

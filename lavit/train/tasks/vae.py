@@ -17,11 +17,11 @@ from torch import nn
 
 from detokenizer.diffusion.config import VAERunConfig
 from detokenizer.diffusion.vae import VAETrainer, calibrate_scaling, load_vae_weights, save_vae
+from lavit.data.annotations import focus_mask, require_scenes
 from lavit.data.preprocess import MappedDataset, MappedStream, preprocess
 from lavit.data.sample import Sample
-from lavit.data.shapes import Scene, shape_mask
 from lavit.train.tasks.autoencoder import AutoencoderTask
-from lavit.train.tasks.images import require_shapes, sample_data, take
+from lavit.train.tasks.images import sample_data, take
 
 
 class VAETask(AutoencoderTask):
@@ -39,7 +39,7 @@ class VAETask(AutoencoderTask):
     def __init__(self, cfg: VAERunConfig) -> None:
         super().__init__(cfg)
         if cfg.model.focus_weight > 0:
-            require_shapes(cfg.data, "model.focus_weight > 0 (a loss focused on named shapes)")
+            require_scenes(cfg.data, "model.focus_weight > 0 (a loss focused on named shapes)")
 
     def train_dataset(self) -> MappedDataset | MappedStream:
         m = self.cfg.model
@@ -69,12 +69,10 @@ class VAETask(AutoencoderTask):
 
 class FocusItem:
     """A ShapesWorld sample -> (image (3, R, R) in [0, 1], focus mask (1, R, R) float): the mask
-    covers the boxes of the shapes that fit ``descriptions`` (:func:`lavit.data.shapes.shape_mask`)."""
+    covers the boxes of the shapes that fit ``descriptions`` (:func:`lavit.data.annotations.focus_mask`)."""
 
     def __init__(self, resolution: int, descriptions: list[str]) -> None:
         self.resolution, self.descriptions = resolution, list(descriptions)
 
     def __call__(self, sample: Sample, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
-        scene = Scene.from_dict(sample.meta["scene"])
-        mask = torch.from_numpy(shape_mask(scene, self.resolution, self.descriptions))[None].float()
-        return preprocess(sample.image, self.resolution), mask
+        return preprocess(sample.image, self.resolution), focus_mask(sample.meta, self.resolution, self.descriptions)

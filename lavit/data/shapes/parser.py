@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from lavit.data.shapes import CELL_CENTRES, COLOURS, KINDS, SIZES, Scene, cell_name, colour_hue, relation
-from lavit.data.shapes_text import stated_layout
+from lavit.data.shapes.text import stated_layout
 
 CHROMA_THRESHOLD = 0.2  # palette chroma is >= 0.69; noise on grey stays far below
 _PALETTE = list(COLOURS)
@@ -296,7 +296,7 @@ def _matchings(scene: Scene, parsed: list[ParsedShape]):
 
 def prompt_satisfied(scene: Scene, parsed: list[ParsedShape]) -> bool:
     """Text-to-image correctness: the image shows what the prompt written from ``scene``
-    (:func:`lavit.data.shapes_text.prompt`) says, no more. Every shape by colour, kind and size
+    (:func:`lavit.data.shapes.text.prompt`) says, no more. Every shape by colour, kind and size
     (so the count too); the stated relation of the first two shapes (left of / right of / above /
     below, as :func:`lavit.data.shapes.relation`); every shape the prompt places by name (a lone
     shape, a third one) in that cell. Relations the prompt leaves open are not judged."""

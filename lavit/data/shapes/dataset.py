@@ -10,9 +10,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lavit.config import ShapesWorldConfig
-from lavit.data import shapes_text
 from lavit.data.sample import QA, Sample
 from lavit.data.shapes import SPLITS, Scene, render, scene_for_index, shape_mask
+from lavit.data.shapes import text as shapes_text
 
 _TEXT_STREAM = 1 << 20  # a separate RNG stream for words, so changing templates never moves scenes
 

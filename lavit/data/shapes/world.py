@@ -1,8 +1,8 @@
 """ShapesWorld: procedural, seedable scenes of 1-3 coloured shapes, rendered at any resolution.
 
 A scene is a small symbolic object (:class:`Scene`) from which everything else is derived: the
-image (:func:`render`), the captions and question/answer pairs (:mod:`lavit.data.shapes_text`)
-and the boxes. :mod:`lavit.data.shapes_parser` reads an image back into shapes, which is how
+image (:func:`render`), the captions and question/answer pairs (:mod:`lavit.data.shapes.text`)
+and the boxes. :mod:`lavit.data.shapes.parser` reads an image back into shapes, which is how
 generated images are judged (a GenEval-style compositional check without any download).
 
 Layout. Shapes sit in distinct cells of a 3x3 grid (centres at 0.2 / 0.5 / 0.8 of the side,
