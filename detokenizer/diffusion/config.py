@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from lavit.config import GUIDANCE_FIX, DataConfig, TrainConfig, check, check_norm_groups
 from lavit.data.shapes import check_shape_description
@@ -67,6 +68,10 @@ PREDICTION_TARGETS = ("epsilon", "v_prediction", "sample")  # what the UNet pred
 class DiffusionConfig:
     """The detokenizer: conditioner + UNet, in pixel space or an AutoencoderKL's latent space."""
 
+    # Options removed after they measured no gain (docs/experiments.md): a saved config.yaml may
+    # still name them, at the one value every model now has (see lavit.config.from_yaml).
+    RETIRED: ClassVar[dict[str, object]] = {"condition": "codes", "sigma_data": 0.0}
+
     code_dim: int = 128  # the tokenizer's code-embedding width (tokenizer.cfg.width)
     max_codes: int = 64  # the longest code sequence (the tokenizer's patch count)
     resolution: int = 64  # output side of the square bucket, in pixels
@@ -78,40 +83,26 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"  # "epsilon", "v_prediction" or "sample" (the clean image x0)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    # What the conditioner reads: "codes" (the codebook vectors of the code sequence) or
-    # "features" (the tokenizer's own feature decoder run on the codes: one rebuilt encoder
-    # feature per patch, in raster order; code_dim is then the encoder's width).
-    condition: str = "codes"
     # > 0: the conditioning sequence (num_queries = a square grid, one query per cell) is also laid
     # out on that grid, projected to this many channels and resized onto the denoiser's input,
     # beside which it is stacked: the layout reaches the UNet directly, not only via attention.
     spatial_channels: int = 0
-    # > 0 (prediction_type "sample" only): EDM preconditioning (Karras et al., 2022) with this
-    # data standard deviation (ShapesWorld pixels in [-1, 1]: 0.41). The x0 estimate is
-    # c_skip x_t + c_out F(c_in x_t, t): at low noise the input passes through (the UNet need
-    # not learn the identity through its whole depth), at high noise F carries it; training
-    # weights the x0 error by 1 / c_out^2, a unit-variance target for F. 0 = the UNet's output
-    # is the x0 estimate.
-    sigma_data: float = 0.0
     # > 0: the conditioner also reads the tokenizer's rebuilt per-patch features (its feature
     # decoder on the codes: one vector of this width, the encoder's, per patch, in place), laid out
     # on the patch grid, resized to the query grid and added to the conditioning sequence through
     # an MLP whose output layer starts at zero, so a trained codes-only decoder grows it and starts
     # exactly where it was. The codes say what each kept patch holds; these say where, patch by
-    # patch. Needs condition "codes" and a square num_queries.
+    # patch. Needs a square num_queries.
     patch_features: int = 0
 
     def __post_init__(self) -> None:
-        check(self.condition in ("codes", "features"), "condition", self.condition, "use codes or features")
         grid = math.isqrt(self.conditioner.num_queries)
         check(
-            self.patch_features == 0
-            or (self.patch_features > 0 and self.condition == "codes" and grid * grid == self.conditioner.num_queries),
+            self.patch_features == 0 or (self.patch_features > 0 and grid * grid == self.conditioner.num_queries),
             "patch_features",
             self.patch_features,
-            "use 0 (off) or the tokenizer encoder's width; the features are added to a square grid of queries "
-            f"reading codes, so also set condition=codes and conditioner.num_queries to a square (it is "
-            f"{self.conditioner.num_queries})",
+            "use 0 (off) or the tokenizer encoder's width; the features are added to a square grid of queries, "
+            f"so also set conditioner.num_queries to a square (it is {self.conditioner.num_queries})",
         )
         check(
             self.spatial_channels == 0 or grid * grid == self.conditioner.num_queries,
@@ -138,12 +129,6 @@ class DiffusionConfig:
             "prediction_type",
             self.prediction_type,
             f"use one of {', '.join(PREDICTION_TARGETS)}",
-        )
-        check(
-            self.sigma_data == 0 or (self.sigma_data > 0 and self.prediction_type == "sample"),
-            "sigma_data",
-            self.sigma_data,
-            "EDM preconditioning predicts x0: set prediction_type=sample, or sigma_data=0",
         )
 
 
@@ -174,32 +159,14 @@ class DiffusionRunConfig:
     # a stream source gives one epoch. Their codes are extracted once and cached
     codes_cache: str | None = None  # cache folder; default: <train.out_dir>/codes (lavit/train/codes_cache.py)
     cond_drop_prob: float = 0.1  # condition dropped for classifier-free guidance
-    # Min-SNR-gamma loss weighting (Hang et al., ICCV 2023): each timestep's loss is weighted as
-    # if it were an x0 loss with weight min(SNR(t), gamma). 0 = plain MSE on the target.
-    min_snr_gamma: float = 0.0
     eval_scenes: int = 200
     sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
     # A trained detokenizer directory whose conditioner and UNet start this run (fine-tuning, e.g.
     # onto the latents of a VAE trained further). Its frozen VAE is not taken: model.vae_path's is.
     init_from: str | None = None
-    # Extra loss weight inside the boxes of the ShapesWorld shapes that fit focus_shapes (as in
-    # VAEConfig), taken to the denoised space's grid (a latent cell counts when any of its pixels
-    # is in a box): the error becomes sum(w * err^2) / sum(w) with w = 1 + focus_weight * mask.
-    # Measured on the shipped tiny decoder (8 on [small], 2,500 steps): 78% of val scenes kept
-    # against 78.5% for the decoder it started from, +0.25 dB; the VAE's focus was what helped.
-    focus_weight: float = 0.0
-    focus_shapes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_focus(self.focus_weight, self.focus_shapes)
         check(0 <= self.cond_drop_prob < 1, "cond_drop_prob", self.cond_drop_prob, "use a value in [0, 1)")
-        check(self.min_snr_gamma >= 0, "min_snr_gamma", self.min_snr_gamma, "use 0 (off) or a positive gamma, e.g. 5")
-        check(
-            self.min_snr_gamma == 0 or self.model.sigma_data == 0,
-            "min_snr_gamma",
-            self.min_snr_gamma,
-            "model.sigma_data (EDM) brings its own loss weighting: set one of them to 0",
-        )
 
 
 @dataclass

@@ -20,7 +20,6 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from detokenizer.diffusion.config import DiffusionConfig
-from detokenizer.diffusion.schedule import noise_scheduler
 from lavit.layers import QueryConditioner, grid_to_seq, seq_to_grid
 
 # LaVIT's aspect-ratio buckets (SDXL's, at 1024 px) as (height, width); transposes added below.
@@ -82,8 +81,6 @@ class DiffusionDetokenizer(nn.Module):
         )
         # Sizes must survive every UNet downsampling (and the VAE's).
         self.multiple = down * 2 ** (len(u.block_out_channels) - 1)
-        # The training schedule's alpha-bar, for EDM preconditioning (not saved: the config has it).
-        self.register_buffer("alphas_cumprod", noise_scheduler(cfg).alphas_cumprod.float(), persistent=False)
 
     def train(self, mode: bool = True) -> DiffusionDetokenizer:
         super().train(mode)
@@ -123,25 +120,10 @@ class DiffusionDetokenizer(nn.Module):
     def null_condition(self, batch: int) -> torch.Tensor:
         return self.conditioner.null.expand(batch, -1, -1)
 
-    def edm_scales(self, timesteps: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
-        """EDM's (c_in, c_skip, c_out), each (B, 1, 1, 1), written for the VP input
-        ``x_t = sqrt(a) x0 + sqrt(1 - a) eps`` (EDM's x = x_t / sqrt(a), sigma^2 = (1 - a) / a)."""
-        a = self.alphas_cumprod[timesteps.to(self.alphas_cumprod.device).long()].expand(batch).view(-1, 1, 1, 1)
-        sd2 = self.cfg.sigma_data**2
-        var = 1 - a + a * sd2  # Var(x_t) when Var(x0) = sigma_data^2
-        return var.rsqrt(), sd2 * a.sqrt() / var, self.cfg.sigma_data * (1 - a).sqrt() * var.rsqrt()
-
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The prediction (epsilon, v or x0) for (B, C, h, w) noisy inputs at ``timesteps``, given
         (B, Q, D) conditioning (its mean is the pooled vector added to the time embedding; with
-        ``spatial_channels`` it is also laid out on its grid and stacked on the input). With
-        ``sigma_data`` the x0 estimate is EDM's ``c_skip x_t + c_out UNet(c_in x_t)``."""
-        if self.cfg.sigma_data > 0:
-            c_in, c_skip, c_out = (c.to(noisy.dtype) for c in self.edm_scales(timesteps, noisy.shape[0]))
-            return c_skip * noisy + c_out * self._unet(c_in * noisy, timesteps, cond)
-        return self._unet(noisy, timesteps, cond)
-
-    def _unet(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        ``spatial_channels`` it is also laid out on its grid and stacked on the input)."""
         if self.spatial is not None:
             layout = self.spatial(seq_to_grid(cond))
             layout = F.interpolate(layout, size=noisy.shape[2:], mode="bilinear", align_corners=False)

@@ -43,22 +43,6 @@ def training_target(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
     return x0
 
 
-def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-sample loss weights of Min-SNR-gamma for the scheduler's ``prediction_type``: an x0
-    loss weighted min(SNR, gamma), written in the target's own units (an epsilon loss is an x0
-    loss times SNR, a v loss one times SNR + 1). SNR(t) = a / (1 - a), a = alphas_cumprod[t]."""
-    a = sched.alphas_cumprod.to(t.device)[t].float()
-    snr = a / (1 - a)
-    clipped = snr.clamp(max=gamma)
-    kind = sched.config.prediction_type
-    if kind == "epsilon":
-        return clipped / snr
-    if kind == "v_prediction":
-        return clipped / (snr + 1)
-    assert kind == "sample", kind
-    return clipped
-
-
 def sampling_scheduler(name: str, cfg: DiffusionConfig):
     """A diffusers scheduler by name (ddim, ddpm, euler, dpm) sharing the training schedule."""
     if name not in _SAMPLERS:
@@ -146,19 +130,10 @@ def decode_codes(
 def condition_inputs(
     cfg: DiffusionConfig, tokenizer: DynamicVisualTokenizer, codes: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the conditioner reads for a batch of code sequences, per ``cfg.condition``: the codes'
-    embeddings ((B, L, W), (B, L) mask), or the tokenizer's rebuilt per-patch features
-    ((B, N, Ce), all real). Raises for codes the tokenizer cannot take."""
-    if cfg.condition == "codes":
-        tokenizer.check_reader(cfg.code_dim, "diffusion detokenizer", "diffusion")
-        return tokenizer.code_embeddings(codes)
-    if condition_width(cfg, tokenizer) != cfg.code_dim:
-        raise ValueError(
-            f"the diffusion detokenizer reads {cfg.code_dim}-wide features but this tokenizer rebuilds "
-            f"{condition_width(cfg, tokenizer)}-wide ones: load the detokenizer trained on this tokenizer"
-        )
-    feats = tokenizer.decode_features(codes)
-    return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+    """What the conditioner reads for a batch of code sequences: the codes' embeddings
+    ((B, L, W), (B, L) mask). Raises for codes the tokenizer cannot take."""
+    tokenizer.check_reader(cfg.code_dim, "diffusion detokenizer", "diffusion")
+    return tokenizer.code_embeddings(codes)
 
 
 @torch.no_grad()
@@ -175,9 +150,3 @@ def patch_inputs(
             f"rebuilds {tokenizer.encoder.dim}-wide ones: load the detokenizer trained on this tokenizer"
         )
     return tokenizer.decode_features(codes)
-
-
-def condition_width(cfg: DiffusionConfig, tokenizer: DynamicVisualTokenizer) -> int:
-    """The width of what the conditioner reads from ``tokenizer`` (``cfg.code_dim`` must match):
-    its code embeddings' (``tokenizer.cfg.width``) or its rebuilt features' (the encoder's)."""
-    return tokenizer.encoder.dim if cfg.condition == "features" else tokenizer.cfg.width

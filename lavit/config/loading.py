@@ -127,6 +127,10 @@ def from_yaml(text: str, schema: type[T], *, where: str = "<yaml>") -> T:
     A saved config holds plain values: an interpolation (``${oc.env:HOME}``, ``${a.b}``) would
     make the model depend on the machine that loads it, and be written back resolved by the next
     save, so it is an error naming the key.
+
+    A schema's ``RETIRED`` (a class attribute: removed option -> the value every model now has)
+    lets a config saved before an option was removed load: the key is dropped when it holds that
+    value, and any other value is an error naming it (the model needs the code that was removed).
     """
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
@@ -142,6 +146,14 @@ def from_yaml(text: str, schema: type[T], *, where: str = "<yaml>") -> T:
             f"{where}: '{interpolated[0]}' is an interpolation ({_raw(loaded, interpolated[0])}); "
             "a saved config holds plain values: write the value itself"
         )
+    for key, kept in getattr(schema, "RETIRED", {}).items():
+        if key in loaded:
+            if loaded[key] != kept:
+                raise ConfigError(
+                    f"{where}: {key}={loaded[key]!r} was removed from {schema.__name__} (it measured no gain; "
+                    f"docs/experiments.md); only {key}={kept!r} loads: use a release that still has it"
+                )
+            del loaded[key]
     try:
         merged = OmegaConf.merge(base, loaded)
     except OmegaConfBaseException as e:

@@ -4,8 +4,8 @@ Each item is a training sample's codes (cached once, lavit/train/codes_cache.py,
 of ``data.train``) and its image at the detokenizer's resolution. Evaluation reconstructs
 ``data.val`` items from their codes: PSNR for any source, and on ShapesWorld its parser's
 judgement of the scenes. The loss is
-the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep
-(optionally Min-SNR-gamma weighted); the condition is replaced by the learned null one with
+the MSE of the UNet's epsilon, v or x0 ("sample") prediction at a uniformly drawn DDPM timestep;
+the condition is replaced by the learned null one with
 probability ``cond_drop_prob`` (CFG).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -27,15 +26,13 @@ from detokenizer.diffusion import (
 )
 from detokenizer.diffusion.sampling import (
     condition_inputs,
-    condition_width,
-    min_snr_weights,
     noise_scheduler,
     patch_inputs,
     training_target,
 )
 from lavit.checkpoint import CheckpointError, state_mismatch
 from lavit.config import ConfigError
-from lavit.data.annotations import focus_mask, has_scene, judge_images
+from lavit.data.annotations import has_scene, judge_images
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import seeded_generators
 from lavit.metrics.image import psnr
@@ -52,7 +49,7 @@ class DiffusionTask:
         self.out = Path(cfg.train.out_dir)
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
         for key, want, have in (
-            ("model.code_dim", cfg.model.code_dim, condition_width(cfg.model, self.tokenizer)),
+            ("model.code_dim", cfg.model.code_dim, self.tokenizer.cfg.width),
             ("model.max_codes", cfg.model.max_codes, self.tokenizer.cfg.encoder.num_patches),
             (
                 "model.patch_features",
@@ -75,10 +72,9 @@ class DiffusionTask:
         return model
 
     def train_dataset(self) -> Dataset:
-        focus = self.cfg.focus_shapes if self.cfg.focus_weight > 0 else None
-        return CodeImages(self.codes, self.cfg.model.resolution, focus)
+        return CodeImages(self.codes, self.cfg.model.resolution)
 
-    def collate(self, items: list[tuple[torch.Tensor, ...]]) -> dict:
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
         return collate_scene_codes(items)
 
     def training_step(self, model: nn.Module, batch: dict, step: int):
@@ -97,17 +93,9 @@ class DiffusionTask:
         noisy = self.noise.add_noise(x0, noise, t)
         target = training_target(self.noise, x0, noise, t)
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
-        err = focused_error(
-            model(noisy, t, emb, mask, drop, patches), target, batch.get("focus"), self.cfg.focus_weight
-        )
-        if self.cfg.min_snr_gamma > 0:
-            loss = (min_snr_weights(self.noise, t, self.cfg.min_snr_gamma) * err).mean()
-        elif plain.cfg.sigma_data > 0:  # EDM: the x0 error in F's units, 1 / c_out^2
-            c_out = plain.edm_scales(t, b)[2].flatten()
-            loss = (err / c_out.float().pow(2)).mean()
-        else:
-            loss = err.mean()
-        return loss, {"loss": loss.detach(), "mse": err.mean().detach(), "cond_dropped": drop.float().mean()}
+        pred = model(noisy, t, emb, mask, drop, patches)
+        loss = (pred.float() - target.float()).pow(2).flatten(1).mean(1).mean()
+        return loss, {"loss": loss.detach(), "cond_dropped": drop.float().mean()}
 
     @torch.no_grad()
     def evaluate(self, model: DiffusionDetokenizer, step: int, batch_size: int = 50) -> dict[str, float]:
@@ -164,22 +152,6 @@ def init_denoiser(model: DiffusionDetokenizer, directory: str | Path) -> None:
     model.load_state_dict({**model.state_dict(), **own}, strict=True)
 
 
-def focused_error(pred: torch.Tensor, target: torch.Tensor, focus: torch.Tensor | None, weight: float) -> torch.Tensor:
-    """(B,) squared error of ``pred`` against ``target`` (B, C, h, w): the plain mean (``weight``
-    0), or with ``focus`` masks (B, 1, H, W) the mean weighted by ``1 + weight * mask`` on the
-    (h, w) grid, where a cell is in the mask when any of its H/h x W/w pixels is."""
-    sq = (pred.float() - target.float()).pow(2)
-    if weight == 0:
-        return sq.flatten(1).mean(1)
-    if focus is None:
-        raise ValueError(
-            f"focus_weight={weight} needs the batch's focus masks: build the dataset with focus_shapes "
-            "(DiffusionTask.train_dataset does), or set focus_weight=0"
-        )
-    w = 1 + weight * F.adaptive_max_pool2d(focus.float(), sq.shape[-2:])
-    return (sq * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * sq.shape[1])
-
-
 def stage_codes(task, split: str, limit: int | None, image_size: int) -> CodesDataset | CodesMixture:
     """The cached codes of ``data.<split>`` for a detokenizer stage (``task`` has ``cfg``, ``out``,
     ``tokenizer``): a stream's images are stored at ``image_size``, the stage's target side."""
@@ -214,31 +186,22 @@ def evaluate_reconstructions(records, resolution: int, decode, batch_size: int =
 
 
 class CodeImages(Dataset):
-    """(codes, image at ``resolution``) of record ``i``, and with ``focus`` (shape descriptions)
-    its (1, R, R) ShapesWorld focus mask (:func:`lavit.data.annotations.focus_mask`)."""
+    """(codes, image at ``resolution``) of record ``i``."""
 
-    def __init__(self, records: CodesDataset | CodesMixture, resolution: int, focus: list[str] | None = None) -> None:
-        self.records, self.resolution, self.focus = records, resolution, focus
-        if focus is not None and not has_scene(records[0].meta):
-            raise ConfigError(
-                "focus_weight > 0 weighs the boxes of ShapesWorld shapes, and data.train is not ShapesWorld; "
-                "set focus_weight=0"
-            )
+    def __init__(self, records: CodesDataset | CodesMixture, resolution: int) -> None:
+        self.records, self.resolution = records, resolution
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        item = self.records.codes(i), to_tensor(self.records.image(i), self.resolution)
-        if self.focus is None:
-            return item
-        return *item, focus_mask(self.records[i].meta, self.resolution, self.focus)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.records.codes(i), to_tensor(self.records.image(i), self.resolution)
 
 
-def collate_scene_codes(items: list[tuple[torch.Tensor, ...]]) -> dict:
+def collate_scene_codes(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """One batch of :class:`CodeImages` items as tensors, whatever the batch size: the
     variable-length code sequences concatenated (:func:`lavit.train.codes_cache.pack_codes`), the
-    stacked images (and focus masks); the sequences' lengths travel as a list of ints, so that
+    stacked images; the sequences' lengths travel as a list of ints, so that
     splitting them again (:func:`batch_codes`) reads nothing back from the GPU.
 
     A DataLoader worker hands the main process each tensor of a batch through its own file
@@ -252,8 +215,6 @@ def collate_scene_codes(items: list[tuple[torch.Tensor, ...]]) -> dict:
         "code_lengths": packed["lengths"].tolist(),
         "images": torch.stack([item[1] for item in items]),
     }
-    if len(items[0]) == 3:
-        batch["focus"] = torch.stack([item[2] for item in items])
     return batch
 
 
