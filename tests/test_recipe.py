@@ -139,7 +139,11 @@ TOKENIZER = {"stage": "tokenizer", "config": str(TRAIN / "tokenizer_debug.yaml")
             r"stages\[0\]\.config='\.\./train/tokenizer_debg\.yaml' \(tokenizer\) in .*r\.yaml: "
             r"\S*/train/tokenizer_debg\.yaml not found \(stage configs are relative to the recipe's folder",
         ),
-        ([TOKENIZER, TOKENIZER], r"stages\[1\]\.stage='tokenizer' repeats stages\[0\]"),
+        (
+            [TOKENIZER, TOKENIZER],
+            r"stages\[1\] \(tokenizer\) has the name 'tokenizer' of stages\[0\]: a stage run twice",
+        ),
+        ([TOKENIZER, {**TOKENIZER, "name": "lm"}], r"stages\[1\]\.name='lm': use a name without dots"),
         ([{"stage": "lm", "config": str(TRAIN / "lm_tiny.yaml")}], "no tokenizer stage"),
     ],
 )
@@ -232,3 +236,59 @@ def test_latent_diffusion_must_read_the_recipes_vae(tmp_path, monkeypatch):
     message = r"stages\[2\] \(diffusion\): model.vae_path='runs/vae_tiny/model', but the recipe's vae stage"
     with pytest.raises(ConfigError, match=message):
         run_recipe(load_recipe(_write_recipe(tmp_path, stages)), log=lambda line: None)
+
+
+def _chain(tmp_path: Path, second_init: str) -> Path:
+    """shapes_debug.yaml's tokenizer (no encoder) and LM, then a second LM entry ("lm-more")."""
+    import yaml
+
+    debug = yaml.safe_load(DEBUG_RECIPE.read_text())
+    tok, lm = (dict(s) for s in debug["stages"][1:3])
+    tok["overrides"] = [
+        o for o in tok["overrides"] if not o.startswith(("model.encoder", "model.readout", "model.semantic"))
+    ]
+    more = {
+        "stage": "lm",
+        "name": "lm-more",
+        "config": lm["config"],
+        "overrides": [
+            *(o for o in lm["overrides"] if not o.startswith("train.out_dir")),
+            "train.out_dir=outputs/recipe_debug/lm_more",
+            "train.steps=2",
+            f"init_from={second_init}",
+        ],
+    }
+    for s in (tok, lm, more):
+        s["config"] = str((DEBUG_RECIPE.parent / s["config"]).resolve())
+    return _write_recipe(tmp_path, [tok, lm, more])
+
+
+def test_a_recipe_chains_two_runs_of_one_stage(tmp_path, monkeypatch, one_thread):
+    """A stage may run twice: the second entry, named, starts from the first's model/ and the
+    pipeline takes the last; its name addresses overrides; an init_from naming a later entry's
+    model/ is refused before anything trains."""
+    monkeypatch.chdir(tmp_path)
+    first = "outputs/recipe_debug/lm/model"
+    recipe = load_recipe(_chain(tmp_path, first), ["lm-more.train.log_every=1"])
+    assert (
+        recipe.stages[2].overrides[-1] == "train.log_every=1" and recipe.stages[1].overrides[-1] != "train.log_every=1"
+    )
+    out = run_recipe(recipe, progress=False, log=lambda line: None)
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert [(s["stage"], s["name"], s["status"]) for s in report["stages"]] == [
+        ("tokenizer", "tokenizer", "trained"),
+        ("lm", "lm", "trained"),
+        ("lm", "lm-more", "trained"),
+    ]
+    shipped = LaVITPipeline.from_pretrained(out).lm.state_dict()
+    more = LaVITPipeline.from_parts("outputs/recipe_debug/tokenizer/model", "outputs/recipe_debug/lm_more/model").lm
+    assert all(torch.equal(v, more.state_dict()[k]) for k, v in shipped.items())  # the last LM entry
+    base = LaVITPipeline.from_parts("outputs/recipe_debug/tokenizer/model", first).lm.state_dict()
+    assert any(not torch.equal(v, base[k]) for k, v in shipped.items())  # it trained on from the first
+
+    bad = _chain(tmp_path / "bad", "outputs/recipe_debug/lm_more/model")  # its own model: not yet written
+    monkeypatch.setattr(recipe_module, "fit", lambda *args: pytest.fail("trained before the checks"))
+    with pytest.raises(
+        ConfigError, match=r"stages\[2\] \(lm-more\): init_from=.* is what stages\[2\] \(lm-more\) writes"
+    ):
+        run_recipe(load_recipe(bad), log=lambda line: None)

@@ -8,13 +8,26 @@
 A recipe YAML mirrors :class:`RecipeConfig`:
 
     out_dir: checkpoints/lavit-shapes-tiny   # the pipeline directory (LaVITPipeline.save_pretrained)
-    stages:                                  # trained in this order, each stage name at most once
+    stages:                                  # trained in this order
       - stage: encoder                       # a name of lavit.train.stages.STAGES
         config: ../train/encoder_tiny.yaml   # the stage's run config, relative to this file's folder
         overrides: [train.steps=100]         # optional a.b=c overrides, as on the command line
       - ...
     pipeline:                                # optional: PipelineConfig fields (pipeline.yaml)
       caption_decoding: {num_beams: 2}
+
+Chains: a stage may appear more than once, each entry a run of its own (its own
+``train.out_dir``) that usually starts from an earlier one's ``model/`` (``init_from=``): a
+fine-tune, a model grown a new part, a longer schedule. Every entry after the first of its
+stage needs a ``name`` (unique in the recipe); a later stage reads the *last* entry before it
+of the stage it needs, the pipeline takes the last entry of each stage, and an ``init_from``
+naming an entry's ``model/`` must come after that entry:
+
+      - {stage: lm, config: ../train/lm_tiny.yaml, overrides: [train.out_dir=runs/lm]}
+      - stage: lm
+        name: lm-synthesis                   # overrides reach it as lm-synthesis.train.steps=100
+        config: ../train/lm_synthesis_tiny.yaml
+        overrides: [train.out_dir=runs/lm_synthesis, init_from=runs/lm/model]
 
 Data: ``data.train=PATH`` / ``data.val=PATH`` (and any other ``data.*`` key) given to the recipe,
 not to one stage, reach every stage whose run config has a ``data`` field, as if appended to its
@@ -102,6 +115,11 @@ class RecipeStage:
     stage: str  # a key of lavit.train.stages.STAGES
     config: str  # in a YAML recipe: relative to the recipe's folder (load_recipe resolves it)
     overrides: list[str] = field(default_factory=list)  # a.b=c, applied after the file
+    name: str | None = None  # how overrides address the entry; default: the stage's name
+
+    @property
+    def label(self) -> str:
+        return self.name or self.stage
 
 
 @dataclass
@@ -116,17 +134,21 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         check(bool(self.out_dir), "out_dir", self.out_dir, "name the pipeline directory to write")
         check(bool(self.stages), "stages", self.stages, "list at least the tokenizer stage")
-        first: dict[str, int] = {}
+        labels: dict[str, int] = {}
         for i, entry in enumerate(self.stages):
             if entry.stage not in STAGES:
                 raise ConfigError(f"stages[{i}].stage={entry.stage!r}: use one of {', '.join(STAGES)}")
-            if entry.stage in first:
+            if entry.label in labels:
                 raise ConfigError(
-                    f"stages[{i}].stage={entry.stage!r} repeats stages[{first[entry.stage]}]: "
-                    "a recipe trains each stage once"
+                    f"stages[{i}] ({entry.stage}) has the name {entry.label!r} of stages[{labels[entry.label]}]: "
+                    f"a stage run twice needs a name of its own per entry, e.g. name: {entry.stage}-2"
                 )
-            first[entry.stage] = i
-        if "tokenizer" not in first:
+            if entry.name is not None and (entry.name in STAGES and entry.name != entry.stage or "." in entry.name):
+                raise ConfigError(
+                    f"stages[{i}].name={entry.name!r}: use a name without dots that is not another stage's"
+                )
+            labels[entry.label] = i
+        if not any(entry.stage == "tokenizer" for entry in self.stages):
             raise ConfigError("the recipe has no tokenizer stage: a pipeline directory needs one")
 
 
@@ -139,35 +161,37 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeConfig
             ``pipeline.caption_decoding.num_beams=1``), of every stage that reads data
             (``data.train=PATH``, appended to each such stage's overrides), or,
             prefixed with a stage's name, of that stage's config, appended to its overrides after
-            those (``lm.train.steps=100``).
+            those (``lm.train.steps=100``; an entry with a ``name`` by its name).
 
     Returns:
         The recipe, each ``stages[i].config`` replaced by the path it resolved to.
 
     Raises:
-        ConfigError: a bad key or value, an unknown or repeated stage, a missing stage config
+        ConfigError: a bad key or value, an unknown stage or a repeated name, a missing stage config
             (the message names the entry and the path tried), or a ``data.train=PATH`` /
             ``data.val=PATH`` whose path does not exist.
     """
     path = Path(path)
     own, per_stage, data = [], {}, []
+    recipe_keys = {f.name for f in dataclasses.fields(RecipeConfig)} - {"stages"}
     for item in overrides:
         head, _, rest = item.partition(".")
-        if head in STAGES and rest:
-            per_stage.setdefault(head, []).append(rest)
-        elif head == "data" and rest:
+        key = head.partition("=")[0].strip()
+        if head == "data" and rest:
             _check_data_path(item)
             data.append(item)
-        elif head == "stages":  # OmegaConf cannot merge a dotted key into a list
+        elif key == "stages":  # OmegaConf cannot merge a dotted key into a list
             raise ConfigError(f"override {item!r}: override a stage as STAGE.key=value, e.g. lm.train.steps=100")
-        else:
+        elif key in recipe_keys or not rest:
             own.append(item)
+        else:
+            per_stage.setdefault(head, []).append(rest)
     recipe = load_config(path, RecipeConfig, own)
-    missing = sorted(set(per_stage) - {entry.stage for entry in recipe.stages})
+    missing = sorted(set(per_stage) - {entry.label for entry in recipe.stages})
     if missing:
         raise ConfigError(f"override of stage {missing[0]!r}, which {path} does not train")
     for i, entry in enumerate(recipe.stages):
-        entry.overrides += [*(data if _reads_data(entry.stage) else []), *per_stage.get(entry.stage, [])]
+        entry.overrides += [*(data if _reads_data(entry.stage) else []), *per_stage.get(entry.label, [])]
         resolved = Path(os.path.normpath(path.parent / entry.config))
         if not resolved.is_file():
             raise ConfigError(
@@ -268,7 +292,7 @@ def _run(
     records = []
     t_start = time.perf_counter()
     for s, lock in zip(steps, locks, strict=True):
-        tag = f"[{s.index + 1}/{total}] {s.entry.stage}"
+        tag = f"[{s.index + 1}/{total}] {s.entry.label}"
         head = f"{tag}: {_show(s.entry.config)} -> {s.out}"
         start = latest_step(s.out)
         todo = s.cfg.train.steps
@@ -298,7 +322,7 @@ def _run(
     if not is_main:
         return out
     t0 = time.perf_counter()
-    by_name = {s.entry.stage: s.model_dir for s in steps}
+    by_name = {s.entry.stage: s.model_dir for s in steps}  # the last entry of each stage
     decoders = {name: by_name[name] for name in ("diffusion", "var") if name in by_name}
     pipe = LaVITPipeline.from_parts(by_name["tokenizer"], by_name.get("lm"), pipeline_cfg, "cpu", **decoders)
     pipe.save_pretrained(out)
@@ -358,10 +382,22 @@ def _check_out_dirs(recipe: RecipeConfig, steps: list[_Step]) -> None:
 
 
 def _check_wiring(steps: list[_Step]) -> None:
-    by_name = {s.entry.stage: s for s in steps}
+    """Each stage reads what the last entry before it of the stage it needs writes (or, with no
+    such entry before it, what a later one writes is an error); an ``init_from`` naming an
+    entry's ``model/`` comes after that entry."""
+    model_dirs = {s.model_dir.resolve(): s for s in steps}
     for s in steps:
+        init = getattr(s.cfg, "init_from", None)
+        src = model_dirs.get(Path(init).resolve()) if init else None
+        if src is not None and src.index >= s.index:
+            raise ConfigError(
+                f"stages[{s.index}] ({s.entry.label}): init_from={init!r} is what stages[{src.index}] "
+                f"({src.entry.label}) writes, after it; put that entry first"
+            )
         for key, producer, file, required in STAGE_INPUTS.get(s.entry.stage, ()):
-            src = by_name.get(producer)
+            before = [p for p in steps if p.entry.stage == producer and p.index < s.index]
+            later = [p for p in steps if p.entry.stage == producer and p.index > s.index]
+            src = before[-1] if before else (later[0] if later else None)
             have = operator.attrgetter(key)(s.cfg)
             if src is None or (have is None and not required):  # the stage reads what its config names
                 continue
@@ -378,7 +414,7 @@ def _check_wiring(steps: list[_Step]) -> None:
 
 def _pipeline_cfg(recipe: RecipeConfig, steps: list[_Step]) -> PipelineConfig:
     """The recipe's pipeline defaults with the LM stage's training prompts."""
-    lm = next((s for s in steps if s.entry.stage == "lm"), None)
+    lm = next((s for s in reversed(steps) if s.entry.stage == "lm"), None)  # the pipeline's LM
     if lm is None:
         return recipe.pipeline
     default = PipelineConfig()
@@ -396,6 +432,7 @@ def _pipeline_cfg(recipe: RecipeConfig, steps: list[_Step]) -> PipelineConfig:
 def _record(s: _Step, status: str, start: int | None, seconds: float, metrics: dict) -> dict:
     return {
         "stage": s.entry.stage,
+        "name": s.entry.label,
         "config": _show(s.entry.config),
         "out_dir": str(s.out),
         "status": status,
