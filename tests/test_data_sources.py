@@ -294,7 +294,7 @@ def test_mixture_stream_resumes_with_workers(tmp_path: Path) -> None:
     assert _take(_loader(mix.resumed(5, 2), workers=2, batch=2), 4) == full[5:]
 
 
-def test_bad_samples_are_skipped_counted_and_replaced(tmp_path: Path) -> None:
+def test_bad_samples_are_skipped_counted_and_replaced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     members = [(f"{i}.png", _png(i)) for i in range(6)]
     members[2] = ("2.png", b"\x89PNG truncated")
     members += [("9.txt", b"a caption without its image")]
@@ -306,6 +306,9 @@ def test_bad_samples_are_skipped_counted_and_replaced(tmp_path: Path) -> None:
     assert len(kept) == 9 and {s.image_id for s in kept} == good_ids
     assert (stream.counts[bad].seen, stream.counts[bad].bad, stream.counts[good].bad) == (7, 2, 0)
     assert "2.png" in stream.counts[bad].example
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: skipped")]
+    assert len(warnings) == 2 and "2.png" in warnings[0] and bad in warnings[0]  # one line each, shard named
+    assert warnings[0].endswith("(1 of 7 samples bad in this reader)") and "sample '9' has no image" in warnings[1]
 
     endless = ShardStream([bad, good], shuffle_buffer=1, max_bad_fraction=0.5)
     it = endless.iter_from(0, 1, 0)

@@ -16,8 +16,9 @@ would stop round-robin order, and DDP ranks with unequal shard sizes would hang)
 The buffer holds undecoded bytes; images are decoded after the shuffle through
 :func:`lavit.data.image_io.load_image_bytes` (the rules of :func:`lavit.data.image_io.load_image`).
 
-Bad samples. A sample whose image is missing or undecodable is counted per shard (``counts``)
-and its place in the sequence is taken by the next good sample of the same slot, which thus
+Bad samples. A sample whose image is missing or undecodable is counted per shard (``counts``),
+reported on stderr as one ``warning:`` line (its shard, key and reason, and the reader's running
+count), and its place in the sequence is taken by the next good sample of the same slot, which thus
 appears twice (``meta["replaces"]`` lists what it stands in for). One output per raw sample is
 what lets a resume skip samples without decoding them. Once a reader has decoded
 ``MIN_SAMPLES_FOR_BAD_CHECK`` samples and the bad share passes ``max_bad_fraction``, it raises
@@ -39,6 +40,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -419,6 +421,8 @@ class ShardStream(ResumableStream):
             sample, reason = None, str(e)
             counts.bad += 1
             counts.example = counts.example or reason
+            bad, seen = (sum(getattr(c, k) for c in self.counts.values()) for k in ("bad", "seen"))
+            print(f"warning: skipped {reason} ({bad} of {seen} samples bad in this reader)", file=sys.stderr)
         self._check_bad_share()
         return sample, reason
 
