@@ -44,10 +44,11 @@ from torch.utils.data import Dataset
 
 from lavit.config import ConfigError, DataConfig, SourceConfig
 from lavit.data.mixture import MixtureDataset
+from lavit.data.preprocess import preprocess
 from lavit.data.sample import QA, Sample
 from lavit.data.shards import ShardStream, list_shards
 from lavit.data.sources import build_source, resolve_kind
-from lavit.data.transforms import to_pil, to_tensor
+from lavit.data.transforms import to_pil
 from tokenizer import DynamicVisualTokenizer
 
 SHARD_ITEMS = 4096  # records per shard file
@@ -141,7 +142,7 @@ def _bytes_tensor(blobs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _png(image: Image.Image, size: int) -> bytes:
     buf = io.BytesIO()
-    to_pil(to_tensor(image, size)).save(buf, format="PNG")
+    to_pil(preprocess(image, size, "centre")).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -197,7 +198,7 @@ def extract(
         if sample is not None:
             batch.append(sample)
         if batch and (sample is None or len(batch) == batch_size):
-            images = torch.stack([to_tensor(s.image, size) for s in batch]).to(device)
+            images = torch.stack([preprocess(s.image, size, "centre") for s in batch]).to(device)
             codes += [c.cpu() for c in tokenizer.encode(images)]
             texts += [_text_of(s) for s in batch]
             if image_size is not None:
