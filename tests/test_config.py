@@ -83,6 +83,7 @@ SCHEMAS = {
     "train/vae_*.yaml": "detokenizer.diffusion.config:VAERunConfig",
     "var/vqvae_*.yaml": "detokenizer.var.config:VQVAEConfig",
     "var/tiny.yaml": "detokenizer.var.config:VARConfig",
+    "var/var_d*.yaml": "detokenizer.var.config:VARConfig",
     "train/var_vqvae_*.yaml": "detokenizer.var.config:VQVAERunConfig",
     "train/var_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_layout_tiny.yaml": "detokenizer.var.config:VARRunConfig",

@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 BENCHMARKS = ROOT / "benchmarks"
 # LaVIT-sized presets (7B LM, 1.8B tokenizer) are built on the meta device: shapes, no memory.
-ON_META = {"lm/lavit-7b.yaml", "tokenizer/lavit.yaml"}
+ON_META = {
+    "lm/lavit-7b.yaml",
+    "tokenizer/lavit.yaml",
+    "var/var_d16.yaml",
+    "var/var_d20.yaml",
+    "var/var_d24.yaml",
+    "var/var_d30.yaml",
+}
 BIG = 200_000_000  # parameters: a preset above this belongs in ON_META
 
 
@@ -67,6 +74,14 @@ def _var(cfg):
     return NextScaleTransformer(cfg, load_config(CONFIGS / "var" / "vqvae_tiny.yaml", VQVAEConfig))
 
 
+def _var_published(cfg):
+    from detokenizer.var.config import VQVAEConfig
+    from detokenizer.var.transformer import NextScaleTransformer
+
+    # VAR's published transformers read the published VQ-VAE's 10 scales and 4,096 codes.
+    return NextScaleTransformer(cfg, load_config(CONFIGS / "var" / "vqvae_ch160v4096z32.yaml", VQVAEConfig))
+
+
 # configs/<pattern>: (schema, builder), the schemas of tests/test_config.py's SCHEMAS.
 PRESETS = {
     "tokenizer/*.yaml": ("lavit.config:TokenizerConfig", _tokenizer),
@@ -75,6 +90,7 @@ PRESETS = {
     "vae/*.yaml": ("detokenizer.diffusion.config:VAEConfig", _vae),
     "var/vqvae_*.yaml": ("detokenizer.var.config:VQVAEConfig", _vqvae),
     "var/tiny.yaml": ("detokenizer.var.config:VARConfig", _var),
+    "var/var_d*.yaml": ("detokenizer.var.config:VARConfig", _var_published),
 }
 PRESET_FOLDERS = ("tokenizer", "lm", "diffusion", "var", "vae", "data")
 CASES = [(p, schema, build) for pattern, (schema, build) in PRESETS.items() for p in sorted(CONFIGS.glob(pattern))]

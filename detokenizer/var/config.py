@@ -23,11 +23,15 @@ class VQVAEConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 16
     mid_attention: bool = False
+    # Single-head self-attention after each res block of the lowest-resolution level, in the
+    # encoder and the decoder (VAR's VQ-VAE: encoder.down.4.attn, decoder.up.4.attn).
+    lowest_level_attention: bool = False
     latent_channels: int = 32  # Cvae: the codebook vectors' width (VAR: 32)
+    quant_conv_kernel: int = 1  # of quant_conv / post_quant_conv around the quantizer (VAR: 3)
     codebook_size: int = 512  # VAR: 4096
     scales: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 11, 16])
     num_phi: int = 4  # phi convs shared across scales by nearest tick (VAR: 4)
-    phi_ratio: float = 0.5  # h -> (1 - r) h + r conv(h)
+    phi_ratio: float = 0.5  # h -> (1 - r) h + r conv(h) (VAR's quant_resi)
     commitment_weight: float = 0.25  # VAR's beta
     dead_code_threshold: float = 0.05  # EMA uses per step below this -> code restarted from the batch
     usage_decay: float = 0.99
@@ -61,6 +65,12 @@ class VQVAEConfig:
         )
         check_norm_groups(self.norm_num_groups, self.block_out_channels)
         check(self.num_phi >= 1, "num_phi", self.num_phi, "use 1 or more")
+        check(
+            self.quant_conv_kernel >= 1 and self.quant_conv_kernel % 2 == 1,
+            "quant_conv_kernel",
+            self.quant_conv_kernel,
+            "use an odd kernel size (1, or 3 as in VAR) so the latent keeps its side",
+        )
         check(0.0 <= self.phi_ratio <= 1.0, "phi_ratio", self.phi_ratio, "must lie in [0, 1]")
 
 
@@ -76,12 +86,33 @@ class VQVAERunConfig:
 
 @dataclass
 class VARConfig:
-    """The next-scale transformer over a multi-scale VQ-VAE's token maps."""
+    """The next-scale transformer over a multi-scale VQ-VAE's token maps.
+
+    The defaults are our LaVIT-conditioned transformer; configs/var/var_d*.yaml set the options
+    that make it VAR's class-conditional one (FoundationVision/VAR, converted by
+    lavit/convert/var_transformer.py).
+    """
 
     width: int = 256
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    # What conditions it: "codes", a sequence (a tokenizer's code embeddings) whose masked mean
+    # starts the sequence and modulates every block and which every block cross-attends to; or
+    # "class", VAR's class label: its embedding starts the sequence (plus a learned pos_start)
+    # and modulates every block, no cross-attention. Class num_classes is the null class (the
+    # dropped condition, and guidance's unconditional half).
+    condition: str = "codes"
+    num_classes: int = 1000  # condition=class: class_emb holds num_classes + 1 rows
+    # VAR's attention: q and k l2-normalised per head, their dot product scaled by a learned
+    # per-head temperature (exp of a log scale, from 4, capped at 100) instead of 1/sqrt(head dim).
+    attn_l2_norm: bool = False
+    qkv_bias: str = "qkv"  # "qv": VAR's fused qkv without bias, plus a q and a v bias (none on k)
+    norm_eps: float = 1e-5  # every LayerNorm's (VAR: 1e-6)
+    gelu: str = "exact"  # the MLP's GELU: "exact" or "tanh" (VAR's approximation)
+    # One AdaLN projection for all blocks plus a learned (6, width) offset per block (VAR's
+    # shared_aln, used by its d36 only) instead of one projection per block.
+    shared_adaln: bool = False
     # Width of the condition sequence it cross-attends to: the tokenizer's code embeddings
     # (LaVIT codes), or an LLM's hidden states (VARGPT).
     cond_dim: int = 128
@@ -109,6 +140,22 @@ class VARConfig:
 
     def __post_init__(self) -> None:
         check(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads={self.heads}")
+        check(
+            self.condition in ("codes", "class"),
+            "condition",
+            self.condition,
+            "use 'codes' (a code sequence, cross-attended) or 'class' (a class label, VAR's)",
+        )
+        check(self.num_classes >= 1, "num_classes", self.num_classes, "use 1 or more (VAR: 1000)")
+        check(self.qkv_bias in ("qkv", "qv"), "qkv_bias", self.qkv_bias, "use 'qkv' or 'qv' (VAR's: no k bias)")
+        check(self.gelu in ("exact", "tanh"), "gelu", self.gelu, "use 'exact' or 'tanh' (VAR's)")
+        check(self.norm_eps > 0, "norm_eps", self.norm_eps, "use a small positive value, e.g. 1e-5 (VAR: 1e-6)")
+        check(
+            self.condition == "codes" or self.layout_queries == 0,
+            "layout_queries",
+            self.layout_queries,
+            "the layout reader reads a code sequence: set 0 with condition=class",
+        )
         check(
             self.layout_queries >= 0 and math.isqrt(self.layout_queries) ** 2 == self.layout_queries,
             "layout_queries",

@@ -20,6 +20,7 @@ EMA use falls below ``dead_code_threshold`` restart from random latent vectors o
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,12 +40,18 @@ class Phi(nn.Conv2d):
 
 def phi_index(k: int, num_scales: int, num_phi: int) -> int:
     """The phi conv shared by scale ``k`` of ``num_scales``: the nearest of ``num_phi`` evenly
-    spaced ticks in (0, 1) to ``k / (num_scales - 1)`` (VAR's PhiPartiallyShared)."""
+    spaced ticks in (0, 1) to ``k / (num_scales - 1)``, exactly as VAR's PhiPartiallyShared
+    picks it (ticks ``1/(3K)`` from the ends for K = 4, ``1/(2K)`` otherwise).
+
+    The arithmetic is VAR's too, float64 numpy: with 10 scales ``2/9`` and ``7/9`` fall midway
+    between two of the 4 ticks, and only float64 rounding decides (phi 1 and 3; float32 gives
+    0 and 2, and a converted VAR VQ-VAE's codes then disagree from the 4x4 scale on)."""
     if num_phi == 1:
         return 0
-    ticks = torch.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
+    edge = 1 / 3 / num_phi if num_phi == 4 else 1 / 2 / num_phi
+    ticks = np.linspace(edge, 1 - edge, num_phi)
     at = k / max(num_scales - 1, 1)
-    return int((ticks - at).abs().argmin())
+    return int(np.argmin(np.abs(ticks - at)))
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -89,17 +96,22 @@ class MultiScaleQuantizer(nn.Module):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, p, p) -> (B, p, p) indices of the nearest codes (squared L2, or cosine with
         ``znorm``)."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
-        book = self.codebook.weight.float()
+        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()  # (N, C)
+        book = self.codebook.weight.float()  # (V, C)
         if self.znorm:
             idx = (F.normalize(flat, dim=1) @ F.normalize(book, dim=1).T).argmax(dim=1)
         else:
-            idx = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)[None]).argmin(dim=1)
+            # |z|^2 + |e|^2 - 2 z.e in VAR's order of operations (one addmm), so that a
+            # converted VAR VQ-VAE breaks near-ties as VAR does: (N, V)
+            dist2 = flat.square().sum(1, keepdim=True) + book.square().sum(1)
+            idx = dist2.addmm_(flat, book.T, alpha=-2, beta=1).argmin(dim=1)
         return idx.view(z.shape[0], z.shape[2], z.shape[3])
 
     def embed_up(self, indices: torch.Tensor, k: int) -> torch.Tensor:
         """Scale ``k``'s (B, p_k, p_k) indices -> its (B, C, side, side) contribution ``h``."""
-        h = self.codebook(indices).permute(0, 3, 1, 2)  # (B, C, p, p)
+        # (B, C, p, p), made contiguous: a permuted map is channels-last, and the phi conv then
+        # rounds differently from VAR's (whose f_hat a converted VAR VQ-VAE must reproduce)
+        h = self.codebook(indices).permute(0, 3, 1, 2).contiguous()
         if self.scales[k] != self.side:
             h = F.interpolate(h, size=(self.side, self.side), mode="bicubic")
         return self.phis[self.phi_of_scale[k]](h)

@@ -1,9 +1,12 @@
 """Multi-scale residual VQ-VAE (VAR's tokenizer): diffusers' VAE Encoder/Decoder around
 :class:`~detokenizer.var.quantizer.MultiScaleQuantizer`.
 
-    images (B, 3, R, R) in [0, 1] -> Encoder -> 1x1 conv -> f (B, Cvae, s, s)
+    images (B, 3, R, R) in [0, 1] -> Encoder -> quant_conv -> f (B, Cvae, s, s)
     f -> multi-scale residual quantizer -> per-scale token maps, f_hat
-    f_hat -> 1x1 conv -> Decoder -> images
+    f_hat -> post_quant_conv -> Decoder -> images
+
+VAR's published VQ-VAE (``configs/var/vqvae_ch160v4096z32.yaml``) adds attention at the
+lowest-resolution level and 3x3 quant convs; :mod:`lavit.convert.var_vqvae` loads its weights.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class MultiScaleVQVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         n = len(cfg.block_out_channels)
+        # The lowest-resolution level is the encoder's last block and the decoder's first.
+        down = ["DownEncoderBlock2D"] * n
+        up = ["UpDecoderBlock2D"] * n
+        if cfg.lowest_level_attention:
+            down[-1], up[0] = "AttnDownEncoderBlock2D", "AttnUpDecoderBlock2D"
         common = {
             "block_out_channels": tuple(cfg.block_out_channels),
             "layers_per_block": cfg.layers_per_block,
@@ -41,15 +49,14 @@ class MultiScaleVQVAE(nn.Module):
         self.encoder = Encoder(
             in_channels=3,
             out_channels=cfg.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * n,
+            down_block_types=tuple(down),
             double_z=False,
             **common,
         )
-        self.decoder = Decoder(
-            in_channels=cfg.latent_channels, out_channels=3, up_block_types=("UpDecoderBlock2D",) * n, **common
-        )
-        self.quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
+        self.decoder = Decoder(in_channels=cfg.latent_channels, out_channels=3, up_block_types=tuple(up), **common)
+        c, k = cfg.latent_channels, cfg.quant_conv_kernel
+        self.quant_conv = nn.Conv2d(c, c, k, padding=k // 2)
+        self.post_quant_conv = nn.Conv2d(c, c, k, padding=k // 2)
         self.quantizer = MultiScaleQuantizer(
             cfg.latent_channels,
             cfg.codebook_size,

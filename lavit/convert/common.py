@@ -1,0 +1,196 @@
+"""What every converter shares: reading a published checkpoint without running its code, mapping
+its tensor names onto ours with one-line errors, and writing the converted model folder.
+
+    read_state_dict(path)                     .safetensors, or .pth/.pt/.bin as tensors only
+    sha256_file(path)                         the digest convert.json records
+    apply_key_map(state, key_map, path)       source tensors -> ours, every name and shape checked
+    write_converted(out_dir, save, sources)   the model folder, written whole or not at all
+
+A key map goes from the source's names to ours: each source tensor has an expected shape and a
+function that turns it into one or more of our tensors (a rename, or a fused q/k/v split in
+three). Every error a wrong file can cause is a one-line :class:`~lavit.checkpoint.CheckpointError`
+naming the file and the first missing, unexpected or mis-shaped tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from lavit.checkpoint import META_FILE, CheckpointError
+from lavit.files import atomic_dir
+
+CONVERT_FILE = "convert.json"
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source tensor of a key map: its expected shape and what it becomes in our model."""
+
+    shape: tuple[int, ...]
+    to_ours: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # source tensor -> {our key: tensor}
+
+
+def rename(ours: str, shape: tuple[int, ...]) -> Source:
+    """A source tensor that is our ``ours`` under another name."""
+    return Source(tuple(shape), lambda t: {ours: t})
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` state dict from a ``.safetensors`` file, or from a ``.pth`` /
+    ``.pt`` / ``.bin`` / ``.ckpt`` file read with ``torch.load(weights_only=True)``: a pickle
+    that would build anything but tensors and plain containers (run code) is refused.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, refused, or not a flat state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({_one_line(e)})") from None
+    elif path.suffix in PICKLE_SUFFIXES:
+        state = _torch_load(path)
+    else:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {path.suffix!r}; give a .safetensors or a "
+            f"{'/'.join(PICKLE_SUFFIXES)} state dict"
+        )
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: entry {_short(key)} is a {type(value).__name__}, not a tensor: give the "
+                "model's flat state dict (not a training checkpoint that nests it)"
+            )
+    return dict(state)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message spans lines; its gist is e.g. "Unsupported global: GLOBAL os.system"
+        found = re.search(r"Unsupported [\w ]+: (GLOBAL )?[\w.]+", str(e))
+        why = found.group(0) if found else "objects other than tensors"
+        raise CheckpointError(
+            f"{path} is refused: unpickling it would run code or build more than tensors ({why}); "
+            "take the weights from a trusted copy, or convert them to .safetensors where that code is trusted"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({_one_line(e)})") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def apply_key_map(
+    state: Mapping[str, torch.Tensor],
+    key_map: Mapping[str, Source],
+    path: str | Path,
+    ignore: Collection[str] = (),
+    model: str = "this model",
+) -> dict[str, torch.Tensor]:
+    """Turn a source state dict into ours.
+
+    Args:
+        state: the source tensors, by their names.
+        key_map: source name -> :class:`Source` (expected shape, conversion); every entry must
+            be in ``state``.
+        path: the file ``state`` came from, named in every error.
+        ignore: source names dropped on purpose (e.g. training statistics we do not keep).
+        model: what the file should hold, for the errors (e.g. "VAR's VQ-VAE").
+
+    Returns:
+        Our tensors, by our names.
+
+    Raises:
+        CheckpointError: naming the first missing, unexpected, non-float or mis-shaped tensor.
+    """
+    missing = [k for k in key_map if k not in state]
+    if missing:
+        example = next(iter(state), None)
+        raise CheckpointError(
+            f"{path} has no tensor '{missing[0]}' ({len(missing)} of the {len(key_map)} expected missing; "
+            f"the file's first is {example!r}): it is not a checkpoint of {model}"
+        )
+    unexpected = [k for k in state if k not in key_map and k not in ignore]
+    if unexpected:
+        raise CheckpointError(
+            f"{path} holds an unexpected tensor '{unexpected[0]}' ({len(unexpected)} in all): "
+            f"it is not a checkpoint of {model}, or of another size or variant of it"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for key, src in key_map.items():
+        tensor = state[key]
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: tensor '{key}' is {tensor.dtype}, expected a floating-point tensor")
+        if tuple(tensor.shape) != src.shape:
+            raise CheckpointError(
+                f"{path}: tensor '{key}' has shape {tuple(tensor.shape)}, expected {src.shape}: "
+                f"a checkpoint of another size or variant of {model}"
+            )
+        out.update(src.to_ours(tensor))
+    return out
+
+
+def write_converted(
+    out_dir: str | Path, save: Callable[[Path], object], sources: Sequence[str | Path], **info: Any
+) -> Path:
+    """Write a converted model folder atomically, with ``convert.json`` recording its sources.
+
+    Args:
+        out_dir: the folder to create, or a model folder to replace; any other non-empty folder
+            is refused (it would be replaced whole).
+        save: writes the model into the folder it is given (e.g. ``save_vqvae(model, folder)``).
+        sources: the files converted; their names and SHA-256 digests go into convert.json.
+        info: further JSON values for convert.json (e.g. ``converter="var_vqvae"``).
+
+    Returns:
+        ``out_dir``. On any error nothing of it is left: it is filled as a temporary sibling
+        and renamed into place at the end.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file())):
+        raise CheckpointError(
+            f"{out_dir} exists and is not a model folder; it would be replaced whole: pick a new folder"
+        )
+    record = {
+        **info,
+        "sources": [{"file": Path(p).name, "sha256": sha256_file(p)} for p in sources],
+    }
+    with atomic_dir(out_dir) as tmp:
+        save(tmp)
+        (tmp / CONVERT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return out_dir
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
