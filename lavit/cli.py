@@ -45,6 +45,7 @@ from lavit.cli_inputs import (
     fresh_out_dir,
     reconstruction_names,
 )
+from lavit.cli_var import add_commands as add_var_commands
 from lavit.config import ConfigError, fills_once
 from lavit.data.image_io import ImageLoadError
 from lavit.files import JSONLError, OutDirLockedError, atomic_dir, atomic_write
@@ -478,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", default="diffusion", choices=DECODER_NAMES, help="which detokenizer renders the codes")
     _model_args(p)
     p.set_defaults(func=cmd_synthesize)
+
+    add_var_commands(sub)
 
     p = sub.add_parser("demo", help="the shipped model on held-out scenes -> outputs/demo/index.html")
     p.add_argument("--model", default=None, help=f"pipeline directory (default: the shipped {SHIPPED_MODEL})")

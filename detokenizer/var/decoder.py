@@ -1,5 +1,7 @@
 """The VAR decoder: codes -> the tokenizer's code embeddings -> next-scale transformer -> the
-multi-scale VQ-VAE's decoder -> pixels. Plugs into the pipeline beside the diffusion decoder."""
+multi-scale VQ-VAE's decoder -> pixels. Plugs into the pipeline beside the diffusion decoder.
+With a class-conditional transformer (``transformer.condition: class``, VAR's published
+models converted by ``lavit convert var``) it draws images of ImageNet classes instead."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from detokenizer.var.config import VARDecoderConfig, VARSamplingConfig
 from detokenizer.var.transformer import NextScaleTransformer
 from detokenizer.var.vqvae import MultiScaleVQVAE
 from lavit.checkpoint import load_model_dir, save_model_dir
-from lavit.generate import Generators
+from lavit.generate import Generators, seeded_generators
 
 
 class VARDecoder(nn.Module):
@@ -59,6 +61,24 @@ class VARDecoder(nn.Module):
         if not previews:
             return images
         return images, [self.vqvae.decode_fhat(f) for f in out.f_hats]
+
+
+@torch.no_grad()
+def generate_classes(
+    model: VARDecoder, labels: list[int], sampling: VARSamplingConfig, seed: int = 0
+) -> torch.Tensor:
+    """Class ids -> (B, 3, R, R) images in [0, 1] from a class-conditional VAR decoder, with
+    classifier-free guidance against the null class batched with the conditional half; image j
+    is drawn with seed ``seed + j`` whatever else shares its batch."""
+    n = model.transformer.cfg.num_classes
+    bad = [c for c in labels if not 0 <= c < n]
+    if bad:
+        raise ValueError(f"class {bad[0]} is not one of this model's {n} classes (0..{n - 1})")
+    param = next(model.parameters())
+    ids = torch.tensor(labels, device=param.device)
+    generators = seeded_generators(len(labels), seed, param.device)
+    out = model.transformer.sample_classes(ids, model.vqvae.quantizer, sampling, generators)
+    return model.vqvae.decode_fhat(out.f_hat)
 
 
 def decode_codes_var(
