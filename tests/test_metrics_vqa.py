@@ -166,3 +166,18 @@ def test_vqa_scores_errors_name_the_problem():
         vqa_scores({"q1": "yes"}, {"q1": []})
     with pytest.raises(ValueError, match="at least one reference"):
         vqa_accuracy("yes", [])
+
+
+def test_accepted_answers_score_a_right_answer_fully_where_the_official_formula_gives_a_sixth():
+    from lavit.metrics.vqa import accepted_accuracy, answer_accuracy
+
+    accepted = ["three", "3"]  # a JSONL line's accepted answers, not two annotators'
+    assert vqa_accuracy("three", accepted) == pytest.approx(1 / 6)  # why JSONL is not scored officially
+    assert accepted_accuracy("Three.", accepted) == accepted_accuracy("3", accepted) == 1.0
+    assert accepted_accuracy("eight", accepted) == 0.0
+    assert answer_accuracy("three", accepted) == 1.0
+    annotators = ["yes"] * 2 + ["no"] * 8  # VQAv2-style: ten annotators, the official formula
+    assert answer_accuracy("yes", annotators) == vqa_accuracy("yes", annotators) == pytest.approx(0.6)
+    assert vqa_scores({"q": "3"}, {"q": accepted}, metric="accepted")["accuracy"] == 100.0
+    with pytest.raises(ValueError, match="at least one reference"):
+        answer_accuracy("yes", [])

@@ -160,7 +160,7 @@ class VQATask(_Task):
             results = [{"question_id": _question_id(k), "answer": a} for k, a in preds.items()]
             (self.out / "results.json").write_text(json.dumps(results))
             return {"unscored": len(preds), "results_file": str(self.out / "results.json")}
-        metric = "exact_match" if self.cfg.data.format == "gqa" else "vqa"
+        metric = {"gqa": "exact_match", "jsonl": "accepted"}.get(self.cfg.data.format, "vqa")
         if preds:
             out[f"{metric}_accuracy"] = vqa_scores(preds, refs, metric=metric)["accuracy"]
         return out

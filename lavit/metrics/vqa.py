@@ -72,7 +72,8 @@ PUNCTUATION = (
 # The official code calls ``periodStrip.sub("", text, re.UNICODE)``: the flag lands in ``count``.
 _PERIOD_STRIP_COUNT = int(re.UNICODE)  # 32
 
-METRICS = ("vqa", "exact_match")
+METRICS = ("vqa", "exact_match", "accepted")
+VQA_ANNOTATORS = 10  # answers per question in VQAv2, OK-VQA and VizWiz: one per annotator
 
 
 def process_punctuation(text: str) -> str:
@@ -136,6 +137,27 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     return (m * min(1.0, (m - 1) / 3) + (n - m) * min(1.0, m / 3)) / n
 
 
+def accepted_accuracy(prediction: str, answers: list[str]) -> float:
+    """1.0 when the prediction equals one of ``answers``, the accepted answers (a JSONL VQA line's
+    ``{"answers": ["three", "3"]}``), after :func:`normalize_answer` of both sides, else 0.0.
+
+    The official formula assumes one answer per annotator: with two accepted answers a right
+    prediction matches one of them and scores 1/6 there, which is why a source without
+    annotator answers is scored this way."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(a) for a in answers))
+
+
+def answer_accuracy(prediction: str, answers: list[str]) -> float:
+    """:func:`vqa_accuracy` where the references are annotators' answers (``VQA_ANNOTATORS`` or
+    more of them), else :func:`accepted_accuracy`: the score of a question of any source."""
+    if not answers:
+        raise ValueError("answer_accuracy needs at least one reference answer; got an empty list")
+    if len(answers) >= VQA_ANNOTATORS:
+        return vqa_accuracy(prediction, answers)
+    return accepted_accuracy(prediction, answers)
+
+
 def _light_normalize(text: str) -> str:
     text = text.strip().lower()
     return text[:-1].rstrip() if text.endswith(".") else text
@@ -164,8 +186,9 @@ def vqa_scores(predictions: dict[str, str], references: dict[str, list[str]], me
         predictions: question id -> predicted answer. Only these questions are scored; references
             without a prediction are ignored (so a subset can be scored).
         references: question id -> reference answers.
-        metric: ``"vqa"`` (:func:`vqa_accuracy`; VQAv2, OK-VQA, VizWiz, ShapesWorld) or
-            ``"exact_match"`` (:func:`exact_match` against any of the references; GQA has one).
+        metric: ``"vqa"`` (:func:`vqa_accuracy`; VQAv2, OK-VQA, VizWiz, ShapesWorld),
+            ``"exact_match"`` (:func:`exact_match` against any of the references; GQA has one) or
+            ``"accepted"`` (:func:`accepted_accuracy`; JSONL lines list accepted answers).
 
     Returns:
         ``{"accuracy": mean * 100, "count": number of questions}``; a percentage like the official
@@ -188,6 +211,8 @@ def vqa_scores(predictions: dict[str, str], references: dict[str, list[str]], me
         )
     if metric == "vqa":
         scores = [vqa_accuracy(pred, references[qid]) for qid, pred in predictions.items()]
+    elif metric == "accepted":
+        scores = [accepted_accuracy(pred, references[qid]) for qid, pred in predictions.items()]
     else:
         scores = [max(exact_match(pred, ref) for ref in references[qid]) for qid, pred in predictions.items()]
     return {"accuracy": 100.0 * sum(scores) / len(scores), "count": len(scores)}

@@ -33,7 +33,7 @@ from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
 from lavit.lm_io import TOKENIZER_DIR, load_lm, save_lm
 from lavit.metrics.caption import caption_scores
-from lavit.metrics.vqa import vqa_accuracy
+from lavit.metrics.vqa import answer_accuracy
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, collate
 from lavit.text_tokenizer import load_text_tokenizer, train_bpe
@@ -212,7 +212,7 @@ class LMTask:
             ]
             feats = features([i for i, _ in chunk])
             got = generate_text(model, builder, prompts, cfg.vqa_decoding, features=feats)
-            vqa += [vqa_accuracy(g, q.answers) for g, (_, q) in zip(got, chunk, strict=True)]
+            vqa += [answer_accuracy(g, q.answers) for g, (_, q) in zip(got, chunk, strict=True)]
 
         # Text-to-image: teacher-forced loss on codes + </img> given the prompt (or a caption).
         seqs = [builder.generation(t2i_text(r), r.codes) for r in records if t2i_text(r) is not None]
