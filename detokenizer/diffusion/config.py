@@ -147,6 +147,62 @@ class DiffusionSamplingConfig:
         check(math.isfinite(self.guidance_scale), "guidance_scale", self.guidance_scale, GUIDANCE_FIX)
 
 
+# LaVIT's aspect-ratio buckets at 1024 px, (height, width): its inference.py's ratio_dict, in the
+# order 1:1, 4:3, 3:2, 16:9, 2:3, 3:4 (width:height). LaVIT has no 9:16.
+LAVIT_PIXEL_BUCKETS = [[1024, 1024], [896, 1152], [832, 1216], [768, 1344], [1216, 832], [1152, 896]]
+
+
+@dataclass
+class LaVITConditionerConfig:
+    """LaVIT's high-resolution conditioner (``HighresVQDecoder``): codes -> (num_queries,
+    sum(cond_dims)) conditioning for an SDXL-shaped UNet plus a ``pooled_dim`` vector (its
+    ``text_embeds``). Defaults: LaVIT-7B-v2's published size (2,048-wide conditioning, 1280-d pool)."""
+
+    codebook_size: int = 16384
+    code_dim: int = 32  # the tokenizer's raw codebook vectors, read as they are
+    width: int = 1408
+    depth: int = 12
+    heads: int = 16  # the blocks' and the attention pool's
+    mlp_ratio: float = 4.3637  # int(1408 * 4.3637) = 6144
+    num_queries: int = 256  # learned queries; also the most codes read (one position each)
+    feature_dim: int = 1408  # decode_task_layer's output, read by the projections and the pool
+    cond_dims: list[int] = field(default_factory=lambda: [768, 1280])  # concatenated: SDXL's two text encoders
+    pooled_dim: int = 1280
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check(self.width % self.heads == 0, "heads", self.heads, f"must divide width={self.width}")
+        check(self.feature_dim % self.heads == 0, "heads", self.heads, f"must divide feature_dim={self.feature_dim}")
+        check(bool(self.cond_dims), "cond_dims", self.cond_dims, "give at least one projection width")
+
+
+@dataclass
+class LaVITPixelDecoderConfig:
+    """LaVIT's pixel decoder: the conditioner's weights, converted; the UNet, VAE and DDIM
+    scheduler are diffusers folders beside them. LaVIT's defaults: text-to-image generation
+    25 DDIM steps at guidance 7, reconstruction of an encoded image 50 steps at guidance 5."""
+
+    conditioner: LaVITConditionerConfig = field(default_factory=LaVITConditionerConfig)
+    generation: DiffusionSamplingConfig = field(
+        default_factory=lambda: DiffusionSamplingConfig(scheduler="ddim", steps=25, guidance_scale=7.0)
+    )
+    reconstruction: DiffusionSamplingConfig = field(
+        default_factory=lambda: DiffusionSamplingConfig(scheduler="ddim", steps=50, guidance_scale=5.0)
+    )
+    buckets: list[list[int]] = field(default_factory=lambda: [list(hw) for hw in LAVIT_PIXEL_BUCKETS])
+
+    def __post_init__(self) -> None:
+        for name in ("generation", "reconstruction"):
+            sampling = getattr(self, name)
+            check(sampling.scheduler == "ddim", f"{name}.scheduler", sampling.scheduler, "LaVIT samples with ddim")
+        check(
+            bool(self.buckets) and all(len(hw) == 2 and min(hw) > 0 for hw in self.buckets),
+            "buckets",
+            self.buckets,
+            "give (height, width) pairs of positive sizes, e.g. [[1024, 1024], [896, 1152]]",
+        )
+
+
 @dataclass
 class DiffusionRunConfig:
     """``lavit train diffusion``: the detokenizer on codes from a frozen, trained tokenizer."""
