@@ -45,7 +45,13 @@ class VisionEncoder(nn.Module):
         kwargs.update(
             {
                 k: v
-                for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads))
+                for k, v in (
+                    ("embed_dim", cfg.embed_dim),
+                    ("depth", cfg.depth),
+                    ("num_heads", cfg.num_heads),
+                    ("mlp_ratio", cfg.mlp_ratio),
+                    ("global_pool", cfg.global_pool),
+                )
                 if v is not None
             }
         )

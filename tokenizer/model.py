@@ -3,8 +3,8 @@
     encoder (timm ViT, frozen)      (B, 3, H, W) -> (B, N, Ce)   last block, before the final norm
     proj_in                          -> (B, N, W)
     selector                         -> keep mask (B, N)
-    merger                           -> (B, N, W), kept rows compacted to (B, L, W) + mask (B, L)
-    quantizer (cosine VQ, EMA)       -> codes (B, L) in [0, K)
+    merger (ours or LaVIT's)         -> (B, N, W), kept rows compacted to (B, L, W) + mask (B, L)
+    to_code, quantizer (EMA VQ)      -> codes (B, L) in [0, K)   cosine, or LaVIT's L2 on raw codes
     feature decoder (training only)  -> (B, N, Ce) rebuilt standardised encoder features (cosine loss)
     read-out (optional, frozen)      the encoder's pretraining heads on rebuilt vs original features (KL)
 
@@ -35,7 +35,7 @@ from lavit.checkpoint import load_weights
 from lavit.config import ConfigError, TokenizerConfig
 from tokenizer.decoder import FeatureDecoder
 from tokenizer.encoder import PatchReadout, VisionEncoder
-from tokenizer.merger import TokenMerger
+from tokenizer.merger import LaVITMerger, TokenMerger
 from tokenizer.selector import TokenSelector, infer_keep, sample_keep
 
 
@@ -70,16 +70,24 @@ class DynamicVisualTokenizer(nn.Module):
         # where its patch was (a frozen random encoder's features hardly do).
         self.patch_pos = nn.Parameter(torch.zeros(1, n, width)) if cfg.position_embedding else None
         self.selector = TokenSelector(width)
-        self.merger = TokenMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio, cfg.attention_backend)
+        if cfg.merger == "lavit":
+            self.merger = LaVITMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio)
+        else:
+            self.merger = TokenMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio, cfg.attention_backend)
         q = cfg.quantizer
         # The projections around the codebook are ours: VectorQuantize's masked commitment loss
         # (1.32) compares against the unprojected, unnormalised input when codebook_dim != dim.
-        self.to_code = nn.Linear(width, q.codebook_dim)
-        self.from_code = nn.Linear(q.codebook_dim, width)
+        if cfg.code_projection == "lavit":
+            # LaVIT's encode_task_layer; its code embeddings are the raw codebook vectors.
+            self.to_code = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, q.codebook_dim))
+            self.from_code = nn.Identity()
+        else:
+            self.to_code = nn.Linear(width, q.codebook_dim)
+            self.from_code = nn.Linear(q.codebook_dim, width)
         self.quantizer = VectorQuantize(
             dim=q.codebook_dim,
             codebook_size=q.codebook_size,
-            use_cosine_sim=True,
+            use_cosine_sim=q.lookup == "cosine",
             kmeans_init=q.kmeans_init,
             kmeans_iters=q.kmeans_iters,
             decay=q.decay,
@@ -93,9 +101,18 @@ class DynamicVisualTokenizer(nn.Module):
         # Inference keeps a patch when its keep-logit margin exceeds this (see calibrate_keep).
         self.register_buffer("keep_threshold", torch.zeros(()))
         pixel_dim = 3 * enc.patch_size**2 if cfg.pixel_loss_weight > 0 else 0
-        self.decoder = FeatureDecoder(
-            width, n, self.encoder.dim, cfg.decoder_depth, cfg.heads, cfg.mlp_ratio, pixel_dim, cfg.attention_backend
-        )
+        self.decoder: FeatureDecoder | None = None  # decoder_depth 0: an encode-only tokenizer
+        if cfg.decoder_depth > 0:
+            self.decoder = FeatureDecoder(
+                width,
+                n,
+                self.encoder.dim,
+                cfg.decoder_depth,
+                cfg.heads,
+                cfg.mlp_ratio,
+                pixel_dim,
+                cfg.attention_backend,
+            )
         self.readout = self._build_readout(cfg) if cfg.semantic_loss_weight > 0 else None
 
     def _build_readout(self, cfg: TokenizerConfig) -> PatchReadout:
@@ -112,6 +129,19 @@ class DynamicVisualTokenizer(nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.cfg.quantizer.codebook_size
+
+    @property
+    def code_dim(self) -> int:
+        """Width of :meth:`code_embeddings`: the merger width, or codebook_dim with LaVIT's projection."""
+        return self.cfg.quantizer.codebook_dim if self.cfg.code_projection == "lavit" else self.cfg.width
+
+    def _require_decoder(self) -> FeatureDecoder:
+        if self.decoder is None:
+            raise ValueError(
+                "this tokenizer has no feature decoder (decoder_depth=0, e.g. a converted LaVIT "
+                "tokenizer): it encodes only; train one with decoder_depth > 0"
+            )
+        return self.decoder
 
     # ----------------------------------------------------------------------------------------
     # Shared steps
@@ -176,6 +206,9 @@ class DynamicVisualTokenizer(nn.Module):
         self, logits: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
     ) -> torch.Tensor:
         margin = self._margin(logits)  # (B, N)
+        # "sample": keep ~ Bernoulli(p(keep)), the distribution of LaVIT's two-class hard
+        # Gumbel-softmax (unlike LaVIT, an image keeps at least one patch).
+        sample = sample or self.cfg.selector.inference == "sample"
         if self.cfg.selector.inference == "topk" and not sample:
             k = max(1, round(self.cfg.selector.target_keep * margin.shape[1]))
             keep = torch.zeros_like(margin, dtype=torch.bool)
@@ -219,6 +252,7 @@ class DynamicVisualTokenizer(nn.Module):
     def forward(self, images: torch.Tensor, *, quantize: bool) -> TokenizerOutput:
         """Training step: reconstruction + keep-ratio (+ VQ, + pixel) losses and logs."""
         self.check_images(images)
+        decoder = self._require_decoder()
         sel = self.cfg.selector
         keep_fn = (
             (lambda lg: sample_keep(lg, sel.tau, sel.gumbel_noise))
@@ -241,7 +275,7 @@ class DynamicVisualTokenizer(nn.Module):
             vq_loss = vq_loss.sum()
         else:
             z, vq_loss = self._continuous(merged), merged.new_zeros(())
-        pred, pixels = self.decoder(z.to(merged.dtype), mask)
+        pred, pixels = decoder(z.to(merged.dtype), mask)
         cos = F.cosine_similarity(pred.float(), self.standardise(target).detach(), dim=-1).mean()
         keep_frac = keep.mean(dim=1)  # (B,) straight-through
         keep_loss = ((keep_frac - sel.target_keep) ** 2).mean()
@@ -310,10 +344,44 @@ class DynamicVisualTokenizer(nn.Module):
     ) -> list[torch.Tensor]:
         """(B, 3, H, W) in [0, 1] -> B LongTensors of codes (variable length, raster order).
 
-        Deterministic unless ``sample`` (then the keep mask is drawn, as LaVIT does).
+        Deterministic unless ``sample`` or ``selector.inference="sample"`` (then the keep mask is
+        drawn, as LaVIT does).
         """
         self.check_images(images)
         _, _, merged, mask = self._merged(images, lambda lg: self._infer_keep(lg, generator, sample).to(lg.dtype))
+        return self._codes(merged, mask)
+
+    @torch.no_grad()
+    def encode_with_keep(self, images: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`encode` with the keep mask given: (B, 3, H, W), (B, N) bool -> B code tensors.
+
+        For comparisons with a reference that drew its own mask (LaVIT samples one per call)."""
+        self.check_images(images)
+        _, _, merged, mask = self._merged(images, self._given_keep(keep))
+        return self._codes(merged, mask)
+
+    @torch.no_grad()
+    def encode_features_with_keep(self, images: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`encode_features` with the keep mask given: (B, N) bool -> B (N_i, W) tensors."""
+        self.check_images(images)
+        _, _, merged, mask = self._merged(images, self._given_keep(keep))
+        return [row[m] for row, m in zip(merged, mask, strict=True)]
+
+    def _given_keep(self, keep: torch.Tensor):
+        n = self.cfg.encoder.num_patches
+        if keep.dtype != torch.bool or keep.ndim != 2 or keep.shape[1] != n:
+            raise ValueError(f"keep must be a (B, {n}) bool mask, got {keep.dtype} {tuple(keep.shape)}")
+        if not keep.any(dim=1).all():
+            raise ValueError("keep must keep at least one patch of every image")
+
+        def keep_fn(logits: torch.Tensor) -> torch.Tensor:
+            if keep.shape[0] != logits.shape[0]:
+                raise ValueError(f"keep has {keep.shape[0]} rows for {logits.shape[0]} images")
+            return keep.to(device=logits.device, dtype=logits.dtype)
+
+        return keep_fn
+
+    def _codes(self, merged: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         _, indices, _ = self._quantize_eval(merged, mask)
         return [row[m] for row, m in zip(indices, mask, strict=True)]
 
@@ -366,9 +434,9 @@ class DynamicVisualTokenizer(nn.Module):
 
     def check_reader(self, width: int, reader: str, stage: str) -> None:
         """Raise unless a detokenizer reading ``width``-wide code embeddings fits this tokenizer."""
-        if width != self.cfg.width:
+        if width != self.code_dim:
             raise ValueError(
-                f"the {reader} reads {width}-wide code embeddings but this tokenizer's are {self.cfg.width}: "
+                f"the {reader} reads {width}-wide code embeddings but this tokenizer's are {self.code_dim}: "
                 f"they were not trained together; load the {reader} trained on this tokenizer's codes "
                 f"(lavit train {stage} with its tokenizer_dir)"
             )
@@ -384,7 +452,7 @@ class DynamicVisualTokenizer(nn.Module):
         """The pixel head's image from codes alone: B code tensors -> (B, 3, S, S) in [0, 1]
         (tokenizers trained with ``pixel_loss_weight > 0`` only)."""
         emb, mask = self.code_embeddings(codes)
-        _, pixels = self.decoder(emb, mask)
+        _, pixels = self._require_decoder()(emb, mask)
         if pixels is None:
             raise ValueError("this tokenizer has no pixel head (it was trained with pixel_loss_weight=0)")
         enc = self.cfg.encoder
@@ -394,7 +462,7 @@ class DynamicVisualTokenizer(nn.Module):
     def decode_features(self, codes: list[torch.Tensor]) -> torch.Tensor:
         """Rebuild the (standardised) encoder features from codes: B code tensors -> (B, N, Ce)."""
         emb, mask = self.code_embeddings(codes)
-        return self.decoder(emb, mask)[0]
+        return self._require_decoder()(emb, mask)[0]
 
 
 def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:

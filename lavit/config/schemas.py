@@ -102,6 +102,10 @@ class EncoderConfig:
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
+    mlp_ratio: float | None = None  # EVA-CLIP ViT-g: 4.3637 (6144 / 1408), not 4
+    # timm's pooling; "token" gives EVA-CLIP's final norm on every token (`norm`, unused here as
+    # features are read before it) instead of the pooled `fc_norm`. None keeps the model's.
+    global_pool: str | None = None
     weights: str | None = None  # local .safetensors file; None = random initialisation
     frozen: bool = True
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -131,8 +135,9 @@ class SelectorConfig:
     keep_loss_weight: float = 2.0
     tau: float = 1.0  # Gumbel-softmax temperature (training)
     gumbel_noise: bool = True  # False: deterministic straight-through threshold in training too
-    # Deterministic inference rule: "threshold" (margin above a threshold calibrated on training
-    # images; variable length) or "topk" (the round(target_keep * N) best patches per image).
+    # Inference rule: "threshold" (margin above a threshold calibrated on training images;
+    # variable length), "topk" (the round(target_keep * N) best patches per image), both
+    # deterministic, or "sample" (LaVIT: a hard Gumbel-softmax draw on every call).
     inference: str = "threshold"
     # > 0 adds a cross-entropy teaching the selector to keep the round(target_keep * N) patches
     # that differ most from the image's median colour (the content of a mostly-background image).
@@ -140,12 +145,17 @@ class SelectorConfig:
 
     def __post_init__(self) -> None:
         check(0.0 < self.target_keep <= 1.0, "selector.target_keep", self.target_keep, "use a fraction in (0, 1]")
-        check(self.inference in ("threshold", "topk"), "selector.inference", self.inference, "use threshold or topk")
+        check(
+            self.inference in ("threshold", "topk", "sample"),
+            "selector.inference",
+            self.inference,
+            "use threshold, topk or sample",
+        )
 
 
 @dataclass
 class QuantizerConfig:
-    """Cosine-similarity codebook (vector_quantize_pytorch.VectorQuantize)."""
+    """EMA codebook (vector_quantize_pytorch.VectorQuantize), cosine or L2 lookup."""
 
     codebook_size: int = 512
     codebook_dim: int = 32
@@ -154,6 +164,12 @@ class QuantizerConfig:
     kmeans_iters: int = 10
     threshold_ema_dead_code: float = 2.0  # replace codes whose EMA usage falls below this
     commitment_weight: float = 0.25
+    # Nearest code of the l2-normalised projection: "cosine" (to the normalised codes) or "l2"
+    # (LaVIT: Euclidean distance to the raw codes; the same only when every code has unit norm).
+    lookup: str = "cosine"
+
+    def __post_init__(self) -> None:
+        check(self.lookup in ("cosine", "l2"), "quantizer.lookup", self.lookup, "use cosine or l2")
 
 
 @dataclass
@@ -166,7 +182,15 @@ class TokenizerConfig:
     width: int = 192  # merger / decoder width (the encoder's features are projected to it)
     heads: int = 3
     merger_depth: int = 2  # LaVIT: 12
-    decoder_depth: int = 2
+    # "null_key": masked attention with a learned null key in the cross-attention and a norm of
+    # the context per block. "lavit": LaVIT's merger (no null key, one `ln_vision` norm of the
+    # context, its epsilon-smoothed masked softmax; see tokenizer/merger.py).
+    merger: str = "null_key"
+    # Between the merger and the codebook: "linear" (to_code / from_code Linear layers) or
+    # "lavit" (LaVIT's encode_task_layer Linear-Tanh-Linear; code embeddings are the raw
+    # codebook vectors, codebook_dim wide).
+    code_projection: str = "linear"
+    decoder_depth: int = 2  # 0: no feature decoder (an encode-only tokenizer, e.g. converted LaVIT)
     mlp_ratio: float = 4.0
     pixel_loss_weight: float = 0.0  # > 0 adds a pixel reconstruction head (from-scratch option)
     # Pixel-loss weight map 1 + s * |pixel - the image's median colour|: on mostly-background
@@ -195,6 +219,19 @@ class TokenizerConfig:
             "attention_backend",
             self.attention_backend,
             "use 'sdpa' or 'xformers'",
+        )
+        check(self.merger in ("null_key", "lavit"), "merger", self.merger, "use null_key or lavit")
+        check(
+            self.code_projection in ("linear", "lavit"),
+            "code_projection",
+            self.code_projection,
+            "use linear or lavit",
+        )
+        check(
+            self.code_projection == "linear" or self.decoder_depth == 0,
+            "decoder_depth",
+            self.decoder_depth,
+            "code_projection=lavit has no training decoder for its codebook_dim-wide codes: set decoder_depth=0",
         )
 
 

@@ -4,6 +4,7 @@
     lavit.convert.var_vqvae        VAR's multi-scale VQ-VAE (vae_ch160v4096z32.pth) -> MultiScaleVQVAE
     lavit.convert.var_transformer  VAR's next-scale transformer (var_d16 ... var_d30)
     lavit.convert.var              both into one folder (``lavit convert var``)
+    lavit.convert.lavit_tokenizer  LaVIT-7B-v2's visual tokenizer (EVA ViT-g, selector, merger, codebook)
     lavit.convert.lavit_decoder    LaVIT-7B-v2's pixel decoder: its conditioner + SDXL-shaped UNet/VAE folders
 
 A converter is a key map plus the architecture options the original needs, proven by comparing

@@ -49,7 +49,7 @@ class DiffusionTask:
         self.out = Path(cfg.train.out_dir)
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
         for key, want, have in (
-            ("model.code_dim", cfg.model.code_dim, self.tokenizer.cfg.width),
+            ("model.code_dim", cfg.model.code_dim, self.tokenizer.code_dim),
             ("model.max_codes", cfg.model.max_codes, self.tokenizer.cfg.encoder.num_patches),
             (
                 "model.patch_features",

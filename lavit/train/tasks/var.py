@@ -41,10 +41,10 @@ class VARTask:
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
-        if cfg.model.cond_dim != self.tokenizer.cfg.width:
+        if cfg.model.cond_dim != self.tokenizer.code_dim:
             raise ConfigError(
                 f"model.cond_dim={cfg.model.cond_dim} but the tokenizer at {cfg.tokenizer_dir} has code "
-                f"embeddings of width {self.tokenizer.cfg.width}; set model.cond_dim={self.tokenizer.cfg.width}"
+                f"embeddings of width {self.tokenizer.code_dim}; set model.cond_dim={self.tokenizer.code_dim}"
             )
         self.vqvae = load_vqvae(cfg.vqvae_dir)
         self.codes = stage_codes(self, "train", cfg.num_scenes, self.vqvae.cfg.resolution)
