@@ -178,10 +178,10 @@ def read_meta(directory: str | Path, root: str | Path | None = None) -> dict[str
         if key not in meta:
             raise CheckpointError(f"{path} has no '{key}'; {RESTORE}")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise CheckpointError(f"{path}: '{key}' must be a {kind.__name__}, got {_short(meta[key])}; {RESTORE}")
+            raise CheckpointError(f"{path}: '{key}' must be a {kind.__name__}, got {short_value(meta[key])}; {RESTORE}")
     names = meta["components"]
     if not names or not all(isinstance(n, str) and n and "/" not in n and not n.startswith(".") for n in names):
-        raise CheckpointError(f"{path}: 'components' must list component names, got {_short(names)}; {RESTORE}")
+        raise CheckpointError(f"{path}: 'components' must list component names, got {short_value(names)}; {RESTORE}")
     return meta
 
 
@@ -197,9 +197,9 @@ def read_config_file(path: str | Path, schema: type[T], root: str | Path | None 
     except ConfigError as e:
         if where in str(e):
             raise
-        raise ConfigError(f"{where}: {_one_line(e)}") from None
+        raise ConfigError(f"{where}: {one_line(e)}") from None
     except Exception as e:  # a validation that fails on a value it did not expect (0 heads: ZeroDivisionError)
-        raise CheckpointError(f"{where}: {type(e).__name__}: {_one_line(e)}; correct the value or {RESTORE}") from None
+        raise CheckpointError(f"{where}: {type(e).__name__}: {one_line(e)}; correct the value or {RESTORE}") from None
 
 
 def read_json(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
@@ -288,16 +288,18 @@ def _build(build: Callable[[T], Mapping[str, nn.Module]], cfg: T, directory: Pat
     except (ValueError, TypeError, RuntimeError, KeyError, IndexError, ZeroDivisionError, AssertionError) as e:
         raise CheckpointError(
             f"{directory / CONFIG_FILE}: the model does not build from this config ({type(e).__name__}: "
-            f"{_one_line(e)}); correct the value or {RESTORE}"
+            f"{one_line(e)}); correct the value or {RESTORE}"
         ) from None
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's text (at most 300 characters), for one-line errors."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -400,7 +402,7 @@ def load_weights(module: nn.Module, path: str | Path, root: str | Path | None = 
     try:
         load_model(module, str(path), strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: {one_line(e)}") from None
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -438,7 +440,7 @@ def _unreadable(path: Path, e: BaseException) -> str:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04") or (len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2]):
         return "it is a pickle / torch.save file, which is refused: loading one can run arbitrary code"
-    return _one_line(e)
+    return one_line(e)
 
 
 def _pickles(directory: Path) -> list[str]:

@@ -17,7 +17,6 @@ and its UNet, VAE and scheduler stay diffusers folders, loaded as published.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from detokenizer.diffusion.config import DiffusionSamplingConfig, LaVITConditionerConfig, LaVITPixelDecoderConfig
-from detokenizer.diffusion.model import parse_ratio
+from detokenizer.diffusion.model import bucket_size
 from detokenizer.diffusion.sampling import Generators, initial_noise
 from lavit.checkpoint import CheckpointError, load_model_dir, model_subdir, save_model_dir
 from lavit.layers import MLP, Attention, attention
@@ -186,19 +185,9 @@ class LaVITPixelDecoder(nn.Module):
         self.multiple = self.space_factor * 2 ** (len(unet.config.block_out_channels) - 1)
 
     def size_for(self, ratio: str | float | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
-        """(height, width): an explicit ``size`` (positive multiples of :attr:`multiple`), else the
-        bucket nearest the aspect ratio ``width:height`` (default 1:1)."""
-        if size is not None:
-            h, w = size
-            if h <= 0 or w <= 0 or h % self.multiple or w % self.multiple:
-                raise ValueError(
-                    f"unsupported size {h}x{w}: height and width must be positive multiples of {self.multiple}; "
-                    f"LaVIT's buckets: {self.cfg.buckets}"
-                )
-            return h, w
-        target = parse_ratio("1:1" if ratio is None else ratio)
-        h, w = min(self.cfg.buckets, key=lambda hw: abs(math.log(hw[1] / hw[0]) - math.log(target)))
-        return h, w
+        """(height, width): an explicit ``size`` (positive multiples of :attr:`multiple`), else
+        LaVIT's bucket nearest the aspect ratio ``width:height`` (default 1:1)."""
+        return bucket_size(self.cfg.buckets, self.multiple, ratio, size)
 
     @torch.no_grad()
     def condition(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -177,16 +177,7 @@ class DiffusionDetokenizer(nn.Module):
     def size_for(self, ratio: str | float | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
         """(height, width) for an aspect ratio ``width:height`` (nearest bucket) or an explicit
         size (which must be a positive multiple of :attr:`multiple`)."""
-        if size is not None:
-            h, w = size
-            if h <= 0 or w <= 0 or h % self.multiple or w % self.multiple:
-                raise ValueError(
-                    f"unsupported size {h}x{w}: height and width must be positive multiples of "
-                    f"{self.multiple} for this detokenizer; buckets: {self.buckets()}"
-                )
-            return h, w
-        target = parse_ratio("1:1" if ratio is None else ratio)
-        return min(self.buckets(), key=lambda hw: abs(math.log(hw[1] / hw[0]) - math.log(target)))
+        return bucket_size(self.buckets(), self.multiple, ratio, size)
 
 
 def to_grid(patches: torch.Tensor, side: int) -> torch.Tensor:
@@ -196,6 +187,24 @@ def to_grid(patches: torch.Tensor, side: int) -> torch.Tensor:
     if x.shape[-1] != side:
         x = F.interpolate(x.float(), size=(side, side), mode="bilinear", align_corners=False).to(patches.dtype)
     return grid_to_seq(x)
+
+
+def bucket_size(
+    buckets: list, multiple: int, ratio: str | float | None = None, size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """(height, width): an explicit ``size`` (positive multiples of ``multiple``), else the
+    (height, width) bucket whose aspect ratio is nearest ``ratio`` (``width:height``, default 1:1)."""
+    if size is not None:
+        h, w = size
+        if h <= 0 or w <= 0 or h % multiple or w % multiple:
+            raise ValueError(
+                f"unsupported size {h}x{w}: height and width must be positive multiples of {multiple} "
+                f"for this detokenizer; buckets: {buckets}"
+            )
+        return h, w
+    target = parse_ratio("1:1" if ratio is None else ratio)
+    h, w = min(buckets, key=lambda hw: abs(math.log(hw[1] / hw[0]) - math.log(target)))
+    return h, w
 
 
 def parse_ratio(ratio: str | float) -> float:

@@ -64,9 +64,7 @@ class VARDecoder(nn.Module):
 
 
 @torch.no_grad()
-def generate_classes(
-    model: VARDecoder, labels: list[int], sampling: VARSamplingConfig, seed: int = 0
-) -> torch.Tensor:
+def generate_classes(model: VARDecoder, labels: list[int], sampling: VARSamplingConfig, seed: int = 0) -> torch.Tensor:
     """Class ids -> (B, 3, R, R) images in [0, 1] from a class-conditional VAR decoder, with
     classifier-free guidance against the null class batched with the conditional half; image j
     is drawn with seed ``seed + j`` whatever else shares its batch."""

@@ -14,7 +14,6 @@ naming the file and the first missing, unexpected or mis-shaped tensor.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
@@ -27,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from lavit.checkpoint import META_FILE, CheckpointError
-from lavit.files import atomic_dir
+from lavit.checkpoint import META_FILE, CheckpointError, one_line, short_value
+from lavit.files import atomic_dir, sha256_file
 
 CONVERT_FILE = "convert.json"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -62,7 +61,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({_one_line(e)})") from None
+            raise CheckpointError(f"{path} is not a readable safetensors file ({one_line(e)})") from None
     elif path.suffix in PICKLE_SUFFIXES:
         state = _torch_load(path)
     else:
@@ -75,7 +74,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"{path}: entry {_short(key)} is a {type(value).__name__}, not a tensor: give the "
+                f"{path}: entry {short_value(key)} is a {type(value).__name__}, not a tensor: give the "
                 "model's flat state dict (not a training checkpoint that nests it)"
             )
     return dict(state)
@@ -93,16 +92,7 @@ def _torch_load(path: Path) -> Any:
             "take the weights from a trusted copy, or convert them to .safetensors where that code is trusted"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({_one_line(e)})") from None
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({one_line(e)})") from None
 
 
 def apply_key_map(
@@ -184,13 +174,3 @@ def write_converted(
         save(tmp)
         (tmp / CONVERT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

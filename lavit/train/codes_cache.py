@@ -49,6 +49,7 @@ from lavit.data.sample import QA, Sample
 from lavit.data.shards import ShardStream, list_shards
 from lavit.data.sources import build_source, resolve_kind
 from lavit.data.transforms import to_pil
+from lavit.files import sha256_file
 from tokenizer import DynamicVisualTokenizer
 
 SHARD_ITEMS = 4096  # records per shard file
@@ -87,14 +88,6 @@ def unpack_codes(flat: torch.Tensor, lengths: torch.Tensor | list[int]) -> list[
 # --- fingerprints ---------------------------------------------------------------------------------
 
 
-def _file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files_named(cfg: SourceConfig, kind: str) -> list[str]:
     """The files a source reads its list of samples from (their size and mtime key the cache)."""
     if kind == "webdataset":
@@ -119,7 +112,7 @@ def source_fingerprint(cfg: SourceConfig, data: DataConfig, image_size: int | No
 
 def fingerprint(tokenizer: DynamicVisualTokenizer, tokenizer_dir: str | Path, source: dict[str, Any]) -> str:
     """sha256 of the tokenizer's weights file and config plus a :func:`source_fingerprint`."""
-    h = hashlib.sha256(_file_digest(Path(tokenizer_dir) / "tokenizer.safetensors").encode())
+    h = hashlib.sha256(sha256_file(Path(tokenizer_dir) / "tokenizer.safetensors").encode())
     h.update(repr(dataclasses.asdict(tokenizer.cfg)).encode())
     h.update(json.dumps(source, sort_keys=True, default=str).encode())
     h.update(str(FORMAT).encode())
