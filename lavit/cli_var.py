@@ -39,8 +39,10 @@ def cmd_generate_class(args: argparse.Namespace) -> None:
             f"{args.model} is a VAR decoder of LaVIT codes, not of classes: use lavit generate --decoder var, "
             "or convert a class-conditional VAR with lavit convert var --transformer"
         )
-    if args.device.startswith("cuda"):
-        model = model.to(torch.bfloat16 if args.bf16 else torch.float32)
+    if args.bf16:
+        if not args.device.startswith("cuda"):
+            raise UsageError("--bf16 runs the model in bfloat16 on a GPU: add --device cuda, or drop --bf16")
+        model = model.to(torch.bfloat16)
     sampling = VARSamplingConfig(
         guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature
     )

@@ -147,6 +147,17 @@ def diffusion_dir(tmp_path_factory, tokenizer_dir):
     return out / "model"
 
 
+# The debug VQ-VAE's shape (32 px, 3 levels, 64 codes over 4 scales), shared by the tests that train one.
+DEBUG_VQVAE = [
+    "model.resolution=32",
+    "model.block_out_channels=[16,16,16]",
+    "model.norm_num_groups=8",
+    "model.latent_channels=8",
+    "model.codebook_size=64",
+    "model.scales=[1,2,4,8]",
+]
+
+
 def train_debug_vqvae(out_dir):
     from detokenizer.var.config import VQVAERunConfig
     from lavit.train.tasks.var_vqvae import VQVAETask
@@ -156,12 +167,7 @@ def train_debug_vqvae(out_dir):
         None,
         VQVAERunConfig,
         [
-            "model.resolution=32",
-            "model.block_out_channels=[16,16,16]",
-            "model.norm_num_groups=8",
-            "model.latent_channels=8",
-            "model.codebook_size=64",
-            "model.scales=[1,2,4,8]",
+            *DEBUG_VQVAE,
             "data.shapes.resolution=32",
             f"train.out_dir={out_dir}",
             "train.progress=false",

@@ -86,3 +86,10 @@ def test_convert_var_refuses_a_pickle_with_code_and_a_transformer_given_as_the_v
     assert len(err) == 1 and "var_small.pth" in err[0] and not (tmp_path / "out").exists()
     assert main(["convert", "var", "--vqvae", str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 2
     assert "--vqvae" in capsys.readouterr().err
+
+
+def test_generate_class_refuses_bf16_without_a_gpu(converted, tmp_path, capsys):
+    argv = ["generate-class", "--model", str(converted), "--class", "3", "--bf16", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--bf16 runs the model in bfloat16 on a GPU: add --device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

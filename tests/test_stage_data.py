@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import crashing
+from conftest import DEBUG_VQVAE, crashing
 from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_sample_images
@@ -48,12 +48,7 @@ VAE = [
     "calibration_images=8",
 ]
 VQVAE = [
-    "model.resolution=32",
-    "model.block_out_channels=[16,16,16]",
-    "model.norm_num_groups=8",
-    "model.latent_channels=8",
-    "model.codebook_size=64",
-    "model.scales=[1,2,4,8]",
+    *DEBUG_VQVAE,
     "train.batch_size=4",
     "train.eval_every=0",
     "eval_images=4",
