@@ -5,6 +5,7 @@ assembled pipeline captions, generates and reconstructs through the CLI. A recip
 path that does not exist stops the recipe before anything trains."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,10 @@ def test_generic_debug_recipe_trains_on_a_jsonl_of_photos_and_the_pipeline_runs(
     scores = digits_report(pipe, tmp_path / "digits", limit=2, per_label=1, batch_size=8, seed=0)
     assert scores["test_images"] == 2 and scores["judge"]["accuracy"] == 100.0
     assert {"reconstruct_diffusion", "reconstruct_var", "text2image_diffusion", "text2image_var"} <= set(scores)
-    assert all(0 <= scores[k]["label_accuracy"] <= 100 for k in ("text2image_diffusion", "text2image_var"))
+    for decoder in ("diffusion", "var"):  # one prompt per digit, each image read by the judge
+        assert scores[f"text2image_{decoder}"]["prompts"] == 10
+        assert set(scores[f"text2image_{decoder}"]["labels_drawn"]) <= set(range(10))
+        assert math.isfinite(scores[f"reconstruct_{decoder}"]["psnr"])
 
 
 def test_recipe_level_data_reaches_every_stage_that_reads_data(tmp_path):
