@@ -1,7 +1,8 @@
 """Install the LaVIT-style unified discrete-token multimodal model.
 
 ``pip install -e .`` gives the library and the ``lavit`` command; extras add the training and
-evaluation tools (``.[dev]``, ``.[eval]``) and the optional CUDA attention backend (``.[xformers]``).
+evaluation tools (``.[dev]``, ``.[eval]``), what converting LaVIT-7B-v2 needs (``.[convert]``) and
+the optional CUDA attention backend (``.[xformers]``).
 """
 
 from setuptools import find_packages, setup
@@ -37,7 +38,11 @@ EXTRAS_REQUIRE = {
         "nbformat>=5.10",
         "ipykernel>=6",
         "scikit-learn>=1.3",
+        "sentencepiece>=0.2",  # the tests convert a sentencepiece tokenizer as LaVIT's is
+        "protobuf>=4",
     ],
+    # Converting LaVIT-7B-v2 (lavit convert lavit): its tokenizer.model is a sentencepiece model.
+    "convert": ["sentencepiece>=0.2", "protobuf>=4"],
     "eval": ["pycocoevalcap>=1.2", "torchmetrics>=1.4", "torch-fidelity>=0.3", "scipy>=1.10"],
     "xformers": ["xformers>=0.0.28"],
 }

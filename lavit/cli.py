@@ -45,7 +45,7 @@ from lavit.cli_inputs import (
     fresh_out_dir,
     reconstruction_names,
 )
-from lavit.cli_var import add_commands as add_var_commands
+from lavit.cli_published import add_commands as add_published_commands
 from lavit.config import ConfigError, fills_once
 from lavit.data.image_io import ImageLoadError
 from lavit.files import JSONLError, OutDirLockedError, atomic_dir, atomic_write
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=cmd_synthesize)
 
-    add_var_commands(sub)
+    add_published_commands(sub)
 
     p = sub.add_parser("demo", help="the shipped model on held-out scenes -> outputs/demo/index.html")
     p.add_argument("--model", default=None, help=f"pipeline directory (default: the shipped {SHIPPED_MODEL})")

@@ -73,6 +73,7 @@ def generate_image_tokens(
     negative_prompt: str | None = None,
     generator: Generators = None,
     features: list[torch.Tensor | None] | None = None,
+    step_logits: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Sample image codes for each prompt.
 
@@ -88,6 +89,8 @@ def generate_image_tokens(
         features: for an LM with continuous understanding input, per prompt the (N_i, D)
             tokenizer features of its images, in order (None for a prompt without images); they
             replace the images' code embeddings, as in understanding.
+        step_logits: if a list, each step's (B, V) logits that sampling draws from (guided,
+            disallowed ids at -inf; before temperature, top-k and top-p) are appended to it.
 
     Returns:
         ``len(prompts) * num_images`` LongTensors of codes (prompt-major order), each of
@@ -102,11 +105,15 @@ def generate_image_tokens(
     seqs = cond + [builder.generation_prompt(negative_prompt)] * b if guided else cond
     if features is not None and len(features) != len(prompts):
         raise ValueError(f"{len(features)} feature entries for {len(prompts)} prompts")
-    if features is not None and lm.feature_proj is None:
-        raise ValueError("image features given, but this LM reads images as codes (lm.understanding_input: discrete)")
-    if lm.feature_proj is not None and features is None and any(s.image_spans for s in seqs):
+    as_features = lm.cfg.prompt_images_as_features
+    if features is not None and not as_features:
         raise ValueError(
-            "this LM reads images as continuous features (lm.understanding_input: continuous): "
+            "image features given, but this LM reads a prompt's images as codes "
+            f"(lm.understanding_input: {lm.cfg.understanding_input}, lm.synthesis_input: {lm.cfg.synthesis_input})"
+        )
+    if as_features and features is None and any(s.image_spans for s in seqs):
+        raise ValueError(
+            "this LM reads a prompt's images as continuous features (lm.understanding_input: continuous): "
             "pass the prompt images' tokenizer features (LaVITPipeline does, given images)"
         )
     per_seq = None
@@ -135,6 +142,8 @@ def generate_image_tokens(
         logits = logits.masked_fill(~allowed, float("-inf"))
         if t < cfg.min_tokens:
             logits[:, end] = float("-inf")
+        if step_logits is not None:
+            step_logits.append(logits.clone())
         nxt = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, end), nxt)
         finished_now = (nxt == end) & ~done
@@ -199,8 +208,12 @@ def _cut(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
-def _text_logits(lm: UnifiedLM, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    return logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+def _text_logits(logits: torch.Tensor, allowed: torch.Tensor, eos: int, step: int, cfg: TextDecodingConfig):
+    """Log-probabilities over the allowed ids; </s> too only from ``cfg.min_new_tokens`` on."""
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    if step < cfg.min_new_tokens:
+        logits[:, eos] = float("-inf")
+    return logits.log_softmax(-1)
 
 
 def _prompt_inputs(
@@ -237,8 +250,8 @@ def _greedy(
     logits, cache = lm.prefill(ids, mask, feats, fmask)
     out: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    for _ in range(cfg.max_new_tokens):
-        nxt = _text_logits(lm, logits, allowed).argmax(-1)
+    for step in range(cfg.max_new_tokens):
+        nxt = _text_logits(logits, allowed, eos, step, cfg).argmax(-1)
         for i in range(len(prompts)):
             if not done[i]:
                 if int(nxt[i]) == eos:
@@ -282,7 +295,7 @@ def _beam_search(
         return score / max(length, 1) ** cfg.length_penalty
 
     for step in range(cfg.max_new_tokens):
-        logp = _text_logits(lm, logits, allowed)  # (k, V)
+        logp = _text_logits(logits, allowed, eos, step, cfg)  # (k, V)
         cand = (scores[:, None] + logp).flatten()  # (k * V,)
         top = torch.topk(cand, 2 * k)
         next_beams, next_scores, sources, tokens = [], [], [], []

@@ -47,7 +47,7 @@ def save_lm(lm: UnifiedLM, text_tokenizer: PreTrainedTokenizerBase, directory: s
         arch = hf_architecture(lm.hf.config)
         if arch.get("num_kv_heads") == arch.get("num_heads", lm.cfg.num_heads):
             arch["num_kv_heads"] = None
-        cfg = dataclasses.replace(lm.cfg, **arch)
+        cfg = dataclasses.replace(lm.cfg, **arch, text_vocab_size=lm.layout.text_size)
         extra[HF_CONFIG_FILE] = lm.hf.config.to_json_string()
     else:
         cfg = dataclasses.replace(lm.cfg, text_vocab_size=lm.layout.text_size)

@@ -152,8 +152,7 @@ class UnifiedLM(nn.Module):
         # in older ones (where newer ones warn that it goes in 5.40).
         takes_cache = "cache" in inspect.signature(self.hf.forward).parameters
         self._cache_name = "cache" if takes_cache else "past_key_values"
-        text_size = self.hf.get_input_embeddings().num_embeddings
-        self.layout = VocabLayout(text_size=text_size, num_codes=cfg.num_codes, num_locations=cfg.num_locations)
+        self.layout = self._layout(cfg, self.hf.get_input_embeddings().num_embeddings)
         # New rows (specials, codes, locations) are drawn from a Gaussian with the mean and
         # covariance of the existing rows (transformers' mean_resizing), not zeros; on the meta
         # device there are no values to take statistics of.
@@ -163,6 +162,15 @@ class UnifiedLM(nn.Module):
         self.feature_proj = (
             nn.Linear(cfg.feature_dim, self.hidden_size) if cfg.understanding_input == "continuous" else None
         )
+
+    @staticmethod
+    def _layout(cfg: LMConfig, rows: int) -> VocabLayout:
+        """The vocabulary layout of an LM whose embedding has ``rows`` rows: they are its text
+        vocabulary, unless they already number the config's text + specials + codes (+ locations),
+        as LaVIT's 48,386-row Llama does; then the layout is the config's and nothing is added."""
+        extended = VocabLayout(cfg.text_vocab_size, cfg.num_codes, num_locations=cfg.num_locations)
+        text_size = cfg.text_vocab_size if rows == extended.total else rows
+        return VocabLayout(text_size=text_size, num_codes=cfg.num_codes, num_locations=cfg.num_locations)
 
     @property
     def vocab_size(self) -> int:

@@ -38,7 +38,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from detokenizer.diffusion import DiffusionSamplingConfig, decode_codes, load_detokenizer, save_detokenizer
+from detokenizer.diffusion import DiffusionSamplingConfig
+from detokenizer.diffusion.io import decode_diffusion_stage, load_diffusion_stage, save_diffusion_stage
 from detokenizer.var.config import VARSamplingConfig
 from detokenizer.var.decoder import decode_codes_var, load_var_decoder, save_var_decoder
 from lavit.checkpoint import CheckpointError, atomic_dir, model_subdir, read_config_file
@@ -74,7 +75,7 @@ class Decoder(NamedTuple):
 
 
 DECODERS = {
-    "diffusion": Decoder(load_detokenizer, save_detokenizer, decode_codes),
+    "diffusion": Decoder(load_diffusion_stage, save_diffusion_stage, decode_diffusion_stage),  # or LaVIT's
     "var": Decoder(load_var_decoder, save_var_decoder, decode_codes_var),
 }
 
@@ -156,7 +157,9 @@ class LaVITPipeline:
         self.builder = None
         if lm is not None:
             lm.eval()
-            self.builder = SequenceBuilder(text_tokenizer, lm.layout, lm.hf.config.max_position_embeddings)
+            self.builder = SequenceBuilder(
+                text_tokenizer, lm.layout, lm.hf.config.max_position_embeddings, add_bos=lm.cfg.add_bos
+            )
 
     # --- loading and saving --------------------------------------------------------------------
 
@@ -296,12 +299,20 @@ class LaVITPipeline:
         if batch.shape[0] != len(prompts):
             raise ValueError(f"{batch.shape[0]} images for {len(prompts)} prompts")
         lm = self._need_lm("captioning and VQA")
-        codes = self.tokenizer.encode(batch)
-        features = None
-        if lm.cfg.understanding_input == "continuous":
-            features = self.tokenizer.encode_features(batch)
+        codes, features = self._read_images(batch, lm.cfg.understanding_input == "continuous")
         seqs = [self.builder.understanding_prompt(c, p) for c, p in zip(codes, prompts, strict=True)]
         return generate_text(lm, self.builder, seqs, decoding, features=features)
+
+    def _read_images(
+        self, batch: torch.Tensor, as_features: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """How the LM reads images: (their codes, None), or ``as_features`` (placeholder codes,
+        the tokenizer's continuous features), the placeholders as many as the features so that
+        one keep mask serves both, even a sampled one (LaVIT's)."""
+        if not as_features:
+            return [c.cpu() for c in self.tokenizer.encode(batch)], None
+        features = self.tokenizer.encode_features(batch)
+        return [torch.zeros(len(f), dtype=torch.long) for f in features], features
 
     @torch.no_grad()
     def caption_logprob(self, images: Images, texts: Sequence[str], prompt: str | None = None) -> torch.Tensor:
@@ -312,12 +323,12 @@ class LaVITPipeline:
             raise ValueError(f"{batch.shape[0]} images for {len(texts)} texts")
         lm = self._need_lm("caption scoring")
         prompt = self.cfg.caption_prompt if prompt is None else prompt
-        codes = self.tokenizer.encode(batch)
+        codes, per_image = self._read_images(batch, lm.cfg.understanding_input == "continuous")
         seqs = [self.builder.understanding(c, prompt, t) for c, t in zip(codes, texts, strict=True)]
         inputs = {k: v.to(self.device) for k, v in collate(seqs, self.text_tokenizer.pad_token_id).items()}
         features = feature_mask = None
-        if lm.cfg.understanding_input == "continuous":
-            features, feature_mask = torch.cat(self.tokenizer.encode_features(batch)), inputs["image_mask"]
+        if per_image is not None:
+            features, feature_mask = torch.cat(per_image), inputs["image_mask"]
         return lm.sequence_logprob(
             inputs["input_ids"], inputs["attention_mask"], inputs["loss_weights"], features, feature_mask
         ).float()
@@ -364,21 +375,19 @@ class LaVITPipeline:
                     f"prompt part {part!r} is a str, which a multimodal prompt reads as text; for the "
                     f"image pass Path({part!r}) or a PIL image"
                 )
-        continuous = self._need_lm("image-token generation").cfg.understanding_input == "continuous"
-        if continuous and any(isinstance(p, torch.Tensor) for p in parts):
+        as_features = self._need_lm("image-token generation").cfg.prompt_images_as_features
+        if as_features and any(isinstance(p, torch.Tensor) for p in parts):
             raise ValueError(
-                "this LM reads images as continuous features (lm.understanding_input: continuous): "
-                "give the prompt's images as paths or PIL images, not as codes"
+                "this LM reads a prompt's images as continuous features (lm.understanding_input: continuous, "
+                "lm.synthesis_input: understanding): give them as paths or PIL images, not as codes"
             )
         pending = [p for p in parts if not isinstance(p, str | torch.Tensor)]
         if not pending:
             return parts, None
-        batch = self.images_to_tensor(pending)
-        codes = iter([c.cpu() for c in self.tokenizer.encode(batch)])
-        built = [p if isinstance(p, str | torch.Tensor) else next(codes) for p in parts]
-        if not continuous:
-            return built, None
-        return built, torch.cat(self.tokenizer.encode_features(batch))
+        codes, features = self._read_images(self.images_to_tensor(pending), as_features)
+        images = iter(codes)
+        built = [p if isinstance(p, str | torch.Tensor) else next(images) for p in parts]
+        return built, None if features is None else torch.cat(features)
 
     def generate_tokens(
         self,
@@ -419,7 +428,7 @@ class LaVITPipeline:
             num_images=num_images,
             negative_prompt=negative_prompt,
             generator=generators,
-            features=list(features) if lm.cfg.understanding_input == "continuous" else None,
+            features=list(features) if lm.cfg.prompt_images_as_features else None,
         )
 
     # --- pixels --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
     unconditional:  <s> <img> c1..cN </img>                      (prompt dropped, for CFG)
     interleaved:    segments of text and images, concatenated    loss on the chosen segments
 
+The leading <s> is dropped for an LM trained without it (``add_bos=False``, LaVIT's LLM).
 A batch of sequences is right-padded for training (:func:`collate`) and left-padded for
 generation (:func:`left_pad`).
 """
@@ -45,10 +46,14 @@ class SequenceBuilder:
         text_tokenizer: the LM's text tokenizer (bos/eos set).
         layout: the extended vocabulary.
         max_length: sequences longer than this raise (never silently truncated).
+        add_bos: start every sequence with the tokenizer's BOS (``lm.add_bos``; LaVIT's LLM
+            reads none).
     """
 
-    def __init__(self, text_tokenizer: PreTrainedTokenizerBase, layout: VocabLayout, max_length: int) -> None:
-        self.tok, self.layout, self.max_length = text_tokenizer, layout, max_length
+    def __init__(
+        self, text_tokenizer: PreTrainedTokenizerBase, layout: VocabLayout, max_length: int, add_bos: bool = True
+    ) -> None:
+        self.tok, self.layout, self.max_length, self.add_bos = text_tokenizer, layout, max_length, add_bos
         if text_tokenizer.bos_token_id is None or text_tokenizer.eos_token_id is None:
             raise ValueError("the text tokenizer needs bos and eos tokens")
         if len(text_tokenizer) > layout.text_size:
@@ -59,6 +64,9 @@ class SequenceBuilder:
         self.bos, self.eos = text_tokenizer.bos_token_id, text_tokenizer.eos_token_id
 
     # --- pieces ------------------------------------------------------------------------------
+
+    def _start(self) -> TokenSeq:
+        return TokenSeq().add([self.bos] if self.add_bos else [])
 
     def text(self, s: str) -> list[int]:
         return self.tok(s, add_special_tokens=False)["input_ids"]
@@ -89,7 +97,7 @@ class SequenceBuilder:
 
     def understanding(self, codes: torch.Tensor, prompt: str, answer: str, weight: float = 1.0) -> TokenSeq:
         """<s> <img> codes </img> prompt answer </s>, loss on the answer and </s>."""
-        seq = TokenSeq().add([self.bos])
+        seq = self._start()
         self._add_image(seq, codes, 0.0)
         seq.add(self.text(prompt))
         seq.add(self.text(answer) + [self.eos], weight)
@@ -108,7 +116,7 @@ class SequenceBuilder:
     def interleaved(self, segments: list[str | torch.Tensor], loss_on: str = "last", weight: float = 1.0) -> TokenSeq:
         """Text and image-code segments in order. ``loss_on``: 'last' (the final segment only),
         'all', or 'none'. Images are wrapped in <img> ... </img>."""
-        seq = TokenSeq().add([self.bos])
+        seq = self._start()
         for i, seg in enumerate(segments):
             w = weight if loss_on == "all" or (loss_on == "last" and i == len(segments) - 1) else 0.0
             if isinstance(seg, torch.Tensor):
@@ -120,14 +128,14 @@ class SequenceBuilder:
     # --- generation prompts ------------------------------------------------------------------
 
     def understanding_prompt(self, codes: torch.Tensor, prompt: str) -> TokenSeq:
-        seq = TokenSeq().add([self.bos])
+        seq = self._start()
         self._add_image(seq, codes, 0.0)
         return self._finish(seq.add(self.text(prompt)))
 
     def generation_prompt(self, prompt: str | list[str | torch.Tensor] | None) -> TokenSeq:
         """<s> prompt <img>; a list is a multimodal prompt (image codes unwrapped, as LaVIT);
         None is the unconditional context (the lone <img>)."""
-        seq = TokenSeq().add([self.bos])
+        seq = self._start()
         parts = [] if prompt is None else [prompt] if isinstance(prompt, str) else prompt
         for part in parts:
             if isinstance(part, torch.Tensor):

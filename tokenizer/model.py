@@ -70,10 +70,9 @@ class DynamicVisualTokenizer(nn.Module):
         # where its patch was (a frozen random encoder's features hardly do).
         self.patch_pos = nn.Parameter(torch.zeros(1, n, width)) if cfg.position_embedding else None
         self.selector = TokenSelector(width)
-        if cfg.merger == "lavit":
-            self.merger = LaVITMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio)
-        else:
-            self.merger = TokenMerger(width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio, cfg.attention_backend)
+        self.merger = self._build_merger(cfg)
+        # LaVIT reads images for understanding through a second merger trained with the LLM.
+        self.understanding_merger = self._build_merger(cfg) if cfg.understanding_merger else None
         q = cfg.quantizer
         # The projections around the codebook are ours: VectorQuantize's masked commitment loss
         # (1.32) compares against the unprojected, unnormalised input when codebook_dim != dim.
@@ -114,6 +113,12 @@ class DynamicVisualTokenizer(nn.Module):
                 cfg.attention_backend,
             )
         self.readout = self._build_readout(cfg) if cfg.semantic_loss_weight > 0 else None
+
+    @staticmethod
+    def _build_merger(cfg: TokenizerConfig) -> nn.Module:
+        if cfg.merger == "lavit":
+            return LaVITMerger(cfg.width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio)
+        return TokenMerger(cfg.width, cfg.merger_depth, cfg.heads, cfg.mlp_ratio, cfg.attention_backend)
 
     def _build_readout(self, cfg: TokenizerConfig) -> PatchReadout:
         readout = PatchReadout(self.encoder.dim, cfg.readout_classes)
@@ -223,14 +228,14 @@ class DynamicVisualTokenizer(nn.Module):
         h = self.proj_in(feats)
         return h if self.patch_pos is None else h + self.patch_pos.to(h.dtype)
 
-    def _merged(self, images: torch.Tensor, keep_fn):
-        """Encoder -> selector -> merger. Returns (target feats (B,N,Ce), keep (B,N) float,
-        merged (B,L,W), mask (B,L))."""
+    def _merged(self, images: torch.Tensor, keep_fn, merger: nn.Module | None = None):
+        """Encoder -> selector -> ``merger`` (default: the codes' merger). Returns (target feats
+        (B,N,Ce), keep (B,N) float, merged (B,L,W), mask (B,L))."""
         target = self.encoder(images)
         h = self._project(target)
         logits = self.selector(h)
         keep = keep_fn(logits)
-        merged = self.merger(h, keep)
+        merged = (merger or self.merger)(h, keep)
         merged, mask = compact(merged, keep.detach() > 0.5)
         return target, keep, merged, mask
 
@@ -364,7 +369,7 @@ class DynamicVisualTokenizer(nn.Module):
     def encode_features_with_keep(self, images: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
         """:meth:`encode_features` with the keep mask given: (B, N) bool -> B (N_i, W) tensors."""
         self.check_images(images)
-        _, _, merged, mask = self._merged(images, self._given_keep(keep))
+        _, _, merged, mask = self._merged(images, self._given_keep(keep), self.understanding_merger)
         return [row[m] for row, m in zip(merged, mask, strict=True)]
 
     def _given_keep(self, keep: torch.Tensor):
@@ -388,9 +393,12 @@ class DynamicVisualTokenizer(nn.Module):
     @torch.no_grad()
     def encode_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> B tensors (N_i, W): the continuous merger outputs of the kept patches
-        (LaVIT's input to the LLM for understanding)."""
+        (LaVIT's input to the LLM for understanding), from the understanding merger if the
+        tokenizer has one (``understanding_merger``). A sampled keep mask is drawn anew."""
         self.check_images(images)
-        _, _, merged, mask = self._merged(images, lambda lg: self._infer_keep(lg).to(lg.dtype))
+        _, _, merged, mask = self._merged(
+            images, lambda lg: self._infer_keep(lg).to(lg.dtype), self.understanding_merger
+        )
         return [row[m] for row, m in zip(merged, mask, strict=True)]
 
     def _quantize_eval(self, x, mask):

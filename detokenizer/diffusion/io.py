@@ -1,6 +1,10 @@
 """Save / load the diffusion detokenizer as a model directory (config.yaml +
 diffusion.safetensors; in latent space also vae_config.json, the frozen VAE's architecture,
-whose weights ride in the safetensors file so the folder needs nothing else)."""
+whose weights ride in the safetensors file so the folder needs nothing else).
+
+A pipeline's ``diffusion/`` stage is either that or LaVIT's converted pixel decoder
+(detokenizer/diffusion/lavit_decoder.py): :func:`load_diffusion_stage`, :func:`save_diffusion_stage`
+and :func:`decode_diffusion_stage` take either, told apart by the folder's schema."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from pathlib import Path
 
 from diffusers import AutoencoderKL
 
-from detokenizer.diffusion.config import DiffusionConfig
+from detokenizer.diffusion.config import DiffusionConfig, LaVITPixelDecoderConfig
 from detokenizer.diffusion.model import DiffusionDetokenizer
-from lavit.checkpoint import RESTORE, CheckpointError, load_model_dir, read_json, save_model_dir
+from lavit.checkpoint import RESTORE, CheckpointError, load_model_dir, read_json, read_meta, save_model_dir
 
 VAE_CONFIG = "vae_config.json"
 
@@ -57,3 +61,35 @@ def load_detokenizer(
 
     _, modules = load_model_dir(directory, DiffusionConfig, build, root=root)
     return modules["diffusion"].to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# A pipeline's diffusion stage: ours or LaVIT's pixel decoder
+# ------------------------------------------------------------------------------------------------
+
+
+def load_diffusion_stage(directory: str | Path, device: str = "cpu", root: str | Path | None = None):
+    """The diffusion detokenizer in ``directory``, or LaVIT's pixel decoder if the folder holds one."""
+    from detokenizer.diffusion.lavit_decoder import load_lavit_pixel_decoder
+
+    if read_meta(directory, root)["schema"] == LaVITPixelDecoderConfig.__name__:
+        return load_lavit_pixel_decoder(directory, device, root=root)
+    return load_detokenizer(directory, device, root=root)
+
+
+def save_diffusion_stage(model, directory: str | Path) -> Path:
+    from detokenizer.diffusion.lavit_decoder import LaVITPixelDecoder, save_lavit_pixel_decoder
+
+    if isinstance(model, LaVITPixelDecoder):
+        return save_lavit_pixel_decoder(model, directory)
+    return save_detokenizer(model, directory)
+
+
+def decode_diffusion_stage(model, tokenizer, codes, sampling, *, size=None, generator=None):
+    """Codes -> (B, 3, H, W) images in [0, 1] through either kind (the pipeline's decode)."""
+    from detokenizer.diffusion.lavit_decoder import LaVITPixelDecoder
+    from detokenizer.diffusion.sampling import decode_codes
+
+    if isinstance(model, LaVITPixelDecoder):  # reads the codes themselves, not the tokenizer's
+        return model.decode(codes, sampling, size=size, generator=generator)
+    return decode_codes(model, tokenizer, codes, sampling, size=size, generator=generator)

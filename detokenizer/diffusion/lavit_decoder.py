@@ -184,6 +184,11 @@ class LaVITPixelDecoder(nn.Module):
         self.space_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SDXL's VAE
         self.multiple = self.space_factor * 2 ** (len(unet.config.block_out_channels) - 1)
 
+    @property
+    def resolution(self) -> int:
+        """The side of its first (square) bucket: what reconstruction renders (LaVIT: 1024)."""
+        return self.cfg.buckets[0][0]
+
     def size_for(self, ratio: str | float | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
         """(height, width): an explicit ``size`` (positive multiples of :attr:`multiple`), else
         LaVIT's bucket nearest the aspect ratio ``width:height`` (default 1:1)."""
@@ -304,17 +309,22 @@ def load_diffusers_folder(cls, path: Path, root: Path):
         ) from None
 
 
-def load_lavit_pixel_decoder(directory: str | Path, device: str = "cpu") -> LaVITPixelDecoder:
+def load_lavit_pixel_decoder(
+    directory: str | Path, device: str = "cpu", root: str | Path | None = None
+) -> LaVITPixelDecoder:
     """Rebuild from a folder written by :func:`save_lavit_pixel_decoder` or the converter: the
-    conditioner loaded strictly, then unet/, vae/ and scheduler/. Eval mode."""
+    conditioner loaded strictly, then unet/, vae/ and scheduler/. Eval mode. ``root``: the folder
+    every file read must resolve inside (default: ``directory``)."""
     directory = Path(directory)
+    root = directory if root is None else Path(root)
     cfg, modules = load_model_dir(
         directory,
         LaVITPixelDecoderConfig,
         lambda cfg: {"conditioner": LaVITConditioner(cfg.conditioner)},
+        root=root,
     )
-    unet = load_diffusers_folder(UNet2DConditionModel, directory / "unet", directory)
-    vae = load_diffusers_folder(AutoencoderKL, directory / "vae", directory)
-    scheduler = load_diffusers_folder(DDIMScheduler, directory / "scheduler", directory)
+    unet = load_diffusers_folder(UNet2DConditionModel, directory / "unet", root)
+    vae = load_diffusers_folder(AutoencoderKL, directory / "vae", root)
+    scheduler = load_diffusers_folder(DDIMScheduler, directory / "scheduler", root)
     check_unet(unet.config, cfg.conditioner, directory / "unet")
     return LaVITPixelDecoder(cfg, modules["conditioner"], unet, vae, scheduler).to(device).eval()

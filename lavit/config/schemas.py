@@ -190,6 +190,10 @@ class TokenizerConfig:
     # "lavit" (LaVIT's encode_task_layer Linear-Tanh-Linear; code embeddings are the raw
     # codebook vectors, codebook_dim wide).
     code_projection: str = "linear"
+    # A second merger of the same kind whose outputs are the continuous features understanding
+    # reads (encode_features), trained with the LLM, as LaVIT's language_model/visual_weight.bin;
+    # False: encode_features returns the (only) merger's outputs.
+    understanding_merger: bool = False
     decoder_depth: int = 2  # 0: no feature decoder (an encode-only tokenizer, e.g. converted LaVIT)
     mlp_ratio: float = 4.0
     pixel_loss_weight: float = 0.0  # > 0 adds a pixel reconstruction head (from-scratch option)
@@ -258,6 +262,13 @@ class LMConfig:
     understanding_input: str = "discrete"  # or "continuous" (tokenizer features, as LaVIT)
     feature_dim: int = 128  # tokenizer width: input size of the continuous projection
     attn_implementation: str = "sdpa"
+    # Whether sequences start with the text tokenizer's BOS. LaVIT's LLM reads none: its
+    # sequences start at <img> (understanding) or the prompt (generation).
+    add_bos: bool = True
+    # How images inside a generation prompt (multimodal synthesis) are read: "understanding" (as
+    # understanding_input says) or "discrete" (their codes, as LaVIT's multimodal synthesis
+    # does even though its understanding reads continuous features).
+    synthesis_input: str = "understanding"
 
     def __post_init__(self) -> None:
         check(
@@ -266,6 +277,17 @@ class LMConfig:
             self.understanding_input,
             "use 'discrete' or 'continuous'",
         )
+        check(
+            self.synthesis_input in ("understanding", "discrete"),
+            "synthesis_input",
+            self.synthesis_input,
+            "use 'understanding' or 'discrete'",
+        )
+
+    @property
+    def prompt_images_as_features(self) -> bool:
+        """Whether images in a generation prompt enter as continuous features (else as codes)."""
+        return self.understanding_input == "continuous" and self.synthesis_input == "understanding"
         check(
             self.hidden_size % self.num_heads == 0,
             "hidden_size",
@@ -313,12 +335,19 @@ class TextDecodingConfig:
 
     num_beams: int = 1  # 1 = greedy
     max_new_tokens: int = 36
+    min_new_tokens: int = 0  # </s> is forbidden before this many new tokens (LaVIT: 8 captions, 2 VQA)
     length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
     stop_strings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check(self.num_beams >= 1, "num_beams", self.num_beams, "use 1 (greedy) or more beams")
         check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "use a positive count")
+        check(
+            0 <= self.min_new_tokens <= self.max_new_tokens,
+            "min_new_tokens",
+            self.min_new_tokens,
+            f"use 0 to max_new_tokens ({self.max_new_tokens})",
+        )
         check(math.isfinite(self.length_penalty), "length_penalty", self.length_penalty, "use a finite value")
 
 

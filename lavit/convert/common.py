@@ -151,8 +151,8 @@ def write_converted(
     """Write a converted model folder atomically, with ``convert.json`` recording its sources.
 
     Args:
-        out_dir: the folder to create, or a model folder to replace; any other non-empty folder
-            is refused (it would be replaced whole).
+        out_dir: the folder to create, or a model or pipeline folder to replace; any other
+            non-empty folder is refused (it would be replaced whole).
         save: writes the model into the folder it is given (e.g. ``save_vqvae(model, folder)``).
         sources: the files converted; their names and SHA-256 digests go into convert.json.
         info: further JSON values for convert.json (e.g. ``converter="var_vqvae"``).
@@ -162,7 +162,8 @@ def write_converted(
         and renamed into place at the end.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file())):
+    ours = (out_dir / META_FILE).is_file() or (out_dir / "pipeline.yaml").is_file()
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not ours)):
         raise CheckpointError(
             f"{out_dir} exists and is not a model folder; it would be replaced whole: pick a new folder"
         )

@@ -30,6 +30,7 @@ the raw codebook, EVA's MLP ratio, sampled keep mask) are the preset ``configs/t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -79,33 +80,47 @@ def eva_key_map(cfg: TokenizerConfig) -> dict[str, Source]:
     return {k.removeprefix(prefix): rename(k, s) for k, s in _our_shapes(cfg).items() if k.startswith(prefix)}
 
 
+def _linear(key_map: dict[str, Source], ours: Mapping[str, torch.Size], src: str, our: str) -> None:
+    """A Linear or a LayerNorm: weight and bias."""
+    for leaf in ("weight", "bias"):
+        key_map[f"{src}.{leaf}"] = rename(f"{our}.{leaf}", ours[f"{our}.{leaf}"])
+
+
+def merger_key_map(cfg: TokenizerConfig, ours: Mapping[str, torch.Size], our: str = "merger") -> dict[str, Source]:
+    """LaVIT's ``causal_encoder.*`` names -> our merger ``our`` (``merger``, or
+    ``understanding_merger`` for the second one, in ``language_model/visual_weight.bin``)."""
+    key_map: dict[str, Source] = {}
+    for i in range(cfg.merger_depth):
+        src, dst = f"causal_encoder.blocks.{i}", f"{our}.blocks.{i}"
+        for norm in ("norm0", "norm1", "norm2"):
+            _linear(key_map, ours, f"{src}.{norm}", f"{dst}.{norm}")
+        for sub in ("qkv", "proj"):
+            _linear(key_map, ours, f"{src}.token_causal_attn.{sub}", f"{dst}.self_attn.{sub}")
+        for sub in ("query", "key", "value", "proj"):
+            _linear(key_map, ours, f"{src}.token_cross_attn.{sub}", f"{dst}.cross_attn.{sub}")
+        for sub in ("fc1", "fc2"):
+            _linear(key_map, ours, f"{src}.mlp.{sub}", f"{dst}.mlp.{sub}")
+    _linear(key_map, ours, "causal_encoder.ln_vision", f"{our}.context_norm")
+    _linear(key_map, ours, "causal_encoder.norm", f"{our}.norm")
+    return key_map
+
+
+def understanding_key_map(cfg: TokenizerConfig) -> dict[str, Source]:
+    """The second merger's names (``language_model/visual_weight.bin`` less ``vit_proj``)."""
+    return merger_key_map(cfg, _our_shapes(dataclasses.replace(cfg, understanding_merger=True)), "understanding_merger")
+
+
 def tokenizer_key_map(cfg: TokenizerConfig) -> dict[str, Source]:
     """``tokenizer_encoder.bin``'s tensor names (without ``encoder.*``) for ``cfg``."""
     ours = _our_shapes(cfg)
     key_map: dict[str, Source] = {}
-
-    def linear(src: str, our: str) -> None:  # a Linear or a LayerNorm: weight and bias
-        for leaf in ("weight", "bias"):
-            key_map[f"{src}.{leaf}"] = rename(f"{our}.{leaf}", ours[f"{our}.{leaf}"])
-
     for i in (0, 1):
-        linear(f"token_predictor.in_conv.{i}", f"selector.in_proj.{i}")
+        _linear(key_map, ours, f"token_predictor.in_conv.{i}", f"selector.in_proj.{i}")
     for i in (0, 2, 4):
-        linear(f"token_predictor.out_conv.{i}", f"selector.head.{i}")
-    for i in range(cfg.merger_depth):
-        src, our = f"causal_encoder.blocks.{i}", f"merger.blocks.{i}"
-        for norm in ("norm0", "norm1", "norm2"):
-            linear(f"{src}.{norm}", f"{our}.{norm}")
-        for sub in ("qkv", "proj"):
-            linear(f"{src}.token_causal_attn.{sub}", f"{our}.self_attn.{sub}")
-        for sub in ("query", "key", "value", "proj"):
-            linear(f"{src}.token_cross_attn.{sub}", f"{our}.cross_attn.{sub}")
-        for sub in ("fc1", "fc2"):
-            linear(f"{src}.mlp.{sub}", f"{our}.mlp.{sub}")
-    linear("causal_encoder.ln_vision", "merger.context_norm")
-    linear("causal_encoder.norm", "merger.norm")
+        _linear(key_map, ours, f"token_predictor.out_conv.{i}", f"selector.head.{i}")
+    key_map.update(merger_key_map(cfg, ours))
     for i in (0, 2):
-        linear(f"encode_task_layer.{i}", f"to_code.{i}")
+        _linear(key_map, ours, f"encode_task_layer.{i}", f"to_code.{i}")
     q = cfg.quantizer
     key_map[CODEBOOK] = Source(
         (q.codebook_size, q.codebook_dim),
@@ -142,11 +157,14 @@ def convert_state_dicts(
     tok: Mapping[str, torch.Tensor],
     tok_path: str | Path,
     cfg: TokenizerConfig,
+    understanding: Mapping[str, torch.Tensor] | None = None,
+    understanding_path: str | Path = "",
 ) -> dict[str, torch.Tensor]:
     """LaVIT's two state dicts -> ours for ``cfg`` (every one of our tensors, for a strict load).
 
     ``tok`` may hold the encoder too (``encoder.*``); then ``eva`` is not read, as LaVIT's second,
-    non-strict load overwrites it.
+    non-strict load overwrites it. ``understanding``: the second merger's tensors (LaVIT's names,
+    from ``understanding_path``) for a ``cfg`` with ``understanding_merger``.
 
     Raises:
         CheckpointError: naming the file and the first missing, unexpected or mis-shaped tensor.
@@ -160,6 +178,11 @@ def convert_state_dicts(
         apply_key_map(rest, tokenizer_key_map(cfg), tok_path, ignore=TOKENIZER_IGNORED, model="LaVIT's tokenizer")
     )
     check_codebook(rest[CODEBOOK], cfg, tok_path)
+    if cfg.understanding_merger:
+        if understanding is None:
+            raise ValueError("cfg.understanding_merger is set: give the second merger's tensors")
+        model = "LaVIT's understanding merger"
+        out.update(apply_key_map(understanding, understanding_key_map(cfg), understanding_path, model=model))
     # What LaVIT has no counterpart of: a ready codebook, and our neutral training statistics.
     out["quantizer._codebook.initted"] = torch.tensor(True)
     out["quantizer._codebook.cluster_size"] = torch.ones(1, cfg.quantizer.codebook_size)
@@ -186,19 +209,27 @@ def source_files(src: str | Path) -> tuple[Path, Path]:
     return paths
 
 
-def load_lavit_tokenizer(src: str | Path, cfg: TokenizerConfig | None = None) -> DynamicVisualTokenizer:
+def load_lavit_tokenizer(
+    src: str | Path,
+    cfg: TokenizerConfig | None = None,
+    understanding: tuple[Mapping[str, torch.Tensor], Path] | None = None,
+) -> DynamicVisualTokenizer:
     """LaVIT's visual tokenizer from its published folder as our model, loaded strictly, in eval mode.
 
     Args:
         src: the LaVIT-7B-v2 folder (with ``visual_tokenizer/``).
         cfg: its architecture (default: the published one, :func:`published_config`).
+        understanding: (the second merger's tensors, the file they came from), to add it as the
+            ``understanding_merger`` (lavit.convert.lavit_lm reads them from visual_weight.bin).
     """
     cfg = published_config() if cfg is None else cfg
+    if understanding is not None:
+        cfg = dataclasses.replace(cfg, understanding_merger=True)
     eva_path, tok_path = source_files(src)
     tok_state = read_state_dict(tok_path)
     # The EVA file is read only when the tokenizer file does not carry the encoder itself.
     eva_state = {} if any(k.startswith(ENCODER) for k in tok_state) else read_state_dict(eva_path)
-    state = convert_state_dicts(eva_state, eva_path, tok_state, tok_path, cfg)
+    state = convert_state_dicts(eva_state, eva_path, tok_state, tok_path, cfg, *(understanding or (None, "")))
     model = DynamicVisualTokenizer(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -126,7 +126,7 @@ class LMTask:
         )
 
     def builder(self, layout) -> SequenceBuilder:
-        return SequenceBuilder(self.text_tok, layout, self.cfg.lm.max_position_embeddings)
+        return SequenceBuilder(self.text_tok, layout, self.cfg.lm.max_position_embeddings, add_bos=self.cfg.lm.add_bos)
 
     def build_model(self) -> nn.Module:
         lm = init_lm(self.cfg.lm, self.cfg.init_from) if self.cfg.init_from else UnifiedLM(self.cfg.lm)
@@ -328,7 +328,7 @@ class LMItems(Dataset):
             encoded = iter(self.encoder.encode(images))
         prompt = [p if isinstance(p, str) else next(encoded) for p in parts]
         seq = self.builder.generation(prompt, record.codes, self.cfg.mixture.synthesis_weight)
-        return seq, images if self.cfg.lm.understanding_input == "continuous" else None
+        return seq, images if self.cfg.lm.prompt_images_as_features else None
 
 
 # Fields of LMConfig that init_from does not compare: run-time choices, provenance, and the text

@@ -1,5 +1,7 @@
-"""The ``lavit`` commands for VAR's published models: ``convert var`` and ``generate-class``
-(registered by :func:`add_commands`; lavit/cli.py holds the rest)."""
+"""The ``lavit`` commands for the published models: ``convert lavit``, ``convert var`` and
+``generate-class`` (registered by :func:`add_commands`; lavit/cli.py holds the rest). A
+converted LaVIT folder is a pipeline: ``lavit caption | vqa | generate | synthesize |
+reconstruct --model`` run it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{flag} {path}: no such file; give the downloaded checkpoint")
     print(f"wrote {convert_var(args.vqvae, args.out_dir, args.transformer)}")
+
+
+def cmd_convert_lavit(args: argparse.Namespace) -> None:
+    from lavit.convert.lavit import convert_lavit
+
+    if not Path(args.src).is_dir():
+        raise UsageError(f"{args.src}: no such folder; give the downloaded LaVIT-7B-v2 folder (rain1011/LaVIT-7B-v2)")
+    print(f"wrote {convert_lavit(args.src, args.out_dir)}")
 
 
 def cmd_generate_class(args: argparse.Namespace) -> None:
@@ -70,6 +80,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``convert`` and ``generate-class`` on ``lavit``'s subparsers."""
     p = sub.add_parser("convert", help="convert a published checkpoint into a lavit model folder")
     kinds = p.add_subparsers(dest="kind", required=True)
+    v = kinds.add_parser("lavit", help="the LaVIT-7B-v2 folder -> a pipeline folder (tokenizer, LLM, pixel decoder)")
+    v.add_argument("src", help="the downloaded LaVIT-7B-v2 folder (rain1011/LaVIT-7B-v2)")
+    v.add_argument("out_dir", help="the pipeline folder to write (whole, or nothing on an error)")
+    v.set_defaults(func=cmd_convert_lavit)
     v = kinds.add_parser("var", help="VAR's VQ-VAE (vae_ch160v4096z32.pth), optionally with var_d16..d30")
     v.add_argument("--vqvae", required=True, help="vae_ch160v4096z32.pth")
     v.add_argument("--transformer", default=None, help="var_d16.pth, var_d20.pth, var_d24.pth or var_d30.pth")
