@@ -129,13 +129,20 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
     from lavit.pipeline import LaVITPipeline
 
     check_device(args.device)
+    dtype = None
+    if getattr(args, "bf16", False):
+        if not str(args.device).startswith("cuda"):
+            raise UsageError("--bf16 runs the LLM in bfloat16 on a GPU: add --device cuda, or drop --bf16")
+        import torch
+
+        dtype = torch.bfloat16
     stages = {"lm": args.lm, "diffusion": args.diffusion, "var": args.var}
     if args.model and (args.tokenizer or any(stages.values())):
         raise UsageError(
             "give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion, --var), not both"
         )
     if args.model:
-        pipe = LaVITPipeline.from_pretrained(args.model, args.device)
+        pipe = LaVITPipeline.from_pretrained(args.model, args.device, dtype=dtype)
         missing = [n for n in needs if (pipe.lm is None if n == "lm" else n not in pipe.decoders)]
         if missing:
             raise UsageError(f"{args.model} has no {missing[0]}/ stage, which 'lavit {args.command}' needs")
@@ -151,7 +158,9 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
             "(e.g. --tokenizer runs/tokenizer_tiny/model --lm runs/lm_tiny/model)"
         )
     decoders = {n: stages[n] for n in needs if n != "lm"}
-    return LaVITPipeline.from_parts(args.tokenizer, args.lm if "lm" in needs else None, device=args.device, **decoders)
+    return LaVITPipeline.from_parts(
+        args.tokenizer, args.lm if "lm" in needs else None, device=args.device, dtype=dtype, **decoders
+    )
 
 
 SHIPPED_MODEL = "checkpoints/lavit-shapes-tiny"
@@ -252,8 +261,8 @@ def _save_pngs(out: Path, images: list, names: list[str]) -> list[Path]:
     return paths
 
 
-def _decoder_sampling(pipe, args: argparse.Namespace):
-    sampling = getattr(pipe.cfg, f"{args.decoder}_sampling")
+def _decoder_sampling(pipe, args: argparse.Namespace, reconstruction: bool = False):
+    sampling = pipe.cfg.sampling_for(args.decoder, reconstruction)
     if args.steps is not None:
         if not hasattr(sampling, "steps"):
             raise UsageError(f"--steps sets diffusion sampling steps; the {args.decoder} decoder has none")
@@ -272,7 +281,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     pipe = _pipeline(args, needs=(args.decoder,))
     with _bad_input():
         recons = pipe.reconstruct(
-            originals, decoder=args.decoder, seed=args.seed, sampling=_decoder_sampling(pipe, args)
+            originals, decoder=args.decoder, seed=args.seed, sampling=_decoder_sampling(pipe, args, reconstruction=True)
         )
     pairs = []
     for orig, rec in zip(originals, recons, strict=True):
@@ -370,6 +379,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffusion", default=None, help="trained diffusion detokenizer directory (with --tokenizer)")
     p.add_argument("--var", default=None, help="trained VAR decoder directory (with --tokenizer)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--bf16", action="store_true", help="on a GPU, run the LLM (and LaVIT's pixel decoder) in bfloat16")
 
 
 def _text_decoding_args(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from lavit.checkpoint import (
@@ -59,7 +60,7 @@ def save_lm(lm: UnifiedLM, text_tokenizer: PreTrainedTokenizerBase, directory: s
 
 
 def load_lm(
-    directory: str | Path, device: str = "cpu", root: str | Path | None = None
+    directory: str | Path, device: str = "cpu", root: str | Path | None = None, dtype: torch.dtype | None = None
 ) -> tuple[UnifiedLM, PreTrainedTokenizerBase]:
     """(UnifiedLM in eval mode, its text tokenizer); the saved layout must match the rebuilt one.
 
@@ -67,6 +68,7 @@ def load_lm(
         directory: a folder written by :func:`save_lm`.
         device: where the LM goes.
         root: the folder every file read must resolve inside (default: ``directory``).
+        dtype: the weights' dtype (None: float32); the model is built in it, not cast after.
 
     Raises:
         CheckpointError: a file is missing, damaged or disagrees with another (one line naming it).
@@ -78,7 +80,10 @@ def load_lm(
     hf_config = _read_hf_config(directory, cfg, saved, root)
     tok = load_text_tokenizer(directory / TOKENIZER_DIR, root)  # before the weights: it is cheap
     _, modules = load_model_dir(
-        directory, LMConfig, lambda c: {"lm": UnifiedLM(c, init_new_rows=False, hf_config=hf_config)}, root=root
+        directory,
+        LMConfig,
+        lambda c: {"lm": UnifiedLM(c, init_new_rows=False, hf_config=hf_config, dtype=dtype)},
+        root=root,
     )
     lm = modules["lm"]
     if saved != lm.layout:

@@ -133,9 +133,17 @@ class UnifiedLM(nn.Module):
     hf_config: build this Hugging Face architecture (its ``vocab_size`` text ids) instead of
         reading ``cfg.pretrained_path``; how a saved LM that started from a pretrained folder is
         rebuilt without it (lavit.lm_io).
+    dtype: build the weights in this dtype (e.g. ``torch.bfloat16`` for a 7B model on a GPU;
+        None: float32), without a float32 copy first.
     """
 
-    def __init__(self, cfg: LMConfig, init_new_rows: bool = True, hf_config: PretrainedConfig | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LMConfig,
+        init_new_rows: bool = True,
+        hf_config: PretrainedConfig | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         if hf_config is None and cfg.pretrained_path:
@@ -146,7 +154,7 @@ class UnifiedLM(nn.Module):
             # No custom code: whatever a config's auto_map names, transformers builds its own class
             # (left unset, it may ask on stdin whether to import the module auto_map names).
             self.hf = AutoModelForCausalLM.from_config(
-                hf_config, attn_implementation=cfg.attn_implementation, trust_remote_code=False
+                hf_config, attn_implementation=cfg.attn_implementation, trust_remote_code=False, dtype=dtype
             )
         # How hf.forward takes a KV cache: ``cache`` in newer transformers 5.x, ``past_key_values``
         # in older ones (where newer ones warn that it goes in 5.40).
@@ -160,7 +168,9 @@ class UnifiedLM(nn.Module):
         self.hf.resize_token_embeddings(self.layout.total, mean_resizing=init_new_rows and not on_meta)
         self.hidden_size = self.hf.config.hidden_size
         self.feature_proj = (
-            nn.Linear(cfg.feature_dim, self.hidden_size) if cfg.understanding_input == "continuous" else None
+            nn.Linear(cfg.feature_dim, self.hidden_size, dtype=dtype)
+            if cfg.understanding_input == "continuous"
+            else None
         )
 
     @staticmethod
@@ -189,7 +199,8 @@ class UnifiedLM(nn.Module):
             if self.feature_proj is None:
                 raise ValueError("continuous image features given, but lm.understanding_input is 'discrete'")
             assert feature_mask is not None and int(feature_mask.sum()) == features.shape[0], "feature count mismatch"
-            emb = emb.masked_scatter(feature_mask.unsqueeze(-1), self.feature_proj(features).to(emb.dtype))
+            projected = self.feature_proj(features.to(self.feature_proj.weight.dtype))
+            emb = emb.masked_scatter(feature_mask.unsqueeze(-1), projected.to(emb.dtype))
         return emb
 
     def forward(

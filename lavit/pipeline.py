@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,24 +38,15 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from detokenizer.diffusion import DiffusionSamplingConfig
-from detokenizer.diffusion.io import decode_diffusion_stage, load_diffusion_stage, save_diffusion_stage
 from detokenizer.var.config import VARSamplingConfig
-from detokenizer.var.decoder import decode_codes_var, load_var_decoder, save_var_decoder
 from lavit.checkpoint import CheckpointError, atomic_dir, model_subdir, read_config_file
-from lavit.config import (
-    CAPTION_PROMPT,
-    VQA_PROMPT,
-    ImageSamplingConfig,
-    TextDecodingConfig,
-    check,
-    fills_once,
-    to_yaml,
-)
+from lavit.config import ImageSamplingConfig, TextDecodingConfig, check, fills_once, to_yaml
 from lavit.data.image_io import load_image
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import generate_image_tokens, generate_text, seeded_generators
 from lavit.lm_io import load_lm, save_lm
 from lavit.model import UnifiedLM
+from lavit.pipeline_config import DECODERS, PipelineConfig, check_decoder_names
 from lavit.sequence import SequenceBuilder, collate
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
 
@@ -64,48 +54,6 @@ PIPELINE_FILE = "pipeline.yaml"
 ImageInput = str | os.PathLike[str] | Image.Image  # in a multimodal prompt a str is text
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 Images = Sequence[ImageInput] | torch.Tensor
-
-
-class Decoder(NamedTuple):
-    """How the pipeline handles one kind of detokenizer."""
-
-    load: Callable  # (directory, device, *, root) -> model; root: the folder every file must stay inside
-    save: Callable  # (model, directory) -> None
-    decode: Callable  # (model, tokenizer, codes, sampling, *, size, generator) -> (B, 3, H, W) in [0, 1]
-
-
-DECODERS = {
-    "diffusion": Decoder(load_diffusion_stage, save_diffusion_stage, decode_diffusion_stage),  # or LaVIT's
-    "var": Decoder(load_var_decoder, save_var_decoder, decode_codes_var),
-}
-
-
-def _check_decoder_names(names) -> None:
-    unknown = set(names) - set(DECODERS)
-    if unknown:
-        raise ValueError(f"unknown decoder(s) {sorted(unknown)}: use one of {sorted(DECODERS)}")
-
-
-@dataclass
-class PipelineConfig:
-    """Inference defaults of a :class:`LaVITPipeline`, saved as pipeline.yaml.
-
-    The prompts must be the ones the LM was trained with; decoding defaults are LaVIT's."""
-
-    caption_prompt: str = CAPTION_PROMPT
-    vqa_prompt: str = VQA_PROMPT
-    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=2))
-    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(num_beams=5, max_new_tokens=10))
-    image_sampling: ImageSamplingConfig = field(default_factory=ImageSamplingConfig)
-    diffusion_sampling: DiffusionSamplingConfig = field(default_factory=DiffusionSamplingConfig)
-    var_sampling: VARSamplingConfig = field(default_factory=VARSamplingConfig)
-    # Text to image: draw this many images per one asked for and keep the one the LM's own
-    # understanding likes best (LaVITPipeline.generate); 1 draws one and skips the scoring.
-    image_candidates: int = 1
-
-    def __post_init__(self) -> None:
-        check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")
-        check(self.image_candidates >= 1, "image_candidates", self.image_candidates, "use 1 (no reranking) or more")
 
 
 class Generation(NamedTuple):
@@ -150,7 +98,7 @@ class LaVITPipeline:
             )
         if (lm is None) != (text_tokenizer is None):
             raise ValueError("give the LM and its text tokenizer together")
-        _check_decoder_names(decoders or {})
+        check_decoder_names(decoders or {})
         self.tokenizer, self.lm, self.text_tokenizer = tokenizer.eval(), lm, text_tokenizer
         self.decoders = {name: d.eval() for name, d in (decoders or {}).items()}
         self.cfg = cfg or PipelineConfig()
@@ -170,17 +118,24 @@ class LaVITPipeline:
         lm_dir: str | Path | None = None,
         cfg: PipelineConfig | None = None,
         device: str = "cpu",
+        dtype: torch.dtype | None = None,
         **decoder_dirs: str | Path | None,
     ) -> LaVITPipeline:
         """Assemble from stage outputs, e.g. ``from_parts("runs/tokenizer_tiny/model",
         "runs/lm_tiny/model", diffusion="runs/diffusion_tiny/model")``. Each stage folder is
-        its own root: no file it loads may resolve outside it."""
-        _check_decoder_names(decoder_dirs)
-        return cls._load(tokenizer_dir, lm_dir, cfg, device, decoder_dirs, root=None)
+        its own root: no file it loads may resolve outside it. ``dtype``: as in :meth:`from_pretrained`."""
+        check_decoder_names(decoder_dirs)
+        return cls._load(tokenizer_dir, lm_dir, cfg, device, decoder_dirs, root=None, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> LaVITPipeline:
-        """Load a directory written by :meth:`save_pretrained`.
+    def from_pretrained(
+        cls, directory: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> LaVITPipeline:
+        """Load a directory written by :meth:`save_pretrained` (or ``lavit convert lavit``).
+
+        ``dtype`` (e.g. ``torch.bfloat16``, LaVIT's on a GPU): the LM's weights are built in it,
+        and LaVIT's pixel decoder runs its conditioner and UNet in it; the visual tokenizer, the
+        VAE and the detokenizers trained here stay float32. None: everything in float32.
 
         Everything is read from inside ``directory``: a stage folder or file that is a symlink
         resolving outside it is refused, as are non-regular files (lavit/checkpoint.py).
@@ -209,7 +164,7 @@ class LaVITPipeline:
                 "or re-save the pipeline with LaVITPipeline.save_pretrained"
             )
         decoders = {name: path for name, path in stages.items() if name in DECODERS}
-        return cls._load(stages["tokenizer"], stages.get("lm"), cfg, device, decoders, root=directory)
+        return cls._load(stages["tokenizer"], stages.get("lm"), cfg, device, decoders, root=directory, dtype=dtype)
 
     @classmethod
     def _load(
@@ -220,15 +175,19 @@ class LaVITPipeline:
         device: str,
         decoder_dirs: dict[str, str | Path | None],
         root: Path | None,
+        dtype: torch.dtype | None = None,
     ) -> LaVITPipeline:
         """Load the stages; ``root``: the folder all of them must stay inside (None: each its own)."""
         tokenizer = load_tokenizer(tokenizer_dir, device, root=root)  # first: the smallest and always there
         lm = text_tok = None
         if lm_dir is not None:
-            lm, text_tok = load_lm(lm_dir, device, root=root)
+            lm, text_tok = load_lm(lm_dir, device, root=root, dtype=dtype)
         decoders = {
             name: DECODERS[name].load(d, device, root=root) for name, d in decoder_dirs.items() if d is not None
         }
+        for model in decoders.values():
+            if dtype is not None and hasattr(model, "set_dtype"):  # LaVIT's pixel decoder
+                model.set_dtype(dtype)
         return cls(tokenizer, lm, text_tok, cfg, decoders)
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -448,7 +407,7 @@ class LaVITPipeline:
         ``sampling`` defaults to the pipeline's settings for ``decoder``; ``ratio`` picks an
         aspect-ratio bucket (diffusion only: VAR renders its square resolution)."""
         model = self._decoder(decoder)
-        sampling = sampling or getattr(self.cfg, f"{decoder}_sampling")
+        sampling = sampling or self.cfg.sampling_for(decoder)
         if ratio is not None:
             if not hasattr(sampling, "ratio"):
                 raise ValueError(f"the {decoder} decoder renders square images only; drop ratio={ratio!r}")
@@ -598,6 +557,8 @@ class LaVITPipeline:
         seed: int = 0,
         sampling: DiffusionSamplingConfig | VARSamplingConfig | None = None,
     ) -> list[Image.Image]:
-        """Images -> their codes -> images again (square, at the decoder's resolution)."""
+        """Images -> their codes -> images again (square, at the decoder's resolution), with
+        ``cfg.reconstruction_sampling`` unless ``sampling`` is given."""
         res = self._decoder(decoder).resolution
+        sampling = sampling or self.cfg.sampling_for(decoder, reconstruction=True)
         return self.decode(self.encode(images), decoder=decoder, size=(res, res), seed=seed, sampling=sampling)

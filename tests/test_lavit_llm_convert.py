@@ -195,6 +195,7 @@ def test_the_converted_folder_records_its_sources_and_lavits_defaults(pipeline_d
     )
     assert (cfg.image_sampling.guidance_scale, cfg.image_sampling.top_k) == (4.0, 50)
     assert (cfg.diffusion_sampling.steps, cfg.diffusion_sampling.guidance_scale) == (25, 7.0)
+    assert (cfg.reconstruction_sampling.steps, cfg.reconstruction_sampling.guidance_scale) == (50, 5.0)
 
 
 def test_every_task_runs_on_the_converted_folder(pipe):
@@ -315,6 +316,7 @@ def test_a_sentencepiece_tokenizer_converts_to_the_ids_sentencepiece_gives(tmp_p
     fast tokenizer that encodes every probe text as sentencepiece does; one that disagrees is refused."""
     spm = pytest.importorskip("sentencepiece")
     from lavit.convert.lavit_lm import PROBES, check_against_sentencepiece, text_tokenizer
+    from lavit.text_tokenizer import load_text_tokenizer
 
     folder = tmp_path / "src" / "language_model"
     folder.mkdir(parents=True)
@@ -331,6 +333,10 @@ def test_a_sentencepiece_tokenizer_converts_to_the_ids_sentencepiece_gives(tmp_p
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     for text in PROBES:
         assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+    tok.save_pretrained(tmp_path / "saved")  # as save_lm writes it into lm/text_tokenizer/
+    assert (tmp_path / "saved" / "tokenizer.json").is_file()
+    again = load_text_tokenizer(tmp_path / "saved")
+    assert all(again(t, add_special_tokens=False)["input_ids"] == sp.encode(t) for t in PROBES)
     with pytest.raises(CheckpointError, match="encodes 'Question"):
         check_against_sentencepiece(word_tokenizer({"Question:": 5}), folder / "tokenizer.model")
 
@@ -374,3 +380,34 @@ def test_the_published_llm_and_visual_weight_names_load_strictly_into_the_preset
     ours = apply_key_map(merger, understanding_key_map(published_config()), "visual_weight.bin")
     assert all(k.startswith("understanding_merger.") for k in ours)
     assert sum(v.numel() for v in ours.values()) == UNDERSTANDING_MERGER_PARAMETERS
+
+
+def test_bfloat16_runs_the_llm_and_the_unet_in_it_keeping_the_tokenizer_and_vae_float32(pipeline_dir, pipe, fixture):
+    """LaVIT's precision on a GPU (here on the CPU): the LLM built in bfloat16 (no float32 copy),
+    the conditioner and UNet cast, the tokenizer and VAE float32; its understanding logits stay
+    within bfloat16's rounding of the float32 ones, and every task still runs."""
+    half = LaVITPipeline.from_pretrained(pipeline_dir, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.lm.parameters()} == {torch.bfloat16}
+    decoder = half.decoders["diffusion"]
+    assert decoder.unet.dtype == torch.bfloat16 and decoder.conditioner.in_proj.weight.dtype == torch.bfloat16
+    assert decoder.vae.dtype == torch.float32 and half.tokenizer.quantizer.codebook.dtype == torch.float32
+    tensors, meta = fixture
+    images = load_file(str(TOKENIZER_FIXTURE))["input.images"][:2]
+    feats = half.tokenizer.encode_features_with_keep(images, tensors["und.keep"].bool())
+    seqs = [half.builder.understanding_prompt(torch.zeros(len(f), dtype=torch.long), p) for f, p in zip(feats, meta["und_prompts"], strict=True)]  # fmt: skip
+    logits = [m.lm.prefill(*_prompt_inputs(seqs, feats, 2, torch.device("cpu")))[0] for m in (half, pipe)]
+    rows = tensors["llm.rows"]
+    assert (logits[0][:, rows] - logits[1][:, rows]).abs().max() < 0.1 * logits[1][:, rows].abs().max()
+    fast = dataclasses.replace(half.cfg.diffusion_sampling, steps=2)
+    assert half.generate_image(["w4 w5"], decoder_sampling=fast)[0].size == (32, 32)
+    assert len(half.caption(images)) == 2
+
+
+def test_the_cli_refuses_bf16_without_a_gpu(pipeline_dir, tmp_path, capsys):
+    from conftest import assert_user_error, write_image
+
+    from lavit.cli import main
+
+    image = write_image(tmp_path / "x.png", (200, 30, 30))
+    rc = main(["caption", "--model", str(pipeline_dir), "--bf16", str(image)])
+    assert_user_error(rc, capsys.readouterr().err, "--bf16", "--device cuda")

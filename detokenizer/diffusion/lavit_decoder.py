@@ -204,6 +204,13 @@ class LaVITPixelDecoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conditioner.in_proj.weight.dtype
 
+    def set_dtype(self, dtype: torch.dtype) -> LaVITPixelDecoder:
+        """Run the conditioner and the UNet in ``dtype`` (LaVIT: bfloat16 on a GPU); the VAE stays
+        float32, as in LaVIT (SDXL's VAE overflows in float16), and so do the latents."""
+        self.conditioner.to(dtype)
+        self.unet.to(dtype)
+        return self
+
     @torch.no_grad()
     def denoise_steps(
         self,
@@ -235,7 +242,8 @@ class LaVITPixelDecoder(nn.Module):
         added = {"text_embeds": pooled, "time_ids": time_ids}
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
-            pred = self.unet(inp, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
+            inp = inp.to(self.unet.dtype)
+            pred = self.unet(inp, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample.to(latents.dtype)
             if guided:
                 uncond, c = pred.chunk(2)
                 pred = uncond + sampling.guidance_scale * (c - uncond)
@@ -273,7 +281,7 @@ class LaVITPixelDecoder(nn.Module):
         h, w = self.size_for(sampling.ratio, size)
         cond, pooled = self.condition(codes)
         shape = (cond.shape[0], self.unet.config.in_channels, h // self.space_factor, w // self.space_factor)
-        noise = initial_noise(shape, generator, cond.device, cond.dtype)  # DDIM's init_noise_sigma is 1
+        noise = initial_noise(shape, generator, cond.device, torch.float32)  # DDIM's init_noise_sigma is 1
         *_, latents = self.denoise_steps(noise, cond, pooled, sampling, (h, w))
         return self.to_pixels(latents)
 

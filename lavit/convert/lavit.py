@@ -17,7 +17,8 @@ LaVIT's defaults, from its ``predict_answers``, ``generate`` and ``generate_imag
 with no prompt, 2 beams, 8 to 36 new tokens, cut at the first "."; VQA as "Question: {}
 Answer:", 5 beams, 2 to 10 new tokens, length penalty 0, cut at a new line, "," or "."; image
 tokens at guidance 4 with top-k 50, 20 to 200 codes (256 at most: the tokenizer's patches); the
-pixel decoder's 25 DDIM steps at guidance 7, 1024 px in six aspect ratios. Not reproduced: the
+pixel decoder's 25 DDIM steps at guidance 7, 1024 px in six aspect ratios (reconstruction: 50
+steps at guidance 5). Not reproduced: the
 spaCy lemmatisation LaVIT applies to VQA answers for its benchmark numbers.
 """
 
@@ -50,6 +51,7 @@ def lavit_pipeline_config():
         ),
         image_sampling=ImageSamplingConfig(guidance_scale=4.0, top_k=50, top_p=1.0, min_tokens=20, max_tokens=200),
         diffusion_sampling=DiffusionSamplingConfig(scheduler="ddim", steps=25, guidance_scale=7.0, ratio="1:1"),
+        reconstruction_sampling=DiffusionSamplingConfig(scheduler="ddim", steps=50, guidance_scale=5.0, ratio="1:1"),
     )
 
 

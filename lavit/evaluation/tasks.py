@@ -81,9 +81,9 @@ class _Task:
                 errors.append({"key": self.items[i].key, "error": " ".join(str(e).split())})
         return ok, images, errors
 
-    def _sampling(self, pipe):
+    def _sampling(self, pipe, reconstruction: bool = False):
         """The pipeline's sampling settings for the decoder, with the config's overrides."""
-        return self.cfg.sampling_overrides(getattr(pipe.cfg, f"{self.cfg.decoder}_sampling"))
+        return self.cfg.sampling_overrides(pipe.cfg.sampling_for(self.cfg.decoder, reconstruction))
 
     def _image_path(self, key: str) -> Path:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
@@ -240,7 +240,9 @@ class ReconstructTask(_Task):
         ok, images, records = self._load(indices)
         if not images:
             return records
-        recons = pipe.reconstruct(images, decoder=self.cfg.decoder, seed=seed, sampling=self._sampling(pipe))
+        recons = pipe.reconstruct(
+            images, decoder=self.cfg.decoder, seed=seed, sampling=self._sampling(pipe, reconstruction=True)
+        )
         for i, original, recon in zip(ok, images, recons, strict=True):
             it = self.items[i]
             truth = to_tensor(original, recon.size[0])
