@@ -119,8 +119,8 @@ CASES = [
 def test_cli_bad_input_is_one_line_exit_2(argv, names, files, shipped_pipe, monkeypatch, capsys):
     load = LaVITPipeline.from_pretrained  # the real loader, for every folder but the shipped one
 
-    def from_pretrained(directory, device="cpu"):
-        return shipped_pipe if Path(directory).resolve() == SHIPPED.resolve() else load(directory, device)
+    def from_pretrained(directory, device="cpu", dtype=None):
+        return shipped_pipe if Path(directory).resolve() == SHIPPED.resolve() else load(directory, device, dtype)
 
     monkeypatch.setattr(LaVITPipeline, "from_pretrained", from_pretrained)
     before = sorted(p.relative_to(files) for p in files.rglob("*"))
