@@ -1,7 +1,7 @@
-"""The ``lavit`` commands for the published models: ``convert lavit``, ``convert var`` and
-``generate-class`` (registered by :func:`add_commands`; lavit/cli.py holds the rest). A
-converted LaVIT folder is a pipeline: ``lavit caption | vqa | generate | synthesize |
-reconstruct --model`` run it."""
+"""The ``lavit`` commands for the published models: ``convert lavit``, ``convert vargpt``,
+``convert var`` and ``generate-class`` (registered by :func:`add_commands`; lavit/cli.py holds
+the rest). A converted LaVIT folder is a pipeline: ``lavit caption | vqa | generate |
+synthesize | reconstruct --model`` run it."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def cmd_convert_lavit(args: argparse.Namespace) -> None:
     if not Path(args.src).is_dir():
         raise UsageError(f"{args.src}: no such folder; give the downloaded LaVIT-7B-v2 folder (rain1011/LaVIT-7B-v2)")
     print(f"wrote {convert_lavit(args.src, args.out_dir)}")
+
+
+def cmd_convert_vargpt(args: argparse.Namespace) -> None:
+    from lavit.convert.vargpt import convert_vargpt
+
+    if not Path(args.src).is_dir():
+        raise UsageError(f"{args.src}: no such folder; give the downloaded VARGPT_LLaVA-v1 folder")
+    print(f"wrote {convert_vargpt(args.src, args.out_dir)}")
 
 
 def cmd_generate_class(args: argparse.Namespace) -> None:
@@ -84,6 +92,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("src", help="the downloaded LaVIT-7B-v2 folder (rain1011/LaVIT-7B-v2)")
     v.add_argument("out_dir", help="the pipeline folder to write (whole, or nothing on an error)")
     v.set_defaults(func=cmd_convert_lavit)
+    v = kinds.add_parser("vargpt", help="VARGPT_LLaVA-v1 (LLM, CLIP tower, VAR d30 head, VQ-VAE) -> a VARGPT folder")
+    v.add_argument("src", help="the downloaded VARGPT_LLaVA-v1 folder (VARGPT-family/VARGPT_LLaVA-v1)")
+    v.add_argument("out_dir", help="the model folder to write (whole, or nothing on an error)")
+    v.set_defaults(func=cmd_convert_vargpt)
     v = kinds.add_parser("var", help="VAR's VQ-VAE (vae_ch160v4096z32.pth), optionally with var_d16..d30")
     v.add_argument("--vqvae", required=True, help="vae_ch160v4096z32.pth")
     v.add_argument("--transformer", default=None, help="var_d16.pth, var_d20.pth, var_d24.pth or var_d30.pth")

@@ -89,6 +89,7 @@ SCHEMAS = {
     "train/var_layout_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_last_head_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_head_all_tiny.yaml": "detokenizer.var.config:VARRunConfig",
+    "vargpt/*.yaml": "lavit.vargpt.config:VARGPTConfig",
 }
 
 

@@ -371,6 +371,18 @@ class NextScaleTransformer(nn.Module):
             parts.append(logits[:, a:e] + extra)
         return torch.cat(parts, dim=1)
 
+    def blocks_and_head(self, x: torch.Tensor, vector: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
+        """The blocks and the head on given token states, with a class condition: (B, l, width)
+        states and the (B, width) condition vector -> (B, l, V) logits. Without ``caches`` the
+        states are the whole sequence (block-causal mask); with them, one scale after the cached
+        ones. VARGPT feeds the blocks its LLM's projected hidden states this way."""
+        self.require("class")
+        ada_in = self.ada_input(vector)
+        mask = self.mask[None, None] if caches is None else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, ada_in, None, None, mask, None if caches is None else caches[i])
+        return self.logits(x, vector)
+
     def loss(self, logits: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
         target = torch.cat([i.flatten(1) for i in indices], dim=1)
         return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())

@@ -5,6 +5,7 @@ its tensor names onto ours with one-line errors, and writing the converted model
     sha256_file(path)                         the digest convert.json records
     apply_key_map(state, key_map, path)       source tensors -> ours, every name and shape checked
     write_converted(out_dir, save, sources)   the model folder, written whole or not at all
+    rebuild_meta_buffers(model)               after a meta-device build loaded with assign=True
 
 A key map goes from the source's names to ours: each source tensor has an expected shape and a
 function that turns it into one or more of our tensors (a rename, or a fused q/k/v split in
@@ -175,3 +176,17 @@ def write_converted(
         save(tmp)
         (tmp / CONVERT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
+
+
+def rebuild_meta_buffers(model: torch.nn.Module) -> None:
+    """Buffers that are no weights (Llama's rotary frequencies) were built on the meta device with
+    the rest: rebuild each module holding one from its config, on the CPU, and take its buffers."""
+    for name, module in model.named_modules():
+        if not any(b.is_meta for b in module.buffers(recurse=False)):
+            continue
+        config = getattr(module, "config", None)
+        if config is None:
+            raise CheckpointError(f"cannot rebuild the buffers of {name} ({type(module).__name__}) off the meta device")
+        fresh = type(module)(config)
+        for key, buffer in fresh.named_buffers(recurse=False):
+            setattr(module, key, buffer)

@@ -38,7 +38,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from lavit.checkpoint import CheckpointError, one_line
 from lavit.config import LMConfig, load_config
-from lavit.convert.common import Source, apply_key_map, read_state_dict, rename
+from lavit.convert.common import Source, apply_key_map, read_state_dict, rebuild_meta_buffers, rename
 from lavit.model import UnifiedLM, hf_architecture
 from lavit.vocab import LAVIT_LAYOUT, VocabLayout
 
@@ -207,20 +207,6 @@ def load_lavit_lm(
     lm.load_state_dict(state, strict=True, assign=True)
     rebuild_meta_buffers(lm)
     return lm.eval()
-
-
-def rebuild_meta_buffers(model: torch.nn.Module) -> None:
-    """Buffers that are no weights (Llama's rotary frequencies) were built on the meta device with
-    the rest: rebuild each module holding one from its config, on the CPU, and take its buffers."""
-    for name, module in model.named_modules():
-        if not any(b.is_meta for b in module.buffers(recurse=False)):
-            continue
-        config = getattr(module, "config", None)
-        if config is None:
-            raise CheckpointError(f"cannot rebuild the buffers of {name} ({type(module).__name__}) off the meta device")
-        fresh = type(module)(config)
-        for key, buffer in fresh.named_buffers(recurse=False):
-            setattr(module, key, buffer)
 
 
 def text_tokenizer(src: Path) -> PreTrainedTokenizerBase:
