@@ -141,6 +141,8 @@ def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
         raise UsageError(
             "give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion, --var), not both"
         )
+    if args.model and _is_vargpt(args.model):
+        return _vargpt_pipeline(args, dtype)
     if args.model:
         pipe = LaVITPipeline.from_pretrained(args.model, args.device, dtype=dtype)
         missing = [n for n in needs if (pipe.lm is None if n == "lm" else n not in pipe.decoders)]
@@ -175,6 +177,27 @@ def shipped_model() -> Path:
             "repository (pip install -e .) or pass --model DIR"
         )
     return path
+
+
+def _is_vargpt(directory: str) -> bool:
+    """Whether ``directory`` is a VARGPT folder (lavit convert vargpt) rather than a pipeline."""
+    from lavit.checkpoint import read_meta
+
+    meta = Path(directory) / "meta.json"
+    return meta.is_file() and read_meta(directory).get("schema") == "VARGPTConfig"
+
+
+def _vargpt_pipeline(args: argparse.Namespace, dtype):
+    """A VARGPT folder behind the pipeline's calls: it draws images through its own VQ-VAE, so
+    the LaVIT pipeline's decoder options do not apply to it."""
+    from lavit.vargpt.pipeline import VARGPTPipeline
+
+    given = [flag for flag, key in (("--ratio", "ratio"), ("--candidates", "candidates")) if getattr(args, key, None)]
+    if dtype is not None or given:
+        raise UsageError(
+            f"{args.model} is a VARGPT folder: {(given or ['--bf16'])[0]} does not apply to it yet; drop it"
+        )
+    return VARGPTPipeline.from_pretrained(args.model, args.device)
 
 
 def _decoding(default, args: argparse.Namespace):
@@ -299,23 +322,30 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out = fresh_out_dir(args, GENERATE_MANIFEST)
     pipe = _pipeline(args, needs=("lm", args.decoder))
     with _bad_input():
-        gen = pipe.generate(
-            args.prompts,
-            candidates=args.candidates,
-            guidance_scale_for_llm=args.guidance_scale,
-            decoder=args.decoder,
-            ratio=args.ratio,
-            seed=args.seed,
-            num_images=args.num_images,
-            decoder_sampling=_decoder_sampling(pipe, args),
-        )
-    names = [f"{i // args.num_images:03d}_{i % args.num_images}.png" for i in range(len(gen.images))]
+        if hasattr(pipe, "generate"):
+            gen = pipe.generate(
+                args.prompts,
+                candidates=args.candidates,
+                guidance_scale_for_llm=args.guidance_scale,
+                decoder=args.decoder,
+                ratio=args.ratio,
+                seed=args.seed,
+                num_images=args.num_images,
+                decoder_sampling=_decoder_sampling(pipe, args),
+            )
+            images, candidates = gen.images, gen.candidate
+        else:  # a VARGPT folder: its own sampler and VQ-VAE, one draw per image
+            images = pipe.generate_image(
+                args.prompts, seed=args.seed, num_images=args.num_images, guidance_scale=args.guidance_scale
+            )
+            candidates = [0] * len(images)
+    names = [f"{i // args.num_images:03d}_{i % args.num_images}.png" for i in range(len(images))]
     records = [
-        {"prompt": args.prompts[i // args.num_images], "file": name, "candidate": gen.candidate[i]}
+        {"prompt": args.prompts[i // args.num_images], "file": name, "candidate": candidates[i]}
         for i, name in enumerate(names)
     ]
     with atomic_dir(out) as tmp:  # the whole folder at once: no partial or stale files
-        _save_pngs(tmp, gen.images, names)
+        _save_pngs(tmp, images, names)
         (tmp / GENERATE_MANIFEST).write_text(json.dumps(records, indent=1))
     for r in records:
         print(f"{out / r['file']}: {r['prompt']}")

@@ -189,7 +189,7 @@ def generate_text(
             _beam_search(lm, builder, p, cfg, None if features is None else features[i]) for i, p in enumerate(prompts)
         ]
     texts = [builder.tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
-    return [_cut(t, cfg.stop_strings) for t in texts]
+    return [cut_at_stop(t, cfg.stop_strings) for t in texts]
 
 
 def _check_lengths(lm: UnifiedLM, prompts: list[TokenSeq], cfg: TextDecodingConfig) -> None:
@@ -201,7 +201,8 @@ def _check_lengths(lm: UnifiedLM, prompts: list[TokenSeq], cfg: TextDecodingConf
             )
 
 
-def _cut(text: str, stops: list[str]) -> str:
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """``text`` up to the first of ``stops`` it holds, stripped."""
     for s in stops:
         if s and s in text:
             text = text[: text.index(s)]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_var_convert import FIXTURE as VQ_FIXTURE
@@ -266,3 +268,55 @@ def test_the_cli_converts_the_published_size_only_and_says_why_in_one_line(fixtu
     assert not (tmp_path / "out").exists()
     rc = main(["convert", "vargpt", str(tmp_path / "nowhere"), str(tmp_path / "out")])
     assert_user_error(rc, capsys.readouterr().err, "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline: the LaVIT pipeline's calls on a VARGPT folder
+# ------------------------------------------------------------------------------------------------
+
+
+def small_tokenizer(meta):
+    """A word-level tokenizer with VARGPT's special tokens at the small model's ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    ids = meta["ids"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, ids["image"])}
+    specials = {"<image>": ids["image"], "<|image_gen_start|>": ids["gen_start"]}
+    specials |= {"<|image_gen_end|>": ids["gen_end"], "<|image_gen_pad|>": ids["gen_pad"]}
+    tok = Tokenizer(models.WordLevel(vocab | specials, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
+        additional_special_tokens=list(specials),
+    )  # fmt: skip
+
+
+def test_the_pipeline_captions_answers_and_draws_from_a_vargpt_folder(model, fixture, tmp_path, capsys):
+    from lavit.vargpt.pipeline import VARGPTPipeline, VARGPTPipelineConfig
+
+    _, meta = fixture
+    cfg = VARGPTPipelineConfig(system="w3 w4", caption_prompt="w5 w6", image_size=28)
+    folder = VARGPTPipeline(model, small_tokenizer(meta), cfg).save_pretrained(tmp_path / "pipe")
+    pipe = VARGPTPipeline.from_pretrained(folder)
+    images = torch.rand(2, 3, 28, 28)
+    assert [type(c) for c in pipe.caption(images)] == [str, str]
+    assert len(pipe.answer(images, ["w7 w8", "w9"])) == 2
+    one = pipe.generate_image(["w10 w11", "w12"], seed=3, guidance_scale=1.5)
+    assert [im.size for im in one] == [(160, 160)] * 2
+    again = pipe.generate_image(["w12"], seed=4, guidance_scale=1.5)  # image 1 of the first call
+    diff = np.abs(np.asarray(again[0], dtype=int) - np.asarray(one[1], dtype=int))
+    assert diff.max() <= 1  # the same tokens; the decoder's float noise may move a pixel by one level
+    # The same folder through the command line.
+    from conftest import assert_user_error, write_image
+
+    from lavit.cli import main
+
+    image = write_image(tmp_path / "x.png", (200, 40, 40))
+    assert main(["caption", "--model", str(folder), str(image)]) == 0
+    assert main(["vqa", "--model", str(folder), str(image), "w7 w8"]) == 0
+    assert main(["generate", "--model", str(folder), "--out", str(tmp_path / "gen"), "--seed", "4", "w12"]) == 0
+    drawn = np.asarray(Image.open(tmp_path / "gen" / "000_0.png"), dtype=int)
+    assert np.abs(drawn - np.asarray(again[0], dtype=int)).max() <= 1
+    rc = main(["generate", "--model", str(folder), "--out", str(tmp_path / "g2"), "--ratio", "4:3", "w12"])
+    assert_user_error(rc, capsys.readouterr().err, "VARGPT folder", "--ratio")
