@@ -7,7 +7,7 @@ saved beside the model and loaded with :func:`load_text_tokenizer`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -19,10 +19,12 @@ CODE_CONFIGS = ("tokenizer_config.json", "config.json")
 SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_bpe(texts: Iterable[str], vocab_size: int, extra_specials: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of ``vocab_size`` ids (specials included) on ``texts``.
 
     Byte-level: any string encodes (no unknown characters), and decoding inverts encoding.
+    ``extra_specials`` (e.g. VARGPT's ``<image>``) take the ids right after the four specials
+    (pad, bos, eos, unk: ids 0-3), in order, and are never split.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -31,12 +33,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIALS.values()),
+        special_tokens=[*SPECIALS.values(), *extra_specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **SPECIALS)
+    extra = {"additional_special_tokens": list(extra_specials)} if extra_specials else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **SPECIALS, **extra)
 
 
 def load_text_tokenizer(directory: str | Path, root: str | Path | None = None) -> PreTrainedTokenizerBase:

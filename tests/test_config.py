@@ -90,6 +90,7 @@ SCHEMAS = {
     "train/var_last_head_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "train/var_head_all_tiny.yaml": "detokenizer.var.config:VARRunConfig",
     "vargpt/*.yaml": "lavit.vargpt.config:VARGPTConfig",
+    "train/vargpt_*.yaml": "lavit.vargpt.config:VARGPTRunConfig",
 }
 
 

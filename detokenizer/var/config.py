@@ -6,7 +6,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from lavit.config import GUIDANCE_FIX, DataConfig, TrainConfig, check, check_norm_groups
+from lavit.config import DataConfig, TrainConfig, check, check_norm_groups, check_sampling
 
 
 @dataclass
@@ -190,10 +190,7 @@ class VARSamplingConfig:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        check(math.isfinite(self.guidance_scale), "guidance_scale", self.guidance_scale, GUIDANCE_FIX)
-        check(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
-        check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
+        check_sampling(self)
 
 
 @dataclass

@@ -465,17 +465,7 @@ class NextScaleTransformer(nn.Module):
                 t = cfg.guidance_scale * k / max(num - 1, 1)
                 logits = (1 + t) * logits[:b] - t * logits[b:]
             all_logits.append(logits)
-            if forced is not None and forced[k] is not None:
-                idx = forced[k].reshape(b, p * p)
-            elif isinstance(generator, list):
-                idx = torch.stack(
-                    [
-                        sample_logits(row, cfg.temperature, cfg.top_k, cfg.top_p, g)
-                        for row, g in zip(logits, generator, strict=True)
-                    ]
-                )
-            else:
-                idx = sample_logits(logits.flatten(0, 1), cfg.temperature, cfg.top_k, cfg.top_p, generator).view(b, -1)
+            idx = draw_scale(logits, cfg, generator, None if forced is None else forced[k])
             tokens.append(idx.view(b, p, p))
             f_hat, nxt = quantizer.step(f_hat, tokens[-1], k)
             f_hats.append(f_hat)
@@ -486,3 +476,16 @@ class NextScaleTransformer(nn.Module):
                 x = torch.cat([x, x]) if guided else x  # both halves read the same f_hat
                 x = self.add_layout(x, layout, start, end)
         return VARSample(tokens=tokens, f_hat=f_hat, logits=all_logits, f_hats=f_hats)
+
+
+def draw_scale(logits: torch.Tensor, cfg, generator: Generators, forced: torch.Tensor | None = None) -> torch.Tensor:
+    """One scale's (B, p^2) tokens from its (B, p^2, V) logits after guidance: ``forced`` if given,
+    else sampled with ``cfg``'s temperature, top-k and top-p (one generator per row if a list, so
+    a row's tokens do not depend on the rest of the batch)."""
+    b = logits.shape[0]
+    if forced is not None:
+        return forced.reshape(b, -1).to(logits.device)
+    if isinstance(generator, list):
+        rows = zip(logits, generator, strict=True)
+        return torch.stack([sample_logits(row, cfg.temperature, cfg.top_k, cfg.top_p, g) for row, g in rows])
+    return sample_logits(logits.flatten(0, 1), cfg.temperature, cfg.top_k, cfg.top_p, generator).view(b, -1)

@@ -14,7 +14,7 @@ Derived values are computed in code, not stored in YAML. Validation that needs m
 :class:`ConfigError` naming the key.
 """
 
-from lavit.config.base import GUIDANCE_FIX, ConfigError, check, check_norm_groups, fills_once
+from lavit.config.base import GUIDANCE_FIX, ConfigError, check, check_norm_groups, check_sampling, fills_once
 from lavit.config.loading import config_diff, from_yaml, load_config, to_object, to_yaml
 from lavit.config.schemas import *  # noqa: F403  (every dataclass: lavit.config.TrainConfig, ...)
 from lavit.config.schemas import __all__ as _schemas
@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "check",
     "check_norm_groups",
+    "check_sampling",
     "fills_once",
     "config_diff",
     "from_yaml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,3 +39,12 @@ def fills_once(template: str) -> bool:
     except (IndexError, KeyError, ValueError):
         return False
     return filled.count(mark) == 1
+
+
+def check_sampling(cfg: Any) -> None:
+    """The checks every sampling config shares: a finite ``guidance_scale``, ``top_k`` >= 0,
+    ``top_p`` in (0, 1], a positive ``temperature``."""
+    check(math.isfinite(cfg.guidance_scale), "guidance_scale", cfg.guidance_scale, GUIDANCE_FIX)
+    check(cfg.top_k >= 0, "top_k", cfg.top_k, "use 0 (off) or a positive count")
+    check(0 < cfg.top_p <= 1, "top_p", cfg.top_p, "use a value in (0, 1]")
+    check(cfg.temperature > 0, "temperature", cfg.temperature, "use a positive temperature")

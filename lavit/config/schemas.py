@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lavit.config.base import GUIDANCE_FIX, check
+from lavit.config.base import check, check_sampling
 
 
 @dataclass
@@ -321,10 +321,7 @@ class ImageSamplingConfig:
             (self.min_tokens, self.max_tokens),
             "need 1 <= min_tokens <= max_tokens",
         )
-        check(math.isfinite(self.guidance_scale), "guidance_scale", self.guidance_scale, GUIDANCE_FIX)
-        check(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count")
-        check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+        check_sampling(self)
         check(self.kv_cache in KV_CACHE_MODES, "kv_cache", self.kv_cache, f"use one of {KV_CACHE_MODES}")
 
 

@@ -24,7 +24,7 @@ import torch
 
 from lavit.config import ConfigError, DataConfig
 from lavit.data import shapes
-from lavit.data.shapes import judge, text
+from lavit.data.shapes import judge, parser, text
 from lavit.data.sources import resolve_kind
 
 Meta = dict[str, Any]
@@ -74,6 +74,11 @@ def judge_images(metas: list[Meta], images: torch.Tensor) -> tuple[int, int]:
     """(kept, recovered) of reconstructions ``images`` (B, 3, H, W) in [0, 1]: how many show every
     shape of their scene with its colour and kind, and how many the whole scene."""
     return judge.judge_scenes([_scene(m) for m in metas], images)
+
+
+def prompt_drawn(meta: Meta, image) -> bool:
+    """Whether ``image`` (PIL) shows what the sample's prompt asks for, as the parser reads it."""
+    return parser.prompt_satisfied(_scene(meta), parser.parse_scene(image))
 
 
 def caption_right(meta: Meta, caption: str) -> bool:

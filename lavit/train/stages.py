@@ -23,6 +23,7 @@ STAGES = {
     "diffusion": ("detokenizer.diffusion.config:DiffusionRunConfig", "lavit.train.tasks.diffusion:DiffusionTask"),
     "var-vqvae": ("detokenizer.var.config:VQVAERunConfig", "lavit.train.tasks.var_vqvae:VQVAETask"),
     "var": ("detokenizer.var.config:VARRunConfig", "lavit.train.tasks.var:VARTask"),
+    "vargpt": ("lavit.vargpt.config:VARGPTRunConfig", "lavit.train.tasks.vargpt:VARGPTTask"),
 }
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from detokenizer.var.config import VARConfig, VQVAEConfig
-from lavit.config import GUIDANCE_FIX, LMConfig, check
+from lavit.config import (
+    DataConfig,
+    EncoderConfig,
+    LMConfig,
+    TextDecodingConfig,
+    TrainConfig,
+    check,
+    check_sampling,
+    fills_once,
+)
 
 
 @dataclass
@@ -23,10 +31,7 @@ class VARGPTSamplingConfig:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        check(math.isfinite(self.guidance_scale), "guidance_scale", self.guidance_scale, GUIDANCE_FIX)
-        check(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
-        check(self.temperature > 0, "temperature", self.temperature, "use a positive temperature")
+        check_sampling(self)
 
 
 @dataclass
@@ -47,8 +52,10 @@ class VARGPTConfig:
     var: VARConfig = field(default_factory=lambda: VARConfig(condition="class", num_classes=32003))
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     # How images are read for understanding: "clip" (a transformers CLIPVisionModel, its
-    # architecture in vision_config.json beside the weights) or "none".
+    # architecture in vision_config.json beside the weights; pixels CLIP-normalised), "encoder"
+    # (our timm ViT, ``encoder``: its last-block patch features; pixels in [0, 1]) or "none".
     vision: str = "clip"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # vision: encoder
     vision_dim: int = 1024  # the tower's width: the projector's input
     vision_feature_layer: int = -2  # hidden_states[layer], CLS dropped (LLaVA's "default")
     # Token ids of the text tokenizer's special tokens.
@@ -59,7 +66,7 @@ class VARGPTConfig:
     sampling: VARGPTSamplingConfig = field(default_factory=VARGPTSamplingConfig)
 
     def __post_init__(self) -> None:
-        check(self.vision in ("clip", "none"), "vision", self.vision, "use 'clip' or 'none'")
+        check(self.vision in ("clip", "encoder", "none"), "vision", self.vision, "use 'clip', 'encoder' or 'none'")
         check(self.var.condition == "class", "var.condition", self.var.condition, "VARGPT's head is class-conditioned")
         check(
             self.var.num_classes == self.gen_start_id + 1,
@@ -78,3 +85,96 @@ class VARGPTConfig:
                 f"a token id of the text tokenizer, below lm.text_vocab_size={self.lm.text_vocab_size}",
             )
         check(len(set(ids.values())) == len(ids), "gen_*_id", ids, "the special tokens need distinct ids")
+
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+@dataclass
+class VARGPTPipelineConfig:
+    """Prompts and decoding defaults of a :class:`VARGPTPipeline`, saved as pipeline.yaml."""
+
+    system: str = SYSTEM
+    understanding_template: str = "USER: <image>\n{} ASSISTANT:"  # {}: the question or caption prompt
+    generation_template: str = "USER: {} ASSISTANT:"
+    caption_prompt: str = "Please describe this image briefly."
+    vqa_prompt: str = "{}\nAnswer the question using a single word or phrase."  # LLaVA-1.5's VQA form
+    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=64))
+    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=16))
+    image_sampling: VARGPTSamplingConfig = field(default_factory=VARGPTSamplingConfig)
+    image_size: int = 336  # the CLIP tower's input side (VARGPT: ViT-L/14 at 336 px)
+    image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+
+    def understanding_text(self, text: str, patches: int) -> str:
+        """The prompt of an image and ``text``: its ``<image>`` repeated once per patch."""
+        prompt = " ".join(filter(None, [self.system, self.understanding_template.format(text)]))
+        return prompt.replace("<image>", "<image>" * patches, 1)
+
+    def generation_text(self, prompt: str) -> str:
+        """The text before ``<|image_gen_start|>`` when drawing for ``prompt``."""
+        return " ".join(filter(None, [self.system, self.generation_template.format(prompt)]))
+
+    def __post_init__(self) -> None:
+        for key in ("understanding_template", "generation_template", "vqa_prompt"):
+            value = getattr(self, key)
+            check(fills_once(value), key, value, "hold the text's place as {} exactly once")
+        check("<image>" in self.understanding_template, "understanding_template", self.understanding_template,
+              "place the image as <image>")  # fmt: skip
+
+
+@dataclass
+class VARGPTMixtureConfig:
+    """What a training item is: the tasks a sample supports (captions, questions, a prompt or a
+    caption to draw from), drawn with these relative weights."""
+
+    caption: float = 1.0
+    vqa: float = 1.0
+    t2i: float = 1.0
+    t2i_loss_weight: float = 1.0  # of the head's next-scale cross-entropy beside the text's
+    cfg_drop_prob: float = 0.1  # drawing items whose prompt is dropped (empty, null class): for guidance
+
+    def __post_init__(self) -> None:
+        weights = (self.caption, self.vqa, self.t2i)
+        check(min(weights) >= 0 and sum(weights) > 0, "mixture", weights, "give non-negative weights, one above 0")
+        check(0 <= self.cfg_drop_prob < 1, "mixture.cfg_drop_prob", self.cfg_drop_prob, "use a share in [0, 1)")
+
+
+# What each of VARGPT's training stages trains (parameter name prefixes); "all" trains every part
+# but the frozen vision tower and VQ-VAE, as a model trained from scratch needs.
+STAGE_TRAINABLE = {
+    "projectors": ["projector.", "gen_in.", "gen_out."],
+    "llm": ["llm.", "projector.", "gen_in.", "gen_out."],
+    "head": ["head.", "gen_in.", "gen_out."],
+    "all": ["llm.", "projector.", "gen_in.", "gen_out.", "head."],
+}
+# The special tokens a from-scratch text tokenizer puts right after pad, bos, eos and unk (ids 0-3).
+SPECIAL_TOKENS = ("<image>", "<|image_gen_start|>", "<|image_gen_end|>", "<|image_gen_pad|>")
+
+
+@dataclass
+class VARGPTRunConfig:
+    """``lavit train vargpt``: one of VARGPT's three stages (projectors, then the LLM for
+    understanding, then the VAR head for generation), or all parts at once from scratch."""
+
+    model: VARGPTConfig = field(default_factory=VARGPTConfig)  # model.vqvae: taken from vqvae_dir
+    stage: str = "all"
+    vqvae_dir: str = "runs/var_vqvae_tiny/model"  # a trained multi-scale VQ-VAE (lavit train var-vqvae)
+    init_from: str | None = None  # a VARGPT folder (an earlier stage's model/) whose weights start this run
+    # vision: encoder: a trained tokenizer folder whose frozen encoder the vision tower copies
+    # (the shipped one's ShapesWorld ViT); null: model.encoder as configured (its weights file)
+    encoder_from: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mixture: VARGPTMixtureConfig = field(default_factory=VARGPTMixtureConfig)
+    prompts: VARGPTPipelineConfig = field(default_factory=VARGPTPipelineConfig)  # saved as pipeline.yaml
+    num_scenes: int | None = 20_000  # items of each map-style train source (the first ones; null: all)
+    eval_scenes: int = 100  # items of data.val evaluated (the first ones)
+
+    def __post_init__(self) -> None:
+        check(self.stage in STAGE_TRAINABLE, "stage", self.stage, f"use one of {', '.join(STAGE_TRAINABLE)}")

@@ -3,7 +3,7 @@
     config.yaml           VARGPTConfig
     vargpt.safetensors    every weight (LLM, vision tower, projectors, VAR head, VQ-VAE)
     hf_config.json        the LLM's Hugging Face architecture
-    vision_config.json    the CLIP tower's (vision: clip)
+    vision_config.json    the CLIP tower's (vision: clip; our encoder's is in config.yaml)
     text_tokenizer/       the text tokenizer, when saved with one
 
 Loading reads only the folder and runs no code from it: the two JSON files may not name custom
@@ -31,7 +31,7 @@ TOKENIZER_DIR = "text_tokenizer"
 def save_vargpt(model: VARGPT, directory: str | Path, text_tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
     """Write the folder whole (a crash leaves any old copy intact)."""
     extra: dict[str, str | bytes] = {HF_CONFIG_FILE: model.llm.config.to_json_string()}
-    if model.vision is not None:
+    if model.cfg.vision == "clip":  # our encoder's architecture is in config.yaml
         extra[VISION_CONFIG_FILE] = model.vision.config.to_json_string()
     if text_tokenizer is not None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +66,7 @@ def load_vargpt(
 def _build(cfg: VARGPTConfig, hf_config: PretrainedConfig, vision: CLIPVisionConfig | None, directory: Path):
     if cfg.vision == "clip" and vision is None:
         raise CheckpointError(f"{directory / VISION_CONFIG_FILE} is missing: vision is clip; {RESTORE}")
-    return VARGPT(cfg, hf_config=hf_config, vision_config=vision)
+    return VARGPT(cfg, hf_config=hf_config, vision_config=vision, encoder_weights=False)
 
 
 def _read_config(path: Path, root: Path, model_type: str | None) -> PretrainedConfig:

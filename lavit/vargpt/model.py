@@ -17,6 +17,7 @@ those on Gaussian noise in their place (and the null class), batched as one doub
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -24,11 +25,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, DynamicCache, PretrainedConfig
 
-from detokenizer.var.transformer import NextScaleTransformer, VARSample
+from detokenizer.var.transformer import NextScaleTransformer, VARSample, draw_scale
 from detokenizer.var.vqvae import MultiScaleVQVAE
-from lavit.generate import Generators, sample_logits
+from lavit.generate import Generators
 from lavit.model import _hf_config
 from lavit.vargpt.config import VARGPTConfig, VARGPTSamplingConfig
+from tokenizer.encoder import VisionEncoder
 
 
 class Projector(nn.Module):
@@ -46,7 +48,7 @@ class Projector(nn.Module):
 @dataclass
 class VARGPTOutput:
     logits: torch.Tensor  # (B, T, V_text) the LLM's next-token logits
-    scale_logits: torch.Tensor | None  # (B, L, V_vq) the head's, one row per scale token; None without an image
+    scale_logits: torch.Tensor | None  # (G, L, V_vq) the head's for the G images drawn; None without
 
 
 class VARGPT(nn.Module):
@@ -56,6 +58,8 @@ class VARGPT(nn.Module):
         from ``cfg.lm`` (from-scratch sizes).
     vision_config: the CLIP tower's (``cfg.vision == "clip"``); default: a CLIPVisionConfig
         of ``cfg.vision_dim`` width.
+    encoder_weights: with ``vision: encoder``, load ``cfg.encoder.weights`` (a fresh model);
+        False when a saved model's weights are about to replace them.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class VARGPT(nn.Module):
         cfg: VARGPTConfig,
         hf_config: PretrainedConfig | None = None,
         vision_config: CLIPVisionConfig | None = None,
+        encoder_weights: bool = True,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -80,6 +85,14 @@ class VARGPT(nn.Module):
                     "set vision_dim to the tower's hidden_size"
                 )
             self.vision = CLIPVisionModel(vision_config)
+            self.projector = Projector(cfg.vision_dim, hidden, hidden)
+        elif cfg.vision == "encoder":
+            enc = cfg.encoder if encoder_weights else dataclasses.replace(cfg.encoder, weights=None)
+            self.vision = VisionEncoder(enc)
+            if self.vision.dim != cfg.vision_dim:
+                raise ValueError(
+                    f"the encoder is {self.vision.dim} wide but vision_dim={cfg.vision_dim}: set vision_dim"
+                )
             self.projector = Projector(cfg.vision_dim, hidden, hidden)
         self.head = NextScaleTransformer(cfg.var, cfg.vqvae)
         width = cfg.var.width
@@ -104,11 +117,22 @@ class VARGPT(nn.Module):
     # ----------------------------------------------------------------------------------------
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) CLIP-normalised images -> (N, P, H) projected features, CLS dropped."""
+        """(N, 3, S, S) images (CLIP-normalised for a CLIP tower, in [0, 1] for our encoder) ->
+        (N, P, H) projected patch features (CLIP: layer ``vision_feature_layer``, CLS dropped)."""
         if self.vision is None:
             raise ValueError("this VARGPT model has no vision tower (vision: none): it cannot read images")
+        if self.cfg.vision == "encoder":
+            return self.projector(self.vision(pixel_values))
         states = self.vision(pixel_values, output_hidden_states=True).hidden_states[self.cfg.vision_feature_layer]
         return self.projector(states[:, 1:])
+
+    @property
+    def patches(self) -> int:
+        """Image features per understanding image: the ``<image>`` tokens it fills."""
+        if self.cfg.vision == "encoder":
+            return self.cfg.encoder.num_patches
+        config = self.vision.config
+        return (config.image_size // config.patch_size) ** 2
 
     def start_vector(self, batch: int, device: torch.device, drop: torch.Tensor | None = None) -> torch.Tensor:
         """(B, width) class embedding of <|image_gen_start|> (the null class where ``drop``)."""
@@ -122,12 +146,13 @@ class VARGPT(nn.Module):
         scale_inputs: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T) ids -> ((B, T, H) input embeddings, the (B, width) start vector or None).
+        """(B, T) ids -> ((B, T, H) input embeddings, the (G, width) start vectors or None).
 
         ``<image>`` positions take ``pixel_values``' projected features (in order; each image
-        fills as many positions as it has patches); the ``<|image_gen_pad|>`` positions of a row
-        take its L scale tokens through ``gen_in``, from the (B, L - 1, Cvae) next-scale
-        ``scale_inputs`` (rows in ``drop`` start from the null class).
+        fills as many positions as it has patches). The G rows that hold ``<|image_gen_pad|>``
+        tokens (L each) take their scale tokens there through ``gen_in``, from the (G, L - 1,
+        Cvae) next-scale ``scale_inputs`` of their images, in row order; rows in the (G,)
+        ``drop`` start from the null class. A batch may mix understanding and generation rows.
         """
         emb = self.llm.get_input_embeddings()(input_ids)
         if pixel_values is not None:
@@ -140,12 +165,13 @@ class VARGPT(nn.Module):
         if scale_inputs is not None:
             where = input_ids == self.cfg.gen_pad_id
             per_row = where.sum(1)
-            if not bool((per_row == self.num_scale_tokens).all()):
+            rows = per_row > 0
+            if not bool((per_row[rows] == self.num_scale_tokens).all()) or int(rows.sum()) != scale_inputs.shape[0]:
                 raise ValueError(
-                    f"every row needs {self.num_scale_tokens} <|image_gen_pad|> tokens for its scale tokens, "
-                    f"got {per_row.tolist()}"
+                    f"{scale_inputs.shape[0]} images to draw, but the rows hold {per_row.tolist()} "
+                    f"<|image_gen_pad|> tokens: a row drawing an image needs {self.num_scale_tokens}"
                 )
-            vector = self.start_vector(input_ids.shape[0], input_ids.device, drop)
+            vector = self.start_vector(scale_inputs.shape[0], input_ids.device, drop)
             tokens = self.head.embed(vector, scale_inputs, 0, self.num_scale_tokens)
             emb = emb.masked_scatter(where[..., None], self.gen_in(tokens).to(emb.dtype))
         return emb, vector
@@ -168,15 +194,15 @@ class VARGPT(nn.Module):
         Args:
             input_ids, attention_mask: (B, T) (right padding).
             pixel_values: images for the ``<image>`` positions (see :meth:`embed`).
-            scale_inputs: (B, L - 1, Cvae) next-scale inputs of each row's image
-                (``vqvae.quantizer.teacher_forcing_inputs`` of its token maps).
-            drop: (B,) bool, rows whose head starts from the null class (condition dropout).
+            scale_inputs: (G, L - 1, Cvae) next-scale inputs of the images of the G rows that
+                draw one (``vqvae.quantizer.teacher_forcing_inputs`` of their token maps).
+            drop: (G,) bool, images whose head starts from the null class (condition dropout).
         """
         emb, vector = self.embed(input_ids, pixel_values, scale_inputs, drop)
         out = self.llm(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
         if vector is None:
             return VARGPTOutput(out.logits, None)
-        states = out.hidden_states[-1][input_ids == self.cfg.gen_pad_id].view(input_ids.shape[0], -1, emb.shape[-1])
+        states = out.hidden_states[-1][input_ids == self.cfg.gen_pad_id].view(vector.shape[0], -1, emb.shape[-1])
         return VARGPTOutput(out.logits, self.head.blocks_and_head(self.gen_out(states), vector))
 
     # ----------------------------------------------------------------------------------------
@@ -247,17 +273,7 @@ class VARGPT(nn.Module):
                 g = 1 + (cfg.guidance_scale - 1) * k / max(num - 1, 1) if cfg.ramp else cfg.guidance_scale
                 logits = logits[b:] + g * (logits[:b] - logits[b:])
             all_logits.append(logits)
-            if forced is not None and forced[k] is not None:
-                idx = forced[k].reshape(b, p * p).to(device)
-            elif isinstance(generator, list):
-                idx = torch.stack(
-                    [
-                        sample_logits(row, cfg.temperature, cfg.top_k, cfg.top_p, gen)
-                        for row, gen in zip(logits, generator, strict=True)
-                    ]
-                )
-            else:
-                idx = sample_logits(logits.flatten(0, 1), cfg.temperature, cfg.top_k, cfg.top_p, generator).view(b, -1)
+            idx = draw_scale(logits, cfg, generator, None if forced is None else forced[k])
             tokens.append(idx.view(b, p, p))
             f_hat, nxt = quantizer.step(f_hat, tokens[-1], k)
             f_hats.append(f_hat)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,45 +24,15 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from lavit.checkpoint import CheckpointError, read_config_file
-from lavit.config import TextDecodingConfig, check, fills_once, to_yaml
+from lavit.config import TextDecodingConfig, fills_once, to_yaml
 from lavit.data.image_io import load_image
 from lavit.data.transforms import to_pil, to_tensor
 from lavit.generate import cut_at_stop, seeded_generators
-from lavit.vargpt.config import VARGPTSamplingConfig
+from lavit.vargpt.config import VARGPTPipelineConfig, VARGPTSamplingConfig
 from lavit.vargpt.io import load_vargpt, save_vargpt
 from lavit.vargpt.model import VARGPT
 
 PIPELINE_FILE = "pipeline.yaml"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-
-
-@dataclass
-class VARGPTPipelineConfig:
-    """Prompts and decoding defaults of a :class:`VARGPTPipeline`, saved as pipeline.yaml."""
-
-    system: str = SYSTEM
-    understanding_template: str = "USER: <image>\n{} ASSISTANT:"  # {}: the question or caption prompt
-    generation_template: str = "USER: {} ASSISTANT:"
-    caption_prompt: str = "Please describe this image briefly."
-    vqa_prompt: str = "{}\nAnswer the question using a single word or phrase."  # LLaVA-1.5's VQA form
-    caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=64))
-    vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=16))
-    image_sampling: VARGPTSamplingConfig = field(default_factory=VARGPTSamplingConfig)
-    image_size: int = 336  # the CLIP tower's input side (VARGPT: ViT-L/14 at 336 px)
-    image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
-
-    def __post_init__(self) -> None:
-        for key in ("understanding_template", "generation_template", "vqa_prompt"):
-            value = getattr(self, key)
-            check(fills_once(value), key, value, "hold the text's place as {} exactly once")
-        check("<image>" in self.understanding_template, "understanding_template", self.understanding_template,
-              "place the image as <image>")  # fmt: skip
 
 
 class VARGPTPipeline:
@@ -126,9 +95,7 @@ class VARGPTPipeline:
         pixels = self.images_to_tensor(images)
         if pixels.shape[0] != len(texts):
             raise ValueError(f"{pixels.shape[0]} images for {len(texts)} prompts")
-        patches = (self.cfg.image_size // self.model.vision.config.patch_size) ** 2
-        image = "<image>" * patches
-        prompts = [f"{self.cfg.system} {self.cfg.understanding_template.format(t)}".replace("<image>", image, 1) for t in texts]  # fmt: skip
+        prompts = [self.cfg.understanding_text(t, self.model.patches) for t in texts]
         ids, mask = self._left_padded(prompts)
         emb, _ = self.model.embed(ids, pixels)
         banned = [self.model.cfg.gen_start_id, self.model.cfg.gen_end_id, self.model.cfg.gen_pad_id]
@@ -184,7 +151,7 @@ class VARGPTPipeline:
         sampling = sampling or self.cfg.image_sampling
         if guidance_scale is not None:
             sampling = dataclasses.replace(sampling, guidance_scale=guidance_scale)
-        texts = [f"{self.cfg.system} {self.cfg.generation_template.format(p)}" for p in prompts for _ in range(num_images)]  # fmt: skip
+        texts = [self.cfg.generation_text(p) for p in prompts for _ in range(num_images)]
         ids, mask = self._left_padded(texts, end=self.model.cfg.gen_start_id)
         drawn = self.model.sample(ids, mask, sampling, seeded_generators(len(texts), seed, self.device))
         return [to_pil(im) for im in self.model.vqvae.decode_fhat(drawn.f_hat)]

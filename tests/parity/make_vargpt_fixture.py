@@ -137,8 +137,7 @@ def import_reference(repo: Path) -> types.ModuleType:
 
 def small_model(modeling) -> nn.Module:
     from lmms_eval.models.visionllm.vargpt_llava.configuration_vargpt_llava import VARGPTLlavaConfig
-    from lmms_eval.models.visionllm.vargpt_llava.var_model.models import VAR_VAE_v1, VQVAE
-    from lmms_eval.models.visionllm.vargpt_llava.var_model.models import basic_vae
+    from lmms_eval.models.visionllm.vargpt_llava.var_model.models import VQVAE, VAR_VAE_v1, basic_vae
 
     cfg = VARGPTLlavaConfig(
         vision_config=dict(VISION),
