@@ -300,7 +300,13 @@ def test_the_pipeline_captions_answers_and_draws_from_a_vargpt_folder(model, fix
     folder = VARGPTPipeline(model, small_tokenizer(meta), cfg).save_pretrained(tmp_path / "pipe")
     pipe = VARGPTPipeline.from_pretrained(folder)
     images = torch.rand(2, 3, 28, 28)
+    # The CLIP tower reads the images normalised once (CLIP's mean and std), whatever the call.
+    seen, embed = [], pipe.model.embed
+    pipe.model.embed = lambda ids, pixels=None, *a: (seen.append(pixels), embed(ids, pixels, *a))[1]
     assert [type(c) for c in pipe.caption(images)] == [str, str]
+    del pipe.model.embed
+    mean, std = torch.tensor(cfg.image_mean).view(1, 3, 1, 1), torch.tensor(cfg.image_std).view(1, 3, 1, 1)
+    assert torch.allclose(seen[0], (images - mean) / std)
     assert len(pipe.answer(images, ["w7 w8", "w9"])) == 2
     one = pipe.generate_image(["w10 w11", "w12"], seed=3, guidance_scale=1.5)
     assert [im.size for im in one] == [(160, 160)] * 2

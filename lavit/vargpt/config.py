@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from detokenizer.var.config import VARConfig, VQVAEConfig
 from lavit.config import (
     DataConfig,
@@ -115,6 +117,11 @@ class VARGPTPipelineConfig:
         """The prompt of an image and ``text``: its ``<image>`` repeated once per patch."""
         prompt = " ".join(filter(None, [self.system, self.understanding_template.format(text)]))
         return prompt.replace("<image>", "<image>" * patches, 1)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [0, 1] -> what the vision tower reads (``image_mean``/``_std``)."""
+        mean = images.new_tensor(self.image_mean).view(1, 3, 1, 1)
+        return (images - mean) / images.new_tensor(self.image_std).view(1, 3, 1, 1)
 
     def generation_text(self, prompt: str) -> str:
         """The text before ``<|image_gen_start|>`` when drawing for ``prompt``."""

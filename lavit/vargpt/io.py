@@ -52,8 +52,7 @@ def load_vargpt(
     directory = Path(directory)
     root = directory if root is None else Path(root)
     hf_config = _read_config(directory / HF_CONFIG_FILE, root, None)
-    vision_path = directory / VISION_CONFIG_FILE
-    vision = _read_config(vision_path, root, "clip_vision_model") if os.path.lexists(vision_path) else None
+    vision = read_vision_config(directory, root)
     _, modules = load_model_dir(
         directory, VARGPTConfig, lambda cfg: {"vargpt": _build(cfg, hf_config, vision, directory)}, root=root
     )
@@ -61,6 +60,13 @@ def load_vargpt(
     if os.path.lexists(directory / TOKENIZER_DIR):
         tok = load_text_tokenizer(directory / TOKENIZER_DIR, root)
     return modules["vargpt"].to(device).eval(), tok
+
+
+def read_vision_config(directory: str | Path, root: str | Path | None = None) -> CLIPVisionConfig | None:
+    """The CLIP tower's architecture saved in a VARGPT folder (None: the model has no CLIP tower)."""
+    path = Path(directory) / VISION_CONFIG_FILE
+    root = Path(directory) if root is None else Path(root)
+    return _read_config(path, root, "clip_vision_model") if os.path.lexists(path) else None
 
 
 def _build(cfg: VARGPTConfig, hf_config: PretrainedConfig, vision: CLIPVisionConfig | None, directory: Path):

@@ -129,10 +129,7 @@ class VARGPT(nn.Module):
     @property
     def patches(self) -> int:
         """Image features per understanding image: the ``<image>`` tokens it fills."""
-        if self.cfg.vision == "encoder":
-            return self.cfg.encoder.num_patches
-        config = self.vision.config
-        return (config.image_size // config.patch_size) ** 2
+        return image_patches(self.cfg, self.vision.config if self.cfg.vision == "clip" else None)
 
     def start_vector(self, batch: int, device: torch.device, drop: torch.Tensor | None = None) -> torch.Tensor:
         """(B, width) class embedding of <|image_gen_start|> (the null class where ``drop``)."""
@@ -297,6 +294,17 @@ class VARGPT(nn.Module):
             logits_to_keep=1,
         )
         return out.hidden_states[-1]
+
+
+def image_patches(cfg: VARGPTConfig, vision_config: CLIPVisionConfig | None = None) -> int:
+    """The ``<image>`` tokens an understanding image fills: the vision tower's patches (a CLIP
+    tower's from ``vision_config``, default the one :class:`VARGPT` builds; 0 without a tower)."""
+    if cfg.vision == "encoder":
+        return cfg.encoder.num_patches
+    if cfg.vision == "clip":
+        config = vision_config or CLIPVisionConfig(hidden_size=cfg.vision_dim)
+        return (config.image_size // config.patch_size) ** 2
+    return 0
 
 
 def _noise(shape: tuple[int, ...], generator: Generators, like: torch.Tensor) -> torch.Tensor:

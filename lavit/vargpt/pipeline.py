@@ -76,7 +76,8 @@ class VARGPTPipeline:
     # --- understanding -------------------------------------------------------------------------
 
     def images_to_tensor(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
-        """Paths / PIL images / a (B, 3, S, S) tensor in [0, 1] -> CLIP-normalised (B, 3, S, S)."""
+        """Paths / PIL images / a (B, 3, S, S) tensor in [0, 1] -> (B, 3, S, S) in [0, 1] at the
+        tower's side (the tower's normalisation is :meth:`_understand`'s, applied once)."""
         size = self.cfg.image_size
         if isinstance(images, torch.Tensor):
             batch = images[None] if images.ndim == 3 else images
@@ -87,12 +88,10 @@ class VARGPTPipeline:
                 raise ValueError("no images given")
             pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
             batch = torch.stack([to_tensor(im, size) for im in pil])
-        mean = torch.tensor(self.cfg.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.cfg.image_std).view(1, 3, 1, 1)
-        return ((batch - mean) / std).to(self.device)
+        return batch.to(self.device)
 
     def _understand(self, images, texts: list[str], decoding: TextDecodingConfig) -> list[str]:
-        pixels = self.images_to_tensor(images)
+        pixels = self.cfg.normalise(self.images_to_tensor(images))
         if pixels.shape[0] != len(texts):
             raise ValueError(f"{pixels.shape[0]} images for {len(texts)} prompts")
         prompts = [self.cfg.understanding_text(t, self.model.patches) for t in texts]

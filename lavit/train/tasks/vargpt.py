@@ -14,6 +14,7 @@ built with the prompts the saved pipeline uses (``prompts``, pipeline.yaml).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 import zlib
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import CLIPVisionConfig
 
 from detokenizer.var.io import load_vqvae
 from lavit.config import ConfigError
@@ -34,8 +36,8 @@ from lavit.metrics.vqa import answer_accuracy
 from lavit.text_tokenizer import load_text_tokenizer, train_bpe
 from lavit.train.tasks.images import sample_data
 from lavit.vargpt.config import SPECIAL_TOKENS, STAGE_TRAINABLE, VARGPTRunConfig
-from lavit.vargpt.io import load_vargpt
-from lavit.vargpt.model import VARGPT
+from lavit.vargpt.io import load_vargpt, read_vision_config
+from lavit.vargpt.model import VARGPT, image_patches
 from lavit.vargpt.pipeline import VARGPTPipeline
 from tokenizer import load_tokenizer
 
@@ -63,6 +65,7 @@ class VARGPTTask:
                 f"gen_start_id, gen_end_id, gen_pad_id) {want}: set them so (and var.num_classes={ids[1] + 1})"
             )
         self.length = sum(p * p for p in self.vqvae.cfg.scales)
+        self.patches = self._patches()
         self.data = sample_data(cfg.data, "train", self._item)
 
     # --- data ----------------------------------------------------------------------------------
@@ -90,8 +93,9 @@ class VARGPTTask:
 
     def _tasks(self, sample: Sample) -> list[tuple[str, float]]:
         mix = self.cfg.mixture
-        out = [(CAPTION, mix.caption)] if sample.captions else []
-        out += [(VQA, mix.vqa)] if sample.qa else []
+        reads = self.model_cfg.vision != "none"  # a model without a vision tower only draws
+        out = [(CAPTION, mix.caption)] if sample.captions and reads else []
+        out += [(VQA, mix.vqa)] if sample.qa and reads else []
         out += [(T2I, mix.t2i)] if (sample.captions or "prompt" in sample.meta) else []
         return [(t, w) for t, w in out if w > 0]
 
@@ -124,15 +128,22 @@ class VARGPTTask:
             question, answer = prompts.vqa_prompt.format(qa.question), qa.answers[0]
         prompt = self.tok(prompts.understanding_text(question, self.patches))["input_ids"]
         reply = self.tok(" " + answer, add_special_tokens=False)["input_ids"] + [eos]
-        pixels = preprocess(sample.image, prompts.image_size)
+        pixels = prompts.normalise(preprocess(sample.image, prompts.image_size)[None])[0]  # as the pipeline reads it
         return {"ids": prompt + reply, "labels": [IGNORE] * len(prompt) + reply, "read": pixels}
 
-    @property
-    def patches(self) -> int:
+    def _patches(self) -> int:
+        """``<image>`` tokens per understanding image: the tower's patches (a CLIP tower's as
+        init_from saved it, else as a fresh model builds it); its input side must be the
+        prompts' ``image_size``."""
         model = self.model_cfg
-        if model.vision == "encoder":
-            return model.encoder.num_patches
-        return (self.cfg.prompts.image_size // 14) ** 2 if model.vision == "clip" else 0
+        vision = read_vision_config(self.cfg.init_from) if model.vision == "clip" and self.cfg.init_from else None
+        side = {"encoder": model.encoder.image_size, "clip": (vision or CLIPVisionConfig()).image_size}
+        if model.vision in side and side[model.vision] != self.cfg.prompts.image_size:
+            raise ConfigError(
+                f"prompts.image_size={self.cfg.prompts.image_size}, but the vision tower reads "
+                f"{side[model.vision]} px images: set prompts.image_size={side[model.vision]}"
+            )
+        return image_patches(model, vision)
 
     def train_dataset(self) -> Dataset:
         return self.data
@@ -188,8 +199,9 @@ class VARGPTTask:
         if batch["draw"] is not None:
             self.vqvae.to(batch["draw"].device)
             with torch.no_grad():
-                inputs = self.vqvae.quantizer.teacher_forcing_inputs(self.vqvae.encode(batch["draw"]))
-                targets = torch.cat([i.flatten(1) for i in self.vqvae.encode(batch["draw"])], dim=1)
+                indices = self.vqvae.encode(batch["draw"])
+                inputs = self.vqvae.quantizer.teacher_forcing_inputs(indices)
+                targets = torch.cat([i.flatten(1) for i in indices], dim=1)
             drop = batch["drop"].to(batch["draw"].device)
         out = model(batch["input_ids"], batch["attention_mask"], batch["read"], inputs, drop)
         text = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)  # fmt: skip
@@ -212,7 +224,7 @@ class VARGPTTask:
         if not cfg.data.val:
             return {}
         pipe = VARGPTPipeline(model, self.tok, cfg.prompts)
-        samples = [s for _, s in zip(range(cfg.eval_scenes), build_data(cfg.data, "val"), strict=False)]
+        samples = list(itertools.islice(build_data(cfg.data, "val"), cfg.eval_scenes))
         metrics: dict[str, float] = {}
         images = [s.image for s in samples]
         if samples and all(has_scene(s.meta) for s in samples):
