@@ -102,6 +102,32 @@ def _read_layout(path: Path, root: Path) -> VocabLayout:
         raise CheckpointError(f"{path}: {e}; {RESTORE}") from None
 
 
+def read_transformers_config(path: Path, root: Path, model_type: str | None = None) -> PretrainedConfig:
+    """A transformers config saved as JSON, built as transformers' own class: one naming custom
+    code (``auto_map``) is refused, and ``model_type``, if given, must be the file's.
+
+    Raises:
+        CheckpointError: missing, not JSON, custom code, another model type, or not a config.
+    """
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{path} is missing; {RESTORE}")
+    fields = read_json(path, root)
+    if "auto_map" in fields:
+        raise CheckpointError(
+            f"{path} has auto_map (model classes defined by Python code), which lavit never runs; "
+            "use a model type built into transformers"
+        )
+    kind = fields.pop("model_type", None)
+    if not isinstance(kind, str) or (model_type is not None and kind != model_type):
+        want = repr(model_type) if model_type else "a transformers model type"
+        raise CheckpointError(f"{path}: 'model_type' must be {want}, got {kind!r}; {RESTORE}")
+    try:
+        return AutoConfig.for_model(kind, **fields)
+    except (ValueError, TypeError, KeyError) as e:
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise CheckpointError(f"{path} is not a transformers config ({first[:200]}); {RESTORE}") from None
+
+
 def _read_hf_config(directory: Path, cfg: LMConfig, layout: VocabLayout, root: Path) -> PretrainedConfig | None:
     """The saved Hugging Face architecture (None: the LM is built from config.yaml's fields).
 
@@ -115,22 +141,7 @@ def _read_hf_config(directory: Path, cfg: LMConfig, layout: VocabLayout, root: P
                 "re-save the LM with save_lm, which writes it"
             )
         return None
-    fields = read_json(path, root)
-    if "auto_map" in fields:
-        raise CheckpointError(
-            f"{path} has auto_map (model classes defined by Python code), which lavit never runs; "
-            "use a model type built into transformers"
-        )
-    model_type = fields.pop("model_type", None)
-    if not isinstance(model_type, str):
-        raise CheckpointError(
-            f"{path}: 'model_type' must name a transformers model type, got {model_type!r}; {RESTORE}"
-        )
-    try:
-        hf_config = AutoConfig.for_model(model_type, **fields)
-    except (ValueError, TypeError, KeyError) as e:
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise CheckpointError(f"{path} is not a transformers config ({first[:200]}); {RESTORE}") from None
+    hf_config = read_transformers_config(path, root)
     mine = dataclasses.asdict(cfg)
     mine["num_kv_heads"] = cfg.num_kv_heads or cfg.num_heads
     for key, theirs in hf_architecture(hf_config).items():

@@ -70,6 +70,12 @@ def hf_architecture(hf_config: PretrainedConfig) -> dict[str, Any]:
     return out
 
 
+def cache_argument(model: nn.Module) -> str:
+    """How ``model.forward`` (a transformers LM) takes a KV cache: ``cache`` in newer
+    transformers 5.x, ``past_key_values`` in older ones (where newer ones warn that it goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 # LMConfig field -> the Hugging Face config attribute _hf_config sets from it.
 HF_ATTRIBUTES = {
     "hidden_size": "hidden_size",
@@ -156,10 +162,7 @@ class UnifiedLM(nn.Module):
             self.hf = AutoModelForCausalLM.from_config(
                 hf_config, attn_implementation=cfg.attn_implementation, trust_remote_code=False, dtype=dtype
             )
-        # How hf.forward takes a KV cache: ``cache`` in newer transformers 5.x, ``past_key_values``
-        # in older ones (where newer ones warn that it goes in 5.40).
-        takes_cache = "cache" in inspect.signature(self.hf.forward).parameters
-        self._cache_name = "cache" if takes_cache else "past_key_values"
+        self._cache_name = cache_argument(self.hf)
         self.layout = self._layout(cfg, self.hf.get_input_embeddings().num_embeddings)
         # New rows (specials, codes, locations) are drawn from a Gaussian with the mean and
         # covariance of the existing rows (transformers' mean_resizing), not zeros; on the meta

@@ -178,6 +178,23 @@ def write_converted(
     return out_dir
 
 
+def read_config_json(path: Path, what: str) -> dict:
+    """A published folder's ``config.json`` as plain JSON (never as code).
+
+    Raises:
+        CheckpointError: missing (naming ``what`` to give), not JSON, or naming custom code.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: give {what}")
+    try:
+        fields = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path} does not read as JSON ({one_line(e)})") from None
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path} holds a {type(fields).__name__}, not a config object")
+    return fields
+
+
 def rebuild_meta_buffers(model: torch.nn.Module) -> None:
     """Buffers that are no weights (Llama's rotary frequencies) were built on the meta device with
     the rest: rebuild each module holding one from its config, on the CPU, and take its buffers."""

@@ -30,7 +30,6 @@ one), each checked against its config's names and shapes first. The conditioner'
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from safetensors.torch import save_file
 from detokenizer.diffusion.config import LaVITConditionerConfig, LaVITPixelDecoderConfig
 from detokenizer.diffusion.lavit_decoder import LaVITConditioner, check_unet
 from lavit.checkpoint import CheckpointError, save_model_dir
-from lavit.convert.common import Source, apply_key_map, read_state_dict, rename, write_converted
+from lavit.convert.common import Source, apply_key_map, read_config_json, read_state_dict, rename, write_converted
 
 DECODER_FILE = "visual_tokenizer/highres_tokenizer_decoder.bin"
 CODEBOOK_FILE = "visual_tokenizer/tokenizer_encoder.bin"
@@ -155,15 +154,7 @@ def load_lavit_conditioner(
 
 
 def read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: give LaVIT's {PIXEL_DIR} folder (unet/, vae/, scheduler/)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds a {type(config).__name__}, not a config object")
-    return config
+    return read_config_json(path, f"LaVIT's {PIXEL_DIR} folder (unet/, vae/, scheduler/)")
 
 
 def weight_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:

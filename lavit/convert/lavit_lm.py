@@ -28,7 +28,6 @@ conversion); no prompt lavit builds starts with white space.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,9 +35,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
-from lavit.checkpoint import CheckpointError, one_line
+from lavit.checkpoint import CheckpointError
 from lavit.config import LMConfig, load_config
-from lavit.convert.common import Source, apply_key_map, read_state_dict, rebuild_meta_buffers, rename
+from lavit.convert.common import Source, apply_key_map, read_config_json, read_state_dict, rebuild_meta_buffers, rename
 from lavit.model import UnifiedLM, hf_architecture
 from lavit.vocab import LAVIT_LAYOUT, VocabLayout
 
@@ -74,12 +73,7 @@ def read_hf_config(src: Path, num_codes: int = LAVIT_LAYOUT.num_codes) -> Pretra
         CheckpointError: missing, not JSON, custom code, not a Llama, or not LaVIT's vocabulary.
     """
     path = src / FOLDER / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: give the LaVIT-7B-v2 folder, which holds {FOLDER}/config.json")
-    try:
-        fields = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path} does not read as JSON ({one_line(e)})") from None
+    fields = read_config_json(path, f"the LaVIT-7B-v2 folder, which holds {FOLDER}/config.json")
     if "auto_map" in fields:
         raise CheckpointError(f"{path} has auto_map (model classes defined by Python code), which lavit never runs")
     if fields.get("model_type") != "llama":

@@ -23,7 +23,6 @@ and the head's size is read off its tensors (d30 published).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,10 +32,17 @@ from transformers import AutoConfig, CLIPVisionConfig, PretrainedConfig
 from detokenizer.var.config import VQVAEConfig
 from detokenizer.var.transformer import NextScaleTransformer
 from detokenizer.var.vqvae import MultiScaleVQVAE
-from lavit.checkpoint import CheckpointError, one_line
+from lavit.checkpoint import CheckpointError
 from lavit.config import LMConfig
 from lavit.convert import var_transformer, var_vqvae
-from lavit.convert.common import apply_key_map, read_state_dict, rebuild_meta_buffers, rename, write_converted
+from lavit.convert.common import (
+    apply_key_map,
+    read_config_json,
+    read_state_dict,
+    rebuild_meta_buffers,
+    rename,
+    write_converted,
+)
 from lavit.model import hf_architecture
 from lavit.vargpt.config import VARGPTConfig
 from lavit.vargpt.io import save_vargpt
@@ -56,12 +62,7 @@ def read_config(src: Path) -> dict:
         CheckpointError: missing, not JSON, or not a ``vargpt_llava`` config with its special tokens.
     """
     path = src / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: give the VARGPT_LLaVA-v1 folder (VARGPT-family/VARGPT_LLaVA-v1)")
-    try:
-        fields = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path} does not read as JSON ({one_line(e)})") from None
+    fields = read_config_json(path, "the VARGPT_LLaVA-v1 folder (VARGPT-family/VARGPT_LLaVA-v1)")
     if fields.get("model_type") != "vargpt_llava":
         raise CheckpointError(f"{path}: model_type {fields.get('model_type')!r}, not VARGPT's 'vargpt_llava'")
     for key in ("text_config", "vision_config", "special_tokens"):

@@ -16,9 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from transformers import AutoConfig, CLIPVisionConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import CLIPVisionConfig, PretrainedConfig, PreTrainedTokenizerBase
 
-from lavit.checkpoint import RESTORE, CheckpointError, load_model_dir, read_json, save_model_dir
+from lavit.checkpoint import RESTORE, CheckpointError, load_model_dir, save_model_dir
+from lavit.lm_io import read_transformers_config
 from lavit.text_tokenizer import load_text_tokenizer
 from lavit.vargpt.config import VARGPTConfig
 from lavit.vargpt.model import VARGPT
@@ -51,7 +52,7 @@ def load_vargpt(
     """
     directory = Path(directory)
     root = directory if root is None else Path(root)
-    hf_config = _read_config(directory / HF_CONFIG_FILE, root, None)
+    hf_config = read_transformers_config(directory / HF_CONFIG_FILE, root, None)
     vision = read_vision_config(directory, root)
     _, modules = load_model_dir(
         directory, VARGPTConfig, lambda cfg: {"vargpt": _build(cfg, hf_config, vision, directory)}, root=root
@@ -66,27 +67,10 @@ def read_vision_config(directory: str | Path, root: str | Path | None = None) ->
     """The CLIP tower's architecture saved in a VARGPT folder (None: the model has no CLIP tower)."""
     path = Path(directory) / VISION_CONFIG_FILE
     root = Path(directory) if root is None else Path(root)
-    return _read_config(path, root, "clip_vision_model") if os.path.lexists(path) else None
+    return read_transformers_config(path, root, "clip_vision_model") if os.path.lexists(path) else None
 
 
 def _build(cfg: VARGPTConfig, hf_config: PretrainedConfig, vision: CLIPVisionConfig | None, directory: Path):
     if cfg.vision == "clip" and vision is None:
         raise CheckpointError(f"{directory / VISION_CONFIG_FILE} is missing: vision is clip; {RESTORE}")
     return VARGPT(cfg, hf_config=hf_config, vision_config=vision, encoder_weights=False)
-
-
-def _read_config(path: Path, root: Path, model_type: str | None) -> PretrainedConfig:
-    """A transformers config from JSON, never naming custom code; ``model_type`` if given must match."""
-    if not os.path.lexists(path):
-        raise CheckpointError(f"{path} is missing; {RESTORE}")
-    fields = read_json(path, root)
-    if "auto_map" in fields:
-        raise CheckpointError(f"{path} has auto_map (classes defined by Python code), which lavit never runs")
-    kind = fields.pop("model_type", None)
-    if not isinstance(kind, str) or (model_type is not None and kind != model_type):
-        raise CheckpointError(f"{path}: model_type {kind!r}, expected {model_type or 'a transformers model type'}")
-    try:
-        return AutoConfig.for_model(kind, **fields)
-    except (ValueError, TypeError, KeyError) as e:
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise CheckpointError(f"{path} is not a transformers config ({first[:200]}); {RESTORE}") from None

@@ -18,7 +18,6 @@ those on Gaussian noise in their place (and the null class), batched as one doub
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
 from detokenizer.var.transformer import NextScaleTransformer, VARSample, draw_scale
 from detokenizer.var.vqvae import MultiScaleVQVAE
 from lavit.generate import Generators
-from lavit.model import _hf_config
+from lavit.model import _hf_config, cache_argument
 from lavit.vargpt.config import VARGPTConfig, VARGPTSamplingConfig
 from tokenizer.encoder import VisionEncoder
 
@@ -99,8 +98,7 @@ class VARGPT(nn.Module):
         self.gen_in = Projector(width, width, hidden)
         self.gen_out = Projector(hidden, hidden, width)
         self.vqvae = MultiScaleVQVAE(cfg.vqvae).requires_grad_(False).eval()
-        # ``cache`` in newer transformers 5.x, ``past_key_values`` before (UnifiedLM does the same).
-        self._cache_name = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+        self._cache_name = cache_argument(self.llm)
 
     def train(self, mode: bool = True) -> VARGPT:
         super().train(mode)
