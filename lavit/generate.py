@@ -8,7 +8,9 @@ its own cache, doubling per-step latency.) Inside an image only codes and </img>
 slice mask), with min/max code counts, top-k, top-p, temperature and a seeded generator.
 
 Text (:func:`generate_text`): greedy or beam search, image ids suppressed, stop at </s> or a
-stop string, batches of prompts with left padding.
+stop string, batches of prompts with left padding. Text with boxes (:func:`generate_grounded`):
+the same loops under :class:`lavit.grounding.BoxGrammar`, which allows location ids only as
+whole boxes (or, for comprehension, one box and nothing else).
 
 The image loop's KV cache is a :mod:`lavit.decoding` decoder: on a GPU a static cache whose
 decode step is one replayed CUDA graph (``ImageSamplingConfig.kv_cache``).
@@ -20,6 +22,7 @@ import torch
 
 from lavit.config import ImageSamplingConfig, TextDecodingConfig
 from lavit.decoding import make_decoder
+from lavit.grounding import Box, BoxGrammar, Segment, split_boxes
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, left_pad
 
@@ -177,19 +180,61 @@ def generate_text(
     Returns:
         One string per prompt, stripped, cut at the first stop string.
     """
+    out = generate_ids(lm, builder, prompts, cfg, features)
+    texts = [builder.tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
+    return [cut_at_stop(t, cfg.stop_strings) for t in texts]
+
+
+@torch.no_grad()
+def generate_grounded(
+    lm: UnifiedLM,
+    builder: SequenceBuilder,
+    prompts: list[TokenSeq],
+    cfg: TextDecodingConfig,
+    mode: str,
+    features: list[torch.Tensor] | None = None,
+) -> list[list[Segment]]:
+    """Decode text that may hold boxes (``mode`` "grounded": a grounded caption, a phrase with its
+    box) or exactly one box ("box": comprehension), under :class:`BoxGrammar`; the arguments are
+    :func:`generate_text`'s.
+
+    Returns:
+        Per prompt, its strings and :class:`~lavit.grounding.Box` es in order (strings stripped,
+        empty ones dropped).
+    """
+    device = next(lm.parameters()).device
+    grammar = BoxGrammar(lm.layout, mode, builder.eos, device)
+    out = []
+    for ids in generate_ids(lm, builder, prompts, cfg, features, grammar):
+        parts = [
+            part if isinstance(part, Box) else builder.tok.decode(part, skip_special_tokens=True).strip()
+            for part in split_boxes(ids, lm.layout)
+        ]
+        out.append([p for p in parts if isinstance(p, Box) or p])
+    return out
+
+
+def generate_ids(
+    lm: UnifiedLM,
+    builder: SequenceBuilder,
+    prompts: list[TokenSeq],
+    cfg: TextDecodingConfig,
+    features: list[torch.Tensor] | None = None,
+    grammar: BoxGrammar | None = None,
+) -> list[list[int]]:
+    """The ids :func:`generate_text` decodes (``grammar``: which may come next; default text only)."""
     if not prompts:
         raise ValueError("no prompts given")
     _check_lengths(lm, prompts, cfg)
     if features is not None and len(features) != len(prompts):
         raise ValueError(f"{len(features)} feature tensors for {len(prompts)} prompts")
+    grammar = grammar or BoxGrammar(lm.layout, "text", builder.eos, next(lm.parameters()).device)
     if cfg.num_beams == 1:
-        out = _greedy(lm, builder, prompts, cfg, features)
-    else:
-        out = [
-            _beam_search(lm, builder, p, cfg, None if features is None else features[i]) for i, p in enumerate(prompts)
-        ]
-    texts = [builder.tok.decode(ids, skip_special_tokens=True).strip() for ids in out]
-    return [cut_at_stop(t, cfg.stop_strings) for t in texts]
+        return _greedy(lm, builder, prompts, cfg, grammar, features)
+    return [
+        _beam_search(lm, builder, p, cfg, grammar, None if features is None else features[i])
+        for i, p in enumerate(prompts)
+    ]
 
 
 def _check_lengths(lm: UnifiedLM, prompts: list[TokenSeq], cfg: TextDecodingConfig) -> None:
@@ -242,17 +287,17 @@ def _greedy(
     builder: SequenceBuilder,
     prompts: list[TokenSeq],
     cfg: TextDecodingConfig,
+    grammar: BoxGrammar,
     features: list[torch.Tensor] | None = None,
 ) -> list[list[int]]:
     device = next(lm.parameters()).device
     ids, mask, feats, fmask = _prompt_inputs(prompts, features, builder.tok.pad_token_id, device)
-    allowed = lm.layout.text_mask(device)
     eos = builder.eos
     logits, cache = lm.prefill(ids, mask, feats, fmask)
     out: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(cfg.max_new_tokens):
-        nxt = _text_logits(logits, allowed, eos, step, cfg).argmax(-1)
+        nxt = _text_logits(logits, grammar.allowed(out), eos, step, cfg).argmax(-1)
         for i in range(len(prompts)):
             if not done[i]:
                 if int(nxt[i]) == eos:
@@ -277,6 +322,7 @@ def _beam_search(
     builder: SequenceBuilder,
     prompt: TokenSeq,
     cfg: TextDecodingConfig,
+    grammar: BoxGrammar,
     features: torch.Tensor | None = None,
 ) -> list[int]:
     """Beam search for one prompt; returns the hypothesis with the best length-normalised score
@@ -284,7 +330,6 @@ def _beam_search(
     k, device = cfg.num_beams, next(lm.parameters()).device
     feats_in = None if features is None else [features]
     ids, mask, feats, fmask = _prompt_inputs([prompt], feats_in, builder.tok.pad_token_id, device, repeat=k)
-    allowed = lm.layout.text_mask(device)
     eos = builder.eos
     logits, cache = lm.prefill(ids, mask, feats, fmask)
     beams: list[list[int]] = [[] for _ in range(k)]
@@ -296,7 +341,7 @@ def _beam_search(
         return score / max(length, 1) ** cfg.length_penalty
 
     for step in range(cfg.max_new_tokens):
-        logp = _text_logits(logits, allowed, eos, step, cfg)  # (k, V)
+        logp = _text_logits(logits, grammar.allowed(beams), eos, step, cfg)  # (k, V)
         cand = (scores[:, None] + logp).flatten()  # (k * V,)
         top = torch.topk(cand, 2 * k)
         next_beams, next_scores, sources, tokens = [], [], [], []

@@ -12,12 +12,16 @@ generation (:func:`left_pad`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lavit.grounding import Box, Segment, box_to_ids
 from lavit.vocab import VocabLayout
+
+Text = str | Sequence[Segment]  # plain text, or text with boxes in it (lavit/grounding.py)
 
 
 @dataclass
@@ -71,6 +75,16 @@ class SequenceBuilder:
     def text(self, s: str) -> list[int]:
         return self.tok(s, add_special_tokens=False)["input_ids"]
 
+    def segments(self, text: Text) -> list[int]:
+        """Text, or text with boxes in it: each string tokenised on its own, each box its four
+        location ids (so a box never merges with the words beside it)."""
+        if isinstance(text, str):
+            return self.text(text)
+        ids: list[int] = []
+        for part in text:
+            ids += box_to_ids(part, self.layout) if isinstance(part, Box) else self.text(part)
+        return ids
+
     def image(self, codes: torch.Tensor, wrap: bool = True) -> list[int]:
         """Codes -> [<img>] ids [</img>]."""
         ids = self.layout.codes_to_ids(codes.cpu().long()).tolist()
@@ -95,12 +109,13 @@ class SequenceBuilder:
 
     # --- tasks -------------------------------------------------------------------------------
 
-    def understanding(self, codes: torch.Tensor, prompt: str, answer: str, weight: float = 1.0) -> TokenSeq:
-        """<s> <img> codes </img> prompt answer </s>, loss on the answer and </s>."""
+    def understanding(self, codes: torch.Tensor, prompt: Text, answer: Text, weight: float = 1.0) -> TokenSeq:
+        """<s> <img> codes </img> prompt answer </s>, loss on the answer and </s>. Prompt and
+        answer may hold boxes (grounding: a phrase -> its box, a box -> its phrase)."""
         seq = self._start()
         self._add_image(seq, codes, 0.0)
-        seq.add(self.text(prompt))
-        seq.add(self.text(answer) + [self.eos], weight)
+        seq.add(self.segments(prompt))
+        seq.add(self.segments(answer) + [self.eos], weight)
         return self._finish(seq)
 
     def generation(
@@ -127,10 +142,10 @@ class SequenceBuilder:
 
     # --- generation prompts ------------------------------------------------------------------
 
-    def understanding_prompt(self, codes: torch.Tensor, prompt: str) -> TokenSeq:
+    def understanding_prompt(self, codes: torch.Tensor, prompt: Text) -> TokenSeq:
         seq = self._start()
         self._add_image(seq, codes, 0.0)
-        return self._finish(seq.add(self.text(prompt)))
+        return self._finish(seq.add(self.segments(prompt)))
 
     def generation_prompt(self, prompt: str | list[str | torch.Tensor] | None) -> TokenSeq:
         """<s> prompt <img>; a list is a multimodal prompt (image codes unwrapped, as LaVIT);

@@ -98,6 +98,12 @@ class VocabLayout:
     def is_text(self, ids: torch.Tensor) -> torch.Tensor:
         return ids < self.text_size
 
+    def is_location(self, ids: torch.Tensor) -> torch.Tensor:
+        return (ids >= self.location_start) & (ids < self.total)
+
+    def is_location_id(self, i: int) -> bool:
+        return self.location_start <= i < self.total
+
     def image_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """(V,) bool: the ids allowed while generating inside an image (codes and </img>)."""
         mask = torch.zeros(self.total, dtype=torch.bool, device=device)
@@ -109,6 +115,12 @@ class VocabLayout:
         """(V,) bool: the ids allowed in generated text (text ids only)."""
         mask = torch.zeros(self.total, dtype=torch.bool, device=device)
         mask[: self.text_size] = True
+        return mask
+
+    def location_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(V,) bool: the location ids (boxes; lavit/grounding.py)."""
+        mask = torch.zeros(self.total, dtype=torch.bool, device=device)
+        mask[self.location_start :] = True
         return mask
 
     # --- persistence -------------------------------------------------------------------------
