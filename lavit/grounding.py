@@ -102,6 +102,14 @@ def box_in_square(box: Sequence[float], width: int, height: int, min_kept: float
     return Box(x0 / side, y0 / side, x1 / side, y1 / side)
 
 
+def box_to_source(box: Box, width: int, height: int) -> tuple[float, float, float, float]:
+    """The inverse of :func:`box_in_square`: a box in the model's square -> (x0, y0, x1, y1) in
+    pixels of the ``width`` x ``height`` source image it was cropped from."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return (left + box.x0 * side, top + box.y0 * side, left + box.x1 * side, top + box.y1 * side)
+
+
 # --- box <-> location ids --------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ Modes are separate methods (house style): ``forward`` (training loss), ``prefill
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from dataclasses import dataclass
@@ -188,6 +189,20 @@ class UnifiedLM(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.layout.total
+
+    def grow_locations(self, num_locations: int) -> None:
+        """Give a trained LM ``num_locations`` location tokens (grounding) where it had fewer: the
+        new rows of the embedding and the head are appended after every other id (the location
+        block is the vocabulary's last), drawn like any new rows; no existing id moves."""
+        if num_locations < self.layout.num_locations:
+            raise ValueError(
+                f"lm.num_locations={num_locations} < this LM's {self.layout.num_locations}: location "
+                "tokens can be added to an LM, not taken away"
+            )
+        layout = self.layout
+        self.layout = VocabLayout(layout.text_size, layout.num_codes, layout.specials, num_locations)
+        self.cfg = dataclasses.replace(self.cfg, num_locations=num_locations)
+        self.hf.resize_token_embeddings(self.layout.total, mean_resizing=True)
 
     # ----------------------------------------------------------------------------------------
 

@@ -43,11 +43,13 @@ from lavit.checkpoint import CheckpointError, atomic_dir, model_subdir, read_con
 from lavit.config import ImageSamplingConfig, TextDecodingConfig, check, fills_once, to_yaml
 from lavit.data.image_io import load_image
 from lavit.data.transforms import to_pil, to_tensor
-from lavit.generate import generate_image_tokens, generate_text, seeded_generators
+from lavit.generate import generate_grounded, generate_image_tokens, generate_text, seeded_generators
 from lavit.lm_io import load_lm, save_lm
 from lavit.model import UnifiedLM
 from lavit.pipeline_config import DECODERS, PipelineConfig, check_decoder_names
-from lavit.sequence import SequenceBuilder, collate
+from lavit.pipeline_grounding import GroundingMixin
+from lavit.sequence import SequenceBuilder, Text, collate
+from lavit.visual_prompts import Mark
 from tokenizer import DynamicVisualTokenizer, load_tokenizer, save_tokenizer
 
 PIPELINE_FILE = "pipeline.yaml"
@@ -70,8 +72,9 @@ class Generation(NamedTuple):
 CANDIDATE_SEED_STRIDE = 1_000_000
 
 
-class LaVITPipeline:
-    """Tokenizer + unified LM + detokenizers with LaVIT's inference defaults.
+class LaVITPipeline(GroundingMixin):
+    """Tokenizer + unified LM + detokenizers with LaVIT's inference defaults (and, for an LM
+    with location tokens, grounding: lavit/pipeline_grounding.py).
 
     Args:
         tokenizer: a trained dynamic visual tokenizer.
@@ -253,14 +256,18 @@ class LaVITPipeline:
 
     # --- understanding -------------------------------------------------------------------------
 
-    def _understand(self, images: Images, prompts: list[str], decoding: TextDecodingConfig) -> list[str]:
+    def _understand(self, images: Images, prompts: list[Text], decoding: TextDecodingConfig, mode: str = "text"):
+        """Text after each (image, prompt): strings (``mode`` "text"), or strings and boxes
+        ("grounded", "box": lavit.generate.generate_grounded)."""
         batch = self.images_to_tensor(images)
         if batch.shape[0] != len(prompts):
             raise ValueError(f"{batch.shape[0]} images for {len(prompts)} prompts")
-        lm = self._need_lm("captioning and VQA")
+        lm = self._need_lm("captioning, VQA and grounding")
         codes, features = self._read_images(batch, lm.cfg.understanding_input == "continuous")
         seqs = [self.builder.understanding_prompt(c, p) for c, p in zip(codes, prompts, strict=True)]
-        return generate_text(lm, self.builder, seqs, decoding, features=features)
+        if mode == "text":
+            return generate_text(lm, self.builder, seqs, decoding, features=features)
+        return generate_grounded(lm, self.builder, seqs, decoding, mode, features=features)
 
     def _read_images(
         self, batch: torch.Tensor, as_features: bool
@@ -306,15 +313,20 @@ class LaVITPipeline:
         questions: Sequence[str],
         template: str | None = None,
         decoding: TextDecodingConfig | None = None,
+        marks: Sequence[Sequence[Mark]] | None = None,
     ) -> list[str]:
         """One answer per (image, question) pair, asked as ``template.format(question)``
-        (LaVIT's "Question: {} Answer:", 5 beams, up to 10 new tokens)."""
+        (LaVIT's "Question: {} Answer:", 5 beams, up to 10 new tokens). ``marks``: per image, the
+        visual prompts drawn on it first (ViP-LLaVA: "the shape in the red ellipse";
+        lavit/visual_prompts.py)."""
         template = self.cfg.vqa_prompt if template is None else template
         if not fills_once(template):
             raise ValueError(f"VQA template {template!r} must hold the question's place as {{}} once")
         empty = [i for i, q in enumerate(questions) if not q.strip()]
         if empty:
             raise ValueError(f"question {empty[0]} is empty")
+        if marks is not None:
+            images = self.mark_images(images, marks)
         return self._understand(images, [template.format(q) for q in questions], decoding or self.cfg.vqa_decoding)
 
     # --- generation ----------------------------------------------------------------------------

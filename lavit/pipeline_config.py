@@ -12,7 +12,17 @@ from detokenizer.diffusion import DiffusionSamplingConfig
 from detokenizer.diffusion.io import decode_diffusion_stage, load_diffusion_stage, save_diffusion_stage
 from detokenizer.var.config import VARSamplingConfig
 from detokenizer.var.decoder import decode_codes_var, load_var_decoder, save_var_decoder
-from lavit.config import CAPTION_PROMPT, VQA_PROMPT, ImageSamplingConfig, TextDecodingConfig, check
+from lavit.config import (
+    CAPTION_PROMPT,
+    GROUNDED_CAPTION_PROMPT,
+    GROUNDING_PROMPT,
+    REGION_PROMPT,
+    VQA_PROMPT,
+    ImageSamplingConfig,
+    TextDecodingConfig,
+    check,
+    fills_once,
+)
 
 
 class Decoder(NamedTuple):
@@ -54,6 +64,14 @@ class PipelineConfig:
     # Text to image: draw this many images per one asked for and keep the one the LM's own
     # understanding likes best (LaVITPipeline.generate); 1 draws one and skips the scoring.
     image_candidates: int = 1
+    # Grounding (an LM trained with lm.num_locations > 0): where a phrase is, what is in a box,
+    # a caption with a box after each thing it names (lavit/grounding.py).
+    grounding_prompt: str = GROUNDING_PROMPT
+    region_prompt: str = REGION_PROMPT
+    grounded_caption_prompt: str = GROUNDED_CAPTION_PROMPT
+    grounding_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=5))
+    region_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=16))
+    grounded_caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=60))
 
     def sampling_for(self, decoder: str, reconstruction: bool = False):
         """The default sampling settings of ``decoder`` (for reconstruction, or for generation)."""
@@ -63,4 +81,6 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check("{}" in self.vqa_prompt, "vqa_prompt", self.vqa_prompt, "put {} where the question goes")
+        for key in ("grounding_prompt", "region_prompt"):
+            check(fills_once(getattr(self, key)), key, getattr(self, key), "put one {} where the phrase or box goes")
         check(self.image_candidates >= 1, "image_candidates", self.image_candidates, "use 1 (no reranking) or more")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lavit.config.base import check, check_sampling
+from lavit.config.base import check, check_sampling, fills_once
 
 
 @dataclass
@@ -42,8 +42,9 @@ class ShapesWorldConfig:
 
 # The data layer's sources (lavit/data/sources.py builds them). Defined here, beside
 # ShapesWorldConfig, so that every stage's run config can hold a ``data: DataConfig``.
-SOURCE_KINDS = ("shapes", "jsonl", "coco_captions", "vqav2", "image_folder", "webdataset")
+SOURCE_KINDS = ("shapes", "jsonl", "coco_captions", "vqav2", "image_folder", "webdataset", "refcoco")
 SHAPES_SPLITS = ("test", "train", "val")  # lavit.data.shapes.SPLITS
+REFCOCO_SPLITS = ("train", "val", "testA", "testB", "test")  # lavit.data.refcoco.SPLITS
 
 
 @dataclass
@@ -51,10 +52,10 @@ class SourceConfig:
     """One data source. ``kind: auto`` infers the kind from ``path`` (see :func:`resolve_kind`)."""
 
     kind: str = "auto"  # one of SOURCE_KINDS, or auto
-    path: str | None = None  # jsonl file / COCO or VQAv2 annotations JSON / image folder / shards
+    path: str | None = None  # jsonl file / COCO or VQAv2 annotations JSON / image folder / shards / refcoco folder
     image_root: str | None = None  # folder the annotation's image paths are relative to
     questions: str | None = None  # vqav2: the questions JSON (path: the annotations, or none)
-    split: str = "train"  # shapes: which split
+    split: str = "train"  # shapes: train/val/test; refcoco: train/val/testA/testB/test
     weight: float = 1.0  # share in a mixture, proportional; 0 leaves the source out
     limit: int | None = None  # map-style sources: only the first N items
 
@@ -62,7 +63,10 @@ class SourceConfig:
         check(self.kind in (*SOURCE_KINDS, "auto"), "kind", self.kind, f"use one of {', '.join(SOURCE_KINDS)} or auto")
         check(self.weight >= 0, "weight", self.weight, "mixture weights are >= 0 (0 leaves the source out)")
         check(self.limit is None or self.limit >= 1, "limit", self.limit, "use a positive item count, or null for all")
-        check(self.split in SHAPES_SPLITS, "split", self.split, f"use one of {sorted(SHAPES_SPLITS)}")
+        splits = REFCOCO_SPLITS if self.kind == "refcoco" else SHAPES_SPLITS
+        check(self.split in splits, "split", self.split, f"use one of {list(splits)} (kind {self.kind})")
+        needs_root = self.kind == "refcoco"
+        check(not needs_root or bool(self.image_root), "image_root", self.image_root, "refcoco needs the COCO images")
         needs_path = self.kind not in ("shapes", "vqav2")
         check(not needs_path or bool(self.path), "path", self.path, f"kind {self.kind} needs a path")
         check(
@@ -433,6 +437,10 @@ class EncoderRunConfig:
 
 CAPTION_PROMPT = "A short description of the image:"
 VQA_PROMPT = "Question: {} Answer:"  # LaVIT's
+GROUNDING_PROMPT = "Where is {}?"  # {}: a referring expression; answered by a box
+REGION_PROMPT = "What is at {}?"  # {}: a box (four location tokens); answered by a phrase
+GROUNDED_CAPTION_PROMPT = "A short description of the image, with boxes:"
+LMTASKS = ("caption", "vqa", "t2i", "synthesis", "grounding", "region", "grounded_caption", "marked_vqa")
 
 
 @dataclass
@@ -446,19 +454,46 @@ class LMMixtureConfig:
     # parts, image + text ("a red circle", the shape left out of the image) or image + image (its
     # shapes split between two images), in the form `pipe.synthesize` gives the LM.
     synthesis_prob: float = 0.0
+    # Grounding (off by default; needs lm.num_locations > 0 and a source with regions:
+    # ShapesWorld, RefCOCO, JSONL ``regions``): a referring expression -> its box, a box -> what
+    # is there, and (ShapesWorld) a caption with a box after each shape it names.
+    grounding_prob: float = 0.0
+    region_prob: float = 0.0
+    grounded_caption_prob: float = 0.0
+    # Visual prompts (ViP-LLaVA; off by default): a question about a region that refers to it
+    # only through a mark drawn on the image ("what colour is the shape in the red ellipse?").
+    marked_vqa_prob: float = 0.0
     caption_weight: float = 1.0
     vqa_weight: float = 1.0
     t2i_weight: float = 1.0
     synthesis_weight: float = 1.0
+    grounding_weight: float = 1.0
+    region_weight: float = 1.0
+    grounded_caption_weight: float = 1.0
+    marked_vqa_weight: float = 1.0
     cfg_drop_prob: float = 0.1  # text-to-image samples whose prompt is dropped (CFG)
     caption_prompt: str = CAPTION_PROMPT
     vqa_prompt: str = VQA_PROMPT
+    grounding_prompt: str = GROUNDING_PROMPT
+    region_prompt: str = REGION_PROMPT
+    grounded_caption_prompt: str = GROUNDED_CAPTION_PROMPT
 
     def __post_init__(self) -> None:
-        probs = {f"mixture.{t}_prob": getattr(self, f"{t}_prob") for t in ("caption", "vqa", "t2i", "synthesis")}
+        probs = {f"mixture.{t}_prob": getattr(self, f"{t}_prob") for t in LMTASKS}
         for key, p in probs.items():
             check(p >= 0, key, p, "task probabilities are >= 0 (they are normalised to sum to 1)")
         check(sum(probs.values()) > 0, "mixture", probs, "give at least one task a probability > 0")
+        for key in ("vqa_prompt", "grounding_prompt", "region_prompt"):
+            value = getattr(self, key)
+            check(fills_once(value), f"mixture.{key}", value, "put one {} where the question, phrase or box goes")
+
+    def probs(self) -> list[float]:
+        """The task probabilities in LMTASKS order."""
+        return [getattr(self, f"{t}_prob") for t in LMTASKS]
+
+    @property
+    def needs_locations(self) -> bool:
+        return self.grounding_prob + self.region_prob + self.grounded_caption_prob > 0
 
 
 @dataclass
@@ -481,9 +516,21 @@ class LMRunConfig:
     caption_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=36))
     vqa_decoding: TextDecodingConfig = field(default_factory=lambda: TextDecodingConfig(max_new_tokens=10))
 
+    def __post_init__(self) -> None:
+        check(
+            not self.mixture.needs_locations or self.lm.num_locations > 0,
+            "lm.num_locations",
+            self.lm.num_locations,
+            "the grounding tasks write boxes as location tokens: set lm.num_locations (e.g. 32)",
+        )
+
 
 __all__ = [
     "CAPTION_PROMPT",
+    "GROUNDED_CAPTION_PROMPT",
+    "GROUNDING_PROMPT",
+    "LMTASKS",
+    "REGION_PROMPT",
     "DataConfig",
     "EncoderConfig",
     "EncoderRunConfig",
@@ -494,6 +541,7 @@ __all__ = [
     "LMRunConfig",
     "OptimConfig",
     "QuantizerConfig",
+    "REFCOCO_SPLITS",
     "SHAPES_SPLITS",
     "SOURCE_KINDS",
     "SelectorConfig",

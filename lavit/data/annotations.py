@@ -10,6 +10,11 @@ and diffusion losses' ``focus_weight``), the parser's verdict on a reconstructed
 caption check, the code probe of a tokenizer, and multimodal synthesis prompts made of a
 scene's parts (the LM's ``synthesis_prob``).
 
+``regions`` (RefCOCO, :mod:`lavit.data.refcoco`, or a JSONL record's ``regions``): boxes in the
+source image's pixels with the phrases that refer to them. ShapesWorld gives its shapes as
+regions too, from the scene. They feed the grounding tasks (:func:`regions`) and the visual-
+prompt questions (:func:`marked_question`).
+
 Every function takes ``meta`` dicts (a ``Sample.meta`` or a cached record's ``meta``). A stage
 that needs an annotation asks :func:`require_scenes` first, so a source without it is refused
 with one line before anything trains.
@@ -17,15 +22,19 @@ with one line before anything trains.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lavit.config import ConfigError, DataConfig
 from lavit.data import shapes
 from lavit.data.shapes import judge, parser, text
 from lavit.data.sources import resolve_kind
+from lavit.grounding import Box, Segment, box_in_square, iou
+from lavit.visual_prompts import MARK_COLOURS, MARK_KINDS, Mark, draw_marks, mark_phrase
 
 Meta = dict[str, Any]
 SCENE_KIND = "shapes"  # the source kind whose samples carry a ``scene``
@@ -109,3 +118,146 @@ def synthesis_prompt(meta: Meta, rng: np.random.Generator, resolution: int, supe
         p if isinstance(p, str) else shapes.render(shapes.Scene(p, target.background), resolution, supersample)
         for p in pieces
     ]
+
+
+# --- regions: grounding and visual prompts -------------------------------------------------------
+
+# Marks a training or evaluation question draws around a region (contour needs a mask; the
+# others take the region's box).
+BOX_MARKS = tuple(k for k in MARK_KINDS if k != "contour")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region of a sample's image and what refers to it.
+
+    Attributes:
+        pixels: (x0, y0, x1, y1) in pixels of the source image (where marks are drawn).
+        box: the same region in the model's square image (lavit.grounding), None when the centre
+            crop cuts it away.
+        phrases: referring expressions that single it out ("the small red circle").
+        description: what naming it answers ("a small red circle").
+        shape: ShapesWorld: the index of its shape in the scene; else None.
+    """
+
+    pixels: tuple[float, float, float, float]
+    box: Box | None
+    phrases: tuple[str, ...]
+    description: str
+    shape: int | None = None
+
+
+def has_regions(meta: Meta) -> bool:
+    """Whether the sample gives boxes with phrases (ShapesWorld scenes always do)."""
+    return has_scene(meta) or bool(meta.get("regions"))
+
+
+def regions(meta: Meta, image_size: tuple[int, int] | None = None) -> list[Region]:
+    """The sample's regions, for a source image of ``image_size`` (width, height; default the
+    ``image_size`` a reader stored, or the unit square for a scene): ShapesWorld's shapes (from
+    the scene), or the ``regions`` a reader stored, boxes mapped through the model's centre crop."""
+    if image_size is None:
+        image_size = (1, 1) if has_scene(meta) else tuple(meta["image_size"])
+    w, h = image_size
+    if has_scene(meta):
+        scene, out = _scene(meta), []
+        for i, shape in enumerate(scene.shapes):
+            x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in shape.box(1))
+            pixels = (x0 * w, y0 * h, x1 * w, y1 * h)
+            phrases = tuple(text.referring_phrases(scene, i))
+            out.append(Region(pixels, box_in_square(pixels, w, h), phrases, text.region_description(shape), i))
+        return out
+    out = []
+    for r in meta.get("regions") or []:
+        pixels = tuple(float(v) for v in r["box"])
+        phrases = tuple(r["phrases"])
+        out.append(Region(pixels, box_in_square(pixels, w, h), phrases, phrases[0]))
+    return out
+
+
+def grounded_caption(meta: Meta, image_size: tuple[int, int]) -> list[Segment] | None:
+    """A caption that boxes every shape it names, in the scene's order ("a small red circle"
+    <box> ", and a large blue square" <box>); None without a scene."""
+    if not has_scene(meta):
+        return None
+    parts: list[Segment] = []
+    found = regions(meta, image_size)
+    for k, region in enumerate(found):
+        sep = "" if k == 0 else (" and " if k == len(found) - 1 else ", ")
+        parts += [sep + region.description, region.box]
+    return parts
+
+
+def grounded_caption_right(meta: Meta, parts: list[Segment], min_iou: float = 0.5) -> bool:
+    """Whether a grounded caption names every shape (colour and kind, the caption check) and boxes
+    each named shape: the phrase before each box names a shape that box overlaps with IoU >=
+    ``min_iou``, every shape once."""
+    phrases = [p for p in parts if isinstance(p, str)]
+    if not caption_right(meta, " ".join(phrases)):
+        return False
+    scene, found = _scene(meta), regions(meta, (1, 1))
+    unmatched = set(range(len(found)))
+    for before, box in zip(parts, parts[1:], strict=False):
+        if not (isinstance(before, str) and isinstance(box, Box)):
+            continue
+        named = text.parse_mentions(before)
+        if len(named) != 1:
+            return False
+        hit = [
+            i for i in unmatched
+            if (scene.shapes[i].colour, scene.shapes[i].kind) == (named[0].colour, named[0].kind)
+            and iou(found[i].box, box) >= min_iou
+        ]  # fmt: skip
+        if not hit:
+            return False
+        unmatched.discard(hit[0])
+    return not unmatched
+
+
+def region_named(meta: Meta, region: Region, answer: str) -> bool:
+    """Referring-expression generation, checked: on ShapesWorld the answer names exactly the
+    region's shape (colour and kind); elsewhere it equals one of the region's phrases (lowercased)."""
+    if has_scene(meta) and region.shape is not None:
+        s = _scene(meta).shapes[region.shape]
+        return [(m.colour, m.kind) for m in text.parse_mentions(answer)] == [(s.colour, s.kind)]
+    return answer.strip().lower() in {p.strip().lower() for p in region.phrases}
+
+
+# The questions a mark stands in for, about a ShapesWorld shape: (template, answer attribute).
+MARKED_QUESTIONS = (
+    ("what colour is the shape in {}?", "colour"),
+    ("what shape is in {}?", "kind"),
+    ("is the shape in {} large or small?", "size"),
+)
+
+
+def marked_question(
+    meta: Meta, image: Image.Image, rng: np.random.Generator, region: int | None = None, question: int | None = None
+) -> tuple[Image.Image, str, str, str | None]:
+    """A question that refers to one region only through a mark drawn on the image (ViP-LLaVA).
+
+    A region (``region``, else drawn) gets a mark of a random kind and colour; on ShapesWorld the
+    question asks the colour, kind or size of "the shape in the red rectangle" (``question``:
+    the index in :data:`MARKED_QUESTIONS`, else drawn), elsewhere "what is in the red rectangle?"
+    (answered by the region's first phrase).
+
+    Returns:
+        (the marked image, the question, its answer, the same question asked with words instead
+        of the mark, or None where the source has no such words).
+    """
+    found = regions(meta, image.size)
+    if not found:
+        raise ValueError("marked_question needs a sample with regions (ShapesWorld, RefCOCO or JSONL regions)")
+    r = found[int(rng.integers(len(found)))] if region is None else found[region]
+    colour = list(MARK_COLOURS)[int(rng.integers(len(MARK_COLOURS)))]
+    mark = Mark(
+        BOX_MARKS[int(rng.integers(len(BOX_MARKS)))], box=r.pixels, colour=colour, seed=int(rng.integers(2**31))
+    )
+    marked = draw_marks(image, [mark])
+    if r.shape is None:
+        return marked, f"what is in {mark_phrase(mark)}?", r.phrases[0], None
+    q = int(rng.integers(len(MARKED_QUESTIONS))) if question is None else question
+    template, attribute = MARKED_QUESTIONS[q]
+    shape = _scene(meta).shapes[r.shape]
+    worded = text.attribute_question(shape, attribute)
+    return marked, template.format(mark_phrase(mark)), getattr(shape, attribute), worded

@@ -38,6 +38,7 @@ from lavit.data.readers import (
     JsonlDataset,
     VQAv2Dataset,
 )
+from lavit.data.refcoco import RefCOCODataset
 from lavit.data.sample import Sample
 from lavit.data.shapes.dataset import ShapesWorld
 from lavit.data.shards import ShardStream, list_shards
@@ -121,8 +122,8 @@ def build_source(
         where: how errors name the source (``data.train[1]``).
 
     Returns:
-        A map-style ``Dataset[Sample]`` (shapes, jsonl, coco_captions, vqav2, image_folder) or a
-        :class:`ShardStream` (webdataset).
+        A map-style ``Dataset[Sample]`` (shapes, jsonl, coco_captions, vqav2, image_folder,
+        refcoco) or a :class:`ShardStream` (webdataset).
 
     Raises:
         ConfigError / AnnotationError: one line naming the file, line or key and the fix.
@@ -159,6 +160,8 @@ def build_source(
     elif kind == "vqav2":
         root = cfg.image_root or Path(str(cfg.questions)).parent
         ds = VQAv2Dataset(str(cfg.questions), cfg.path, image_root=root, **common)
+    elif kind == "refcoco":  # path: the set's folder, or one refs(*).p in it
+        ds = RefCOCODataset(str(cfg.path), str(cfg.image_root), cfg.split, **common)
     else:
         try:
             ds = ImageFolderDataset(str(cfg.path), **common)

@@ -206,3 +206,41 @@ def parse_relations(text: str) -> list[tuple[tuple[str, str], str, tuple[str, st
         _, c1, k1, rel, c2, k2 = m.groups()
         out.append(((c1, k1), rel.replace("to the ", ""), (c2, k2)))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Referring to one shape (grounding)
+# --------------------------------------------------------------------------------------------
+
+
+def referring_phrases(scene: Scene, index: int) -> list[str]:
+    """The phrases that single out shape ``index`` of ``scene``, shortest first: "the red
+    circle" when no other shape is a red circle, "the small red circle" when its size tells it
+    apart, and always "the red circle in the top left corner" (shapes sit in distinct cells)."""
+    s = scene.shapes[index]
+    pairs = Counter((t.colour, t.kind) for t in scene.shapes)
+    triples = Counter((t.size, t.colour, t.kind) for t in scene.shapes)
+    out = []
+    if pairs[(s.colour, s.kind)] == 1:
+        out.append(f"the {s.colour} {s.kind}")
+    if triples[(s.size, s.colour, s.kind)] == 1:
+        out.append(f"the {s.size} {s.colour} {s.kind}")
+    return out + [f"the {s.colour} {s.kind} {_where(s)}"]
+
+
+def region_description(shape: Shape) -> str:
+    """What a region is, as referring-expression generation answers: "a small red circle"."""
+    return _noun(shape, True)
+
+
+def attribute_question(shape: Shape, attribute: str) -> str:
+    """A question about one attribute of ``shape`` that refers to it in words, by its cell and
+    its other attributes (never the one asked): "what colour is the circle in the top left
+    corner?" (a shape's cell singles it out)."""
+    where = _where(shape)
+    if attribute == "colour":
+        return f"what colour is the {shape.kind} {where}?"
+    if attribute == "kind":
+        return f"what shape is the {shape.colour} object {where}?"
+    assert attribute == "size", attribute
+    return f"is the {shape.colour} {shape.kind} {where} large or small?"

@@ -4,10 +4,12 @@ Codes come from a frozen, trained visual tokenizer and are extracted once to a s
 (lavit/train/codes_cache.py). Each training item is one sample seen as one task, drawn
 deterministically from the item index among the tasks its fields support: captioning (it has
 captions), VQA (it has questions), text-to-image (captions, or ShapesWorld's prompt; the text
-dropped with ``cfg_drop_prob`` for CFG) or, when the mixture asks for it, multimodal synthesis
-(a ShapesWorld scene from its parts: image + text or image + image); the mixture's
-probabilities are renormalised over those tasks. One next-token objective; per-task loss weights
-ride on the sequences' loss weights.
+dropped with ``cfg_drop_prob`` for CFG) or, when the mixture asks for them, multimodal synthesis
+(a ShapesWorld scene from its parts: image + text or image + image), grounding (it has regions:
+a phrase -> its box, a box -> what is there, a caption boxing each shape; boxes are location
+tokens, lavit/grounding.py) and marked questions (a region referred to only through a mark drawn
+on the image, lavit/visual_prompts.py); the mixture's probabilities are renormalised over those
+tasks. One next-token objective; per-task loss weights ride on the sequences' loss weights.
 
 Evaluation on ``data.val``: caption BLEU-4 / CIDEr and VQA accuracy for any source, the
 teacher-forced text-to-image code loss, and on a ShapesWorld val source its parser's caption
@@ -28,7 +30,15 @@ from torch.utils.data import Dataset
 
 from lavit.checkpoint import CheckpointError
 from lavit.config import ConfigError, LMConfig, LMRunConfig
-from lavit.data.annotations import caption_right, has_scene, synthesis_prompt
+from lavit.data.annotations import (
+    caption_right,
+    grounded_caption,
+    has_regions,
+    has_scene,
+    marked_question,
+    regions,
+    synthesis_prompt,
+)
 from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
 from lavit.lm_io import TOKENIZER_DIR, load_lm, save_lm
@@ -248,7 +258,8 @@ class LMTask:
         save_lm(model, self.text_tok, directory)
 
 
-CAPTION, VQA, T2I, SYNTHESIS = range(4)  # the mixture's tasks, in LMMixtureConfig's order
+# The mixture's tasks, in LMTASKS order.
+CAPTION, VQA, T2I, SYNTHESIS, GROUNDING, REGION, GROUNDED_CAPTION, MARKED_VQA = range(8)
 
 
 def t2i_text(record: CodeRecord) -> str | None:
@@ -257,10 +268,13 @@ def t2i_text(record: CodeRecord) -> str | None:
     return record.meta.get("prompt") or (record.captions[0] if record.captions else None)
 
 
-def supported_tasks(record: CodeRecord, synthesis: bool) -> list[bool]:
-    """Which of (caption, VQA, text-to-image, synthesis) a record's fields allow."""
-    has_text = bool(record.captions) or "prompt" in record.meta
-    return [bool(record.captions), bool(record.qa), has_text, synthesis and has_scene(record.meta)]
+def supported_tasks(record: CodeRecord) -> list[bool]:
+    """Which of the mixture's tasks (LMTASKS order) a record's fields allow."""
+    meta = record.meta
+    has_text = bool(record.captions) or "prompt" in meta
+    boxed = has_regions(meta) and any(r.box is not None for r in regions(meta))
+    scene = has_scene(meta)
+    return [bool(record.captions), bool(record.qa), has_text, scene, boxed, boxed, scene, has_regions(meta)]
 
 
 class LMItems(Dataset):
@@ -272,27 +286,30 @@ class LMItems(Dataset):
         self.builder = task.builder(task.layout)
         self.size = task.tokenizer.cfg.encoder.image_size
         mix = self.cfg.mixture
-        self.probs = np.array([mix.caption_prob, mix.vqa_prob, mix.t2i_prob, mix.synthesis_prob], dtype=float)
-        # Synthesis prompts hold images the cache does not: their codes come from a CPU copy of
-        # the frozen tokenizer, here in the data workers (the task's own may move to the GPU).
-        self.encoder = copy.deepcopy(task.tokenizer).cpu().eval() if mix.synthesis_prob > 0 else None
+        self.probs = np.array(mix.probs(), dtype=float)
+        # Synthesis prompts and marked images are images the cache does not hold: their codes come
+        # from a CPU copy of the frozen tokenizer, here in the data workers (the task's own may
+        # move to the GPU).
+        fresh = mix.synthesis_prob > 0 or mix.marked_vqa_prob > 0
+        self.encoder = copy.deepcopy(task.tokenizer).cpu().eval() if fresh else None
 
     def __len__(self) -> int:
         return len(self.records) * VIEWS
 
     def draw(self, j: int) -> tuple[int, CodeRecord, np.random.Generator, int]:
-        """(record index, record, item j's RNG, task (CAPTION, VQA, T2I or SYNTHESIS))."""
+        """(record index, record, item j's RNG, task (CAPTION, VQA, ...: an index into LMTASKS))."""
         i = j % len(self.records)
         record = self.records[i]
         rng = np.random.default_rng([self.cfg.train.seed, j, 17])
-        probs = self.probs * supported_tasks(record, self.encoder is not None)
+        probs = self.probs * supported_tasks(record)
         if probs.sum() == 0:
             raise ValueError(
                 f"training item {record.image_id!r} has no caption, question or prompt, and the mixture "
                 "gives it no task; give the source captions or questions (an image-only source cannot "
                 "train the LM)"
             )
-        return i, record, rng, int(rng.choice(4, p=probs / probs.sum()))  # as choice(3) when synthesis_prob is 0
+        # Tasks with probability 0 at the end leave the draw as a shorter choice would make it.
+        return i, record, rng, int(rng.choice(len(probs), p=probs / probs.sum()))
 
     def __getitem__(self, j: int) -> tuple[TokenSeq, torch.Tensor | None]:
         """(the sequence, its input images (N, 3, H, W) in the order they appear, or None)."""
@@ -300,6 +317,8 @@ class LMItems(Dataset):
         mix, codes = self.cfg.mixture, record.codes
         if kind == SYNTHESIS:
             return self._synthesis(record, rng)
+        if kind == MARKED_VQA:
+            return self._marked_vqa(i, record, rng)
         if kind == T2I:
             prompt = record.meta.get("prompt")
             if rng.random() < mix.cfg_drop_prob:
@@ -315,8 +334,34 @@ class LMItems(Dataset):
         if kind == CAPTION:
             cap = record.captions[int(rng.integers(len(record.captions)))]
             return self.builder.understanding(codes, mix.caption_prompt, cap, mix.caption_weight), image
+        if kind in (GROUNDING, REGION):
+            boxed = [r for r in regions(record.meta) if r.box is not None]
+            r = boxed[int(rng.integers(len(boxed)))]
+            if kind == GROUNDING:
+                phrase = r.phrases[int(rng.integers(len(r.phrases)))]
+                return self.builder.understanding(
+                    codes, mix.grounding_prompt.format(phrase), [r.box], mix.grounding_weight
+                ), image
+            before, after = mix.region_prompt.split("{}")
+            return self.builder.understanding(codes, [before, r.box, after], r.description, mix.region_weight), image
+        if kind == GROUNDED_CAPTION:
+            caption = grounded_caption(record.meta, (1, 1))
+            return self.builder.understanding(
+                codes, mix.grounded_caption_prompt, caption, mix.grounded_caption_weight
+            ), image
         q = record.qa[int(rng.integers(len(record.qa)))]
         return self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answers[0], mix.vqa_weight), image
+
+    def _marked_vqa(self, i: int, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor | None]:
+        """A question about one region that refers to it only through a mark drawn on the image
+        (:func:`lavit.data.annotations.marked_question`); the marked image is encoded afresh."""
+        mix = self.cfg.mixture
+        marked, question, answer, _ = marked_question(record.meta, self.records.image(i), rng)
+        image = to_tensor(marked, self.size)[None]
+        with torch.no_grad():
+            codes = self.encoder.encode(image)[0]
+        seq = self.builder.understanding(codes, mix.vqa_prompt.format(question), answer, mix.marked_vqa_weight)
+        return seq, image if self.cfg.lm.understanding_input == "continuous" else None
 
     def _synthesis(self, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor]:
         """A ShapesWorld record's scene as the answer to a prompt made of its parts
@@ -337,7 +382,9 @@ _NOT_COMPARED = ("pretrained_path", "attn_implementation", "text_vocab_size")
 
 
 def init_lm(cfg: LMConfig, directory: str | Path) -> UnifiedLM:
-    """The saved LM in ``directory``, to train on; ``cfg`` (the run's ``lm``) must describe it.
+    """The saved LM in ``directory``, to train on; ``cfg`` (the run's ``lm``) must describe it,
+    except that ``cfg.num_locations`` may exceed its count: location tokens are then added
+    (:meth:`UnifiedLM.grow_locations`), to teach a trained LM grounding.
 
     Raises:
         ConfigError: the directory does not load as an LM, or ``cfg`` differs from its config
@@ -352,13 +399,19 @@ def init_lm(cfg: LMConfig, directory: str | Path) -> UnifiedLM:
             "(or a pipeline's lm/ folder)"
         ) from e
     theirs = lm.cfg
+    grow = cfg.num_locations > theirs.num_locations
     diff = [
         f.name
         for f in dataclasses.fields(LMConfig)
-        if f.name not in _NOT_COMPARED and getattr(cfg, f.name) != getattr(theirs, f.name)
+        if f.name not in _NOT_COMPARED
+        and not (f.name == "num_locations" and grow)
+        and getattr(cfg, f.name) != getattr(theirs, f.name)
     ]
     if diff:
         have = ", ".join(f"lm.{n}={getattr(cfg, n)!r}" for n in diff)
         fix = " ".join(f"lm.{n}={getattr(theirs, n)}" for n in diff)
         raise ConfigError(f"{where}: {have} differ from that LM's config.yaml; set {fix}")
-    return lm.float().train()  # shipped weights may be float16; train in float32
+    lm = lm.float().train()  # shipped weights may be float16; train in float32
+    if grow:
+        lm.grow_locations(cfg.num_locations)
+    return lm
