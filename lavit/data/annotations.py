@@ -23,7 +23,7 @@ with one line before anything trains.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -231,9 +231,19 @@ MARKED_QUESTIONS = (
 )
 
 
+class MarkedQuestion(NamedTuple):
+    """A question that refers to a region through a mark (:func:`marked_question`)."""
+
+    image: Image.Image  # the image with the mark drawn on it
+    question: str  # "what colour is the shape in the red ellipse?"
+    answer: str
+    worded: str | None  # the same question, the region named in words (None: the source has none)
+    mark: Mark
+
+
 def marked_question(
     meta: Meta, image: Image.Image, rng: np.random.Generator, region: int | None = None, question: int | None = None
-) -> tuple[Image.Image, str, str, str | None]:
+) -> MarkedQuestion:
     """A question that refers to one region only through a mark drawn on the image (ViP-LLaVA).
 
     A region (``region``, else drawn) gets a mark of a random kind and colour; on ShapesWorld the
@@ -241,9 +251,6 @@ def marked_question(
     the index in :data:`MARKED_QUESTIONS`, else drawn), elsewhere "what is in the red rectangle?"
     (answered by the region's first phrase).
 
-    Returns:
-        (the marked image, the question, its answer, the same question asked with words instead
-        of the mark, or None where the source has no such words).
     """
     found = regions(meta, image.size)
     if not found:
@@ -255,9 +262,9 @@ def marked_question(
     )
     marked = draw_marks(image, [mark])
     if r.shape is None:
-        return marked, f"what is in {mark_phrase(mark)}?", r.phrases[0], None
+        return MarkedQuestion(marked, f"what is in {mark_phrase(mark)}?", r.phrases[0], None, mark)
     q = int(rng.integers(len(MARKED_QUESTIONS))) if question is None else question
     template, attribute = MARKED_QUESTIONS[q]
     shape = _scene(meta).shapes[r.shape]
     worded = text.attribute_question(shape, attribute)
-    return marked, template.format(mark_phrase(mark)), getattr(shape, attribute), worded
+    return MarkedQuestion(marked, template.format(mark_phrase(mark)), getattr(shape, attribute), worded, mark)

@@ -138,6 +138,11 @@ class RefCOCODataset(_ImageRecordDataset):
         """The regions of record ``i`` (a copy of ``meta["regions"]``), without opening its image."""
         return copy.deepcopy(self._record(i).meta["regions"])
 
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of record ``i``'s image, from instances.json (the image is not opened)."""
+        width, height = self._record(i).meta["image_size"]
+        return width, height
+
     def expressions(self) -> list[Expression]:
         """Every (sample, region, phrase) of the dataset, in sample, region, phrase order.
 

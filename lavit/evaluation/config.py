@@ -17,12 +17,20 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detokenizer.diffusion.config import DiffusionSamplingConfig
 from detokenizer.var.config import VARSamplingConfig
-from lavit.config import GUIDANCE_FIX, ConfigError, ShapesWorldConfig, TextDecodingConfig, check, fills_once
+from lavit.config import (
+    GUIDANCE_FIX,
+    REFCOCO_SPLITS,
+    ConfigError,
+    ShapesWorldConfig,
+    TextDecodingConfig,
+    check,
+    fills_once,
+)
 from lavit.data.benchmark_readers import KARPATHY_SPLITS
 from lavit.data.shapes import SPLITS as SHAPES_SPLITS
 from lavit.metrics.caption import METRICS as CAPTION_METRICS
 
-TASKS = ("caption", "vqa", "text2image", "reconstruct")
+TASKS = ("caption", "vqa", "text2image", "reconstruct", "grounding", "visual_prompts")
 DECODER_SAMPLING = {"diffusion": DiffusionSamplingConfig, "var": VARSamplingConfig}
 
 # Which data formats each task reads (lavit/evaluation/sets.py builds them).
@@ -31,6 +39,8 @@ FORMATS = {
     "vqa": ("shapes", "vqav2", "okvqa", "vizwiz", "gqa", "jsonl"),
     "text2image": ("shapes", "coco_prompts"),
     "reconstruct": ("shapes", "image_folder"),
+    "grounding": ("shapes", "refcoco"),
+    "visual_prompts": ("shapes",),
 }
 
 
@@ -44,7 +54,7 @@ class EvalDataConfig:
     """
 
     format: str = "shapes"
-    split: str = "val"  # ShapesWorld split, or the Karpathy split ("test") for coco_karpathy/flickr30k
+    split: str = "val"  # ShapesWorld split, the Karpathy split ("test") for coco_karpathy/flickr30k, or RefCOCO's
     annotations: str | None = None
     questions: str | None = None
     image_root: str | None = None
@@ -54,7 +64,12 @@ class EvalDataConfig:
     def __post_init__(self) -> None:
         check(self.limit is None or self.limit >= 1, "data.limit", self.limit, "use a positive count or null")
         # The split picks the items of these formats; the other formats read every entry of their files.
-        splits = {"shapes": tuple(SHAPES_SPLITS), "coco_karpathy": KARPATHY_SPLITS, "flickr30k": KARPATHY_SPLITS}
+        splits = {
+            "shapes": tuple(SHAPES_SPLITS),
+            "coco_karpathy": KARPATHY_SPLITS,
+            "flickr30k": KARPATHY_SPLITS,
+            "refcoco": REFCOCO_SPLITS,
+        }
         if self.format in splits:
             check(
                 self.split in splits[self.format],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
+import lavit.data.annotations as annotations
 from lavit.config import ConfigError
 from lavit.data.benchmark_readers import CocoPromptsDataset, GQADataset, KarpathyCaptionsDataset, VizWizDataset
 from lavit.data.image_io import load_image
@@ -33,7 +34,9 @@ from lavit.data.readers import (
     JsonlDataset,
     VQAv2Dataset,
 )
+from lavit.data.refcoco import RefCOCODataset
 from lavit.data.shapes import Scene
+from lavit.data.shapes import text as shapes_text
 from lavit.data.shapes.dataset import ShapesWorld
 from lavit.evaluation.config import EvalDataConfig
 
@@ -50,11 +53,21 @@ class Item:
     prompt: str | None = None
     scene: Scene | None = None  # ShapesWorld only: the ground truth the parser is checked against
     reference: Callable[[], Image.Image] | None = None  # text2image: the real image for FID
+    # grounding / visual_prompts: the sample's annotations (lavit.data.annotations: a scene, or
+    # regions and the image size), which of its regions, the phrase that refers to it, and the
+    # question asked (visual_prompts) or whether generation is asked too (RefCOCO: once a region).
+    meta: dict | None = None
+    region: int | None = None
+    phrase: str | None = None
+    variant: int | None = None
 
 
 def build_items(task: str, data: EvalDataConfig) -> list[Item]:
     """The items of ``task`` from the set described by ``data`` (first ``data.limit`` of them)."""
-    items = _shapes_items(task, data) if data.format == "shapes" else _file_items(task, data)
+    if task in ("grounding", "visual_prompts"):
+        items = grounding_items(task, data)
+    else:
+        items = _shapes_items(task, data) if data.format == "shapes" else _file_items(task, data)
     return items[: data.limit] if data.limit is not None else items
 
 
@@ -190,3 +203,51 @@ def _item(task: str, ds, i: int) -> Item:
         (qa,) = ds.qa(i)  # question datasets hold one question per record
         return Item(ds.key(i), image, question=qa.question, answers=qa.answers)
     return Item(ds.key(i), image, captions=ds.captions(i))
+
+
+def grounding_items(task: str, data: EvalDataConfig) -> list[Item]:
+    """The items of ``grounding`` / ``visual_prompts`` from ``data`` (ShapesWorld or RefCOCO)."""
+    if data.format == "refcoco":
+        return _refcoco_items(data)
+    world = ShapesWorld(data.shapes, data.split)
+    n = len(world) if data.limit is None else min(len(world), data.limit)
+    items = []
+    for i in range(n):
+        scene, image = world.scene(i), partial(world.image, i)
+        meta = {"scene": scene.to_dict()}
+        for j in range(len(scene.shapes)):
+            key = f"shapes-{data.split}-{i}-r{j}"
+            if task == "grounding":
+                phrase = shapes_text.referring_phrases(scene, j)[0]
+                items.append(Item(key, image, scene=scene, meta=meta, region=j, phrase=phrase))
+            else:
+                items += [
+                    Item(f"{key}-q{k}", image, scene=scene, meta=meta, region=j, variant=k)
+                    for k in range(len(annotations.MARKED_QUESTIONS))
+                ]
+    return items
+
+
+def _refcoco_items(data: EvalDataConfig) -> list[Item]:
+    _need(data, "annotations", "image_root")
+    _check_paths(data)
+    ds = _read(data, lambda: RefCOCODataset(data.annotations, data.image_root, data.split))
+    items, described, count = [], set(), {}
+    for e in ds.expressions():
+        count[e.ref_id] = count.get(e.ref_id, -1) + 1  # a ref may repeat a sentence: keys by position
+        meta = {"regions": ds.regions(e.index), "image_size": list(ds.image_size(e.index))}
+        # Generation is asked once per region (its first phrase's item), against all its phrases.
+        first = (e.index, e.region) not in described
+        described.add((e.index, e.region))
+        image = partial(load_image, ds.image_path(e.index))
+        items.append(
+            Item(
+                f"ref{e.ref_id}-s{count[e.ref_id]}",
+                image,
+                meta=meta,
+                region=e.region,
+                phrase=e.phrase,
+                variant=int(first),
+            )
+        )
+    return items

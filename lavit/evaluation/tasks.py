@@ -1,4 +1,5 @@
-"""The four zero-shot tasks: what each predicts per item and how its predictions are scored.
+"""The zero-shot tasks: what each predicts per item and how its predictions are scored
+(grounding and visual prompts: lavit/evaluation/grounding.py).
 
 Every score is a percentage except PSNR (dB), FID and the counts. An item whose image cannot be
 read gets ``{"key", "error"}`` instead of a prediction: the runner keeps it out of the
@@ -279,4 +280,7 @@ TASK_CLASSES = {"caption": CaptionTask, "vqa": VQATask, "text2image": Text2Image
 
 def build_task(cfg: EvalConfig) -> _Task:
     """The evaluation task named by ``cfg.task``, over the set named by ``cfg.data``."""
-    return TASK_CLASSES[cfg.task](cfg)
+    from lavit.evaluation.grounding import GroundingTask, VisualPromptTask  # they build on _Task
+
+    classes = {**TASK_CLASSES, "grounding": GroundingTask, "visual_prompts": VisualPromptTask}
+    return classes[cfg.task](cfg)

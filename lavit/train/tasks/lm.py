@@ -356,11 +356,11 @@ class LMItems(Dataset):
         """A question about one region that refers to it only through a mark drawn on the image
         (:func:`lavit.data.annotations.marked_question`); the marked image is encoded afresh."""
         mix = self.cfg.mixture
-        marked, question, answer, _ = marked_question(record.meta, self.records.image(i), rng)
-        image = to_tensor(marked, self.size)[None]
+        q = marked_question(record.meta, self.records.image(i), rng)
+        image = to_tensor(q.image, self.size)[None]
         with torch.no_grad():
             codes = self.encoder.encode(image)[0]
-        seq = self.builder.understanding(codes, mix.vqa_prompt.format(question), answer, mix.marked_vqa_weight)
+        seq = self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answer, mix.marked_vqa_weight)
         return seq, image if self.cfg.lm.understanding_input == "continuous" else None
 
     def _synthesis(self, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor]:
@@ -376,9 +376,16 @@ class LMItems(Dataset):
         return seq, images if self.cfg.lm.prompt_images_as_features else None
 
 
-# Fields of LMConfig that init_from does not compare: run-time choices, provenance, and the text
-# vocabulary's size, which is the copied tokenizer's (a from-scratch LM saves the BPE's real size).
-_NOT_COMPARED = ("pretrained_path", "attn_implementation", "text_vocab_size")
+# Fields of LMConfig that init_from does not compare: run-time choices, provenance, the text
+# vocabulary's size, which is the copied tokenizer's (a from-scratch LM saves the BPE's real size),
+# and the visual-words options, which add no weights (a trained LM may switch them on).
+_NOT_COMPARED = (
+    "pretrained_path",
+    "attn_implementation",
+    "text_vocab_size",
+    "visual_words_weight",
+    "pseudo_image_features",
+)
 
 
 def init_lm(cfg: LMConfig, directory: str | Path) -> UnifiedLM:
