@@ -3,6 +3,8 @@
 One next-token objective over text and image tokens. Image input for understanding is either
 *discrete* (the code embeddings of the LM itself: truly unified, the default) or *continuous*
 (the tokenizer's merger features through a linear projection, as LaVIT does for understanding).
+Continuous input may add VW-LMM's visual words (``lm.visual_words_weight``,
+``lm.pseudo_image_features``; :meth:`UnifiedLM.visual_word_logits`).
 
 Modes are separate methods (house style): ``forward`` (training loss), ``prefill`` and
 ``decode_step`` (generation with a ``transformers`` KV cache; loops live in generate.py).
@@ -211,15 +213,50 @@ class UnifiedLM(nn.Module):
     ) -> torch.Tensor:
         """(B, L) ids -> (B, L, H) input embeddings. With continuous understanding input,
         positions where ``feature_mask`` (B, L) is True take ``features`` (M, feature_dim), in
-        order, through the projection instead of their code embeddings."""
+        order, through the projection instead of their code embeddings; with
+        ``lm.pseudo_image_features``, through the projection and then to pseudo image features."""
+        return self._embed(input_ids, features, feature_mask, want_words=False)[0]
+
+    def _embed(
+        self,
+        input_ids: torch.Tensor,
+        features: torch.Tensor | None,
+        feature_mask: torch.Tensor | None,
+        want_words: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(:meth:`embed`'s (B, L, H), the visual-word logits (M, T) of the features when
+        ``want_words`` or pseudo image features need them, else None)."""
         emb = self.hf.get_input_embeddings()(input_ids)
+        words_MT = None
         if features is not None:
             if self.feature_proj is None:
                 raise ValueError("continuous image features given, but lm.understanding_input is 'discrete'")
             assert feature_mask is not None and int(feature_mask.sum()) == features.shape[0], "feature count mismatch"
-            projected = self.feature_proj(features.to(self.feature_proj.weight.dtype))
+            projected = self.feature_proj(features.to(self.feature_proj.weight.dtype))  # (M, H)
+            if want_words or self.cfg.pseudo_image_features:
+                words_MT = self.visual_word_logits(projected)
+            if self.cfg.pseudo_image_features:
+                # VW-LMM's pseudo image features (Peng et al. 2024, arXiv 2403.07720): the text
+                # embeddings averaged under each visual word, softmax(w) @ E[:T]:
+                # (M, T) x (T, H) -> (M, H), inside the text embeddings' convex hull.
+                text_rows_TH = self.hf.get_input_embeddings().weight[: self.layout.text_size]
+                probs_MT = _at_least_fp32(words_MT).softmax(-1)
+                projected = probs_MT.to(text_rows_TH.dtype) @ text_rows_TH
             emb = emb.masked_scatter(feature_mask.unsqueeze(-1), projected.to(emb.dtype))
-        return emb
+        return emb, words_MT
+
+    def visual_word_logits(self, projected: torch.Tensor) -> torch.Tensor:
+        """VW-LMM's visual words (Peng et al. 2024, arXiv 2403.07720): projected image features
+        (M, H) -> logits (M, T) over the text vocabulary [0, T), whose softmax is each image
+        position's "visual word", a distribution over text tokens.
+
+        VW-LMM learns a separate ``vm_head``; this is the LM's own output head restricted to the
+        text rows (no new weights). With tied embeddings it is each feature's dot product with
+        every text embedding. In the head's dtype (bf16 for a bf16 LM)."""
+        head = self.hf.get_output_embeddings()
+        text_size = self.layout.text_size
+        bias = None if getattr(head, "bias", None) is None else head.bias[:text_size]
+        return F.linear(projected.to(head.weight.dtype), head.weight[:text_size], bias)
 
     def forward(
         self,
@@ -229,7 +266,8 @@ class UnifiedLM(nn.Module):
         features: torch.Tensor | None = None,
         feature_mask: torch.Tensor | None = None,
     ) -> LMOutput:
-        """Training: next-token cross-entropy, each target weighted by ``loss_weights``.
+        """Training: next-token cross-entropy, each target weighted by ``loss_weights``, plus
+        ``lm.visual_words_weight`` times the visual-words KL (:meth:`_visual_words_kl`) if set.
 
         Args:
             input_ids: (B, L); attention_mask: (B, L) 1 = real token (right padding).
@@ -237,18 +275,44 @@ class UnifiedLM(nn.Module):
             features / feature_mask: continuous image input (see :meth:`embed`).
 
         Returns:
-            LMOutput with the weighted mean loss and per-kind losses in ``logs``.
+            LMOutput with the weighted mean loss and per-kind losses in ``logs`` (with
+            ``loss_visual_words`` when that weight is set).
         """
-        logits, ce = self._token_ce(input_ids, attention_mask, features, feature_mask)
+        vw_weight = self.cfg.visual_words_weight
+        logits, ce, words_MT = self._token_ce(input_ids, attention_mask, features, feature_mask, vw_weight > 0)
         targets, weights = input_ids[:, 1:], loss_weights[:, 1:].float()
         loss = (ce * weights).sum() / weights.sum().clamp_min(1e-6)
         is_code = self.layout.is_code(targets) & (weights > 0)
-        is_text = ~self.layout.is_code(targets) & (weights > 0)
+        is_box = self.layout.is_location(targets) & (weights > 0)
+        is_text = ~self.layout.is_code(targets) & ~is_box & (weights > 0)
         logs = {
             "loss_image": (ce * is_code).sum().detach() / is_code.sum().clamp_min(1),
             "loss_text": (ce * is_text).sum().detach() / is_text.sum().clamp_min(1),
         }
+        if self.layout.num_locations:  # every step of a model with boxes (ranks reduce the same keys)
+            logs["loss_box"] = (ce * is_box).sum().detach() / is_box.sum().clamp_min(1)
+        if vw_weight > 0:  # logged on every step (also without images): ranks reduce the same keys
+            kl = self._visual_words_kl(logits, words_MT, feature_mask)
+            loss = loss + vw_weight * kl
+            logs["loss_visual_words"] = kl.detach()
         return LMOutput(loss=loss, logits=logits, logs=logs)
+
+    def _visual_words_kl(
+        self, logits: torch.Tensor, words_MT: torch.Tensor | None, feature_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """VW-LMM's visual modelling loss (Peng et al. 2024, arXiv 2403.07720): the LM's
+        prediction at t - 1, over the text ids, of image position t's visual word, as
+        KL(softmax(w_t) || softmax(logits[t-1, :T])), averaged over the image positions t >= 1
+        (VW-LMM's KLDivLoss(reduction="batchmean") over those rows). The target is not detached,
+        as in VW-LMM: the projection learns from both sides. 0 (fp32) with no image position."""
+        if words_MT is None:  # no image in the batch
+            return torch.zeros((), device=logits.device)
+        # masked_scatter filled the image positions in row-major order, as nonzero() lists them.
+        has_prev_M = feature_mask.nonzero()[:, 1] >= 1  # position 0 has no prediction
+        target_NT = _at_least_fp32(words_MT[has_prev_M])
+        pred_NT = _at_least_fp32(logits[:, :-1, : self.layout.text_size][feature_mask[:, 1:]])
+        kl = F.kl_div(pred_NT.log_softmax(-1), target_NT.log_softmax(-1), reduction="sum", log_target=True)
+        return kl / has_prev_M.sum().clamp_min(1)
 
     @torch.no_grad()
     def sequence_logprob(
@@ -261,7 +325,7 @@ class UnifiedLM(nn.Module):
     ) -> torch.Tensor:
         """Scoring: each row's log-likelihood of its weighted targets, sum_t w_t log p(ids[t] |
         ids[:t]) -> (B,). The arguments are :meth:`forward`'s (``collate``'s output)."""
-        _, ce = self._token_ce(input_ids, attention_mask, features, feature_mask)
+        _, ce, _ = self._token_ce(input_ids, attention_mask, features, feature_mask, want_words=False)
         return -(ce * loss_weights[:, 1:].float()).sum(dim=1)
 
     def _token_ce(
@@ -270,13 +334,15 @@ class UnifiedLM(nn.Module):
         attention_mask: torch.Tensor,
         features: torch.Tensor | None,
         feature_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, L, V), cross-entropy of predicting ids[t] from ids[:t] (B, L - 1), fp32)."""
-        emb = self.embed(input_ids, features, feature_mask)
+        want_words: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits (B, L, V), cross-entropy of predicting ids[t] from ids[:t] (B, L - 1), fp32,
+        the features' visual-word logits (M, T) or None: see :meth:`_embed`)."""
+        emb, words_MT = self._embed(input_ids, features, feature_mask, want_words)
         logits = self.hf(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False).logits  # (B, L, V)
         logits_BlV, targets = _at_least_fp32(logits[:, :-1]), input_ids[:, 1:]
         ce = F.cross_entropy(logits_BlV.transpose(1, 2), targets, reduction="none")  # (B, L - 1)
-        return logits, ce
+        return logits, ce, words_MT
 
     # ----------------------------------------------------------------------------------------
     # Generation steps (the loops are in lavit/generate.py)

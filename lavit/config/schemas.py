@@ -273,6 +273,12 @@ class LMConfig:
     # understanding_input says) or "discrete" (their codes, as LaVIT's multimodal synthesis
     # does even though its understanding reads continuous features).
     synthesis_input: str = "understanding"
+    # VW-LMM's visual words (continuous input only; docs/design.md section 5): the weight of the
+    # KL loss from the LM's prediction at each image position to the visual word (a distribution
+    # over text ids) of the projected feature there, 0 = off (VW-LMM: 1); and whether the LM
+    # reads pseudo image features (the text embeddings averaged under each visual word) instead.
+    visual_words_weight: float = 0.0
+    pseudo_image_features: bool = False
 
     def __post_init__(self) -> None:
         check(
@@ -281,6 +287,17 @@ class LMConfig:
             self.understanding_input,
             "use 'discrete' or 'continuous'",
         )
+        check(
+            self.hidden_size % self.num_heads == 0,
+            "hidden_size",
+            self.hidden_size,
+            f"must be divisible by num_heads={self.num_heads}",
+        )
+        weight = self.visual_words_weight
+        check(math.isfinite(weight) and weight >= 0, "visual_words_weight", weight, "use 0 (off) or a positive weight")
+        continuous = self.understanding_input == "continuous"
+        for key, on in (("visual_words_weight", weight > 0), ("pseudo_image_features", self.pseudo_image_features)):
+            check(not on or continuous, key, getattr(self, key), "visual words need lm.understanding_input=continuous")
         check(
             self.synthesis_input in ("understanding", "discrete"),
             "synthesis_input",
@@ -292,12 +309,6 @@ class LMConfig:
     def prompt_images_as_features(self) -> bool:
         """Whether images in a generation prompt enter as continuous features (else as codes)."""
         return self.understanding_input == "continuous" and self.synthesis_input == "understanding"
-        check(
-            self.hidden_size % self.num_heads == 0,
-            "hidden_size",
-            self.hidden_size,
-            f"must be divisible by num_heads={self.num_heads}",
-        )
 
 
 KV_CACHE_MODES = ("auto", "dynamic", "static", "graph")

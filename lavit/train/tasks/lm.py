@@ -419,6 +419,10 @@ def init_lm(cfg: LMConfig, directory: str | Path) -> UnifiedLM:
         fix = " ".join(f"lm.{n}={getattr(theirs, n)}" for n in diff)
         raise ConfigError(f"{where}: {have} differ from that LM's config.yaml; set {fix}")
     lm = lm.float().train()  # shipped weights may be float16; train in float32
+    # The options that add no weights are the run's (a trained LM may switch visual words on).
+    lm.cfg = dataclasses.replace(
+        lm.cfg, visual_words_weight=cfg.visual_words_weight, pseudo_image_features=cfg.pseudo_image_features
+    )
     if grow:
         lm.grow_locations(cfg.num_locations)
     return lm
