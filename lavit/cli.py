@@ -7,7 +7,8 @@
     lavit train all --recipe F [k=v]   train every stage of a recipe in order (skipping finished ones)
                                        and assemble the pipeline, e.g. configs/recipes/shapes_tiny.yaml
     lavit caption IMG...               caption images
-    lavit vqa IMG QUESTION...          answer questions about one image
+    lavit vqa IMG QUESTION...          answer questions about one image (--mark: a visual prompt on it)
+    lavit ground IMG PHRASE...         where each phrase is, as a box (--caption: boxes in a caption)
     lavit generate-tokens PROMPT...    sample image codes for text prompts (JSON file)
     lavit generate PROMPT... --out D   text -> codes -> images (PNG files; --prompts-file F for many)
     lavit reconstruct IMG... --out D   image -> codes -> image, side by side with the original
@@ -25,14 +26,24 @@ no partial folder, and a rerun leaves no stale files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from lavit.checkpoint import CheckpointError
+from lavit.cli_common import (
+    SHIPPED_MODEL,
+    add_model_args,
+    add_text_decoding_args,
+    bad_input,
+    decoding_from_args,
+    emit,
+    pipeline_from_args,
+    shipped_model,
+)
+from lavit.cli_grounding import add_commands as add_grounding_commands
 from lavit.cli_inputs import (
     MAX_IMAGES,
     UsageError,
@@ -50,6 +61,7 @@ from lavit.config import ConfigError, fills_once
 from lavit.data.image_io import ImageLoadError
 from lavit.files import JSONLError, OutDirLockedError, atomic_dir, atomic_write
 from lavit.train.stages import STAGES, load_stage
+from lavit.visual_prompts import parse_mark
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -123,113 +135,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps({"stage": args.stage, "out_dir": cfg.train.out_dir, **metrics}, indent=2))
 
 
-def _pipeline(args: argparse.Namespace, needs: tuple[str, ...] = ("lm",)):
-    """The pipeline from --model, or from the stage folders; ``needs`` names the stages the
-    command uses (lm, diffusion), so a missing one fails before anything runs."""
-    from lavit.pipeline import LaVITPipeline
-
-    check_device(args.device)
-    dtype = None
-    if getattr(args, "bf16", False):
-        if not str(args.device).startswith("cuda"):
-            raise UsageError("--bf16 runs the LLM in bfloat16 on a GPU: add --device cuda, or drop --bf16")
-        import torch
-
-        dtype = torch.bfloat16
-    stages = {"lm": args.lm, "diffusion": args.diffusion, "var": args.var}
-    if args.model and (args.tokenizer or any(stages.values())):
-        raise UsageError(
-            "give either --model DIR or the stage folders (--tokenizer, --lm, --diffusion, --var), not both"
-        )
-    if args.model and _is_vargpt(args.model):
-        return _vargpt_pipeline(args, dtype)
-    if args.model:
-        pipe = LaVITPipeline.from_pretrained(args.model, args.device, dtype=dtype)
-        missing = [n for n in needs if (pipe.lm is None if n == "lm" else n not in pipe.decoders)]
-        if missing:
-            raise UsageError(f"{args.model} has no {missing[0]}/ stage, which 'lavit {args.command}' needs")
-        return pipe
-    if not args.tokenizer and not any(stages.values()):
-        args.model = str(shipped_model())  # neither given: the shipped model
-        return _pipeline(args, needs)
-    missing = [n for n in ("tokenizer", *needs) if not (args.tokenizer if n == "tokenizer" else stages[n])]
-    if missing:
-        flags = " ".join(f"--{n} DIR" for n in ("tokenizer", *needs))
-        raise UsageError(
-            f"incomplete model: pass --model DIR (a pipeline directory) or {flags} "
-            "(e.g. --tokenizer runs/tokenizer_tiny/model --lm runs/lm_tiny/model)"
-        )
-    decoders = {n: stages[n] for n in needs if n != "lm"}
-    return LaVITPipeline.from_parts(
-        args.tokenizer, args.lm if "lm" in needs else None, device=args.device, dtype=dtype, **decoders
-    )
-
-
-SHIPPED_MODEL = "checkpoints/lavit-shapes-tiny"
-
-
-def shipped_model() -> Path:
-    """The model shipped in the repository (found from the installed package's location)."""
-    path = Path(__file__).resolve().parent.parent / SHIPPED_MODEL
-    if not path.is_dir():
-        raise UsageError(
-            f"no --model given and the shipped model {path} is missing: install from a clone of the "
-            "repository (pip install -e .) or pass --model DIR"
-        )
-    return path
-
-
-def _is_vargpt(directory: str) -> bool:
-    """Whether ``directory`` is a VARGPT folder (lavit convert vargpt) rather than a pipeline."""
-    from lavit.checkpoint import read_meta
-
-    meta = Path(directory) / "meta.json"
-    return meta.is_file() and read_meta(directory).get("schema") == "VARGPTConfig"
-
-
-def _vargpt_pipeline(args: argparse.Namespace, dtype):
-    """A VARGPT folder behind the pipeline's calls: it draws images through its own VQ-VAE, so
-    the LaVIT pipeline's decoder options do not apply to it."""
-    from lavit.vargpt.pipeline import VARGPTPipeline
-
-    given = [flag for flag, key in (("--ratio", "ratio"), ("--candidates", "candidates")) if getattr(args, key, None)]
-    if dtype is not None or given:
-        raise UsageError(
-            f"{args.model} is a VARGPT folder: {(given or ['--bf16'])[0]} does not apply to it yet; drop it"
-        )
-    return VARGPTPipeline.from_pretrained(args.model, args.device)
-
-
-def _decoding(default, args: argparse.Namespace):
-    changes = {k: v for k, v in (("num_beams", args.beams), ("max_new_tokens", args.max_new_tokens)) if v is not None}
-    return dataclasses.replace(default, **changes)
-
-
-@contextlib.contextmanager
-def _bad_input() -> Iterator[None]:
-    """Inside a model call, a ValueError is the input's fault (a prompt longer than the context,
-    an image of the wrong size, ...): report it as a usage error."""
-    try:
-        yield
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-
-
-def _emit(records: list[dict], args: argparse.Namespace, text: Callable[[dict], str]) -> None:
-    if args.json:
-        print(json.dumps(records, indent=2))
-    else:
-        for r in records:
-            print(text(r))
-
-
 def cmd_caption(args: argparse.Namespace) -> None:
     check_images(args.images)
-    pipe = _pipeline(args)
-    with _bad_input():
-        captions = pipe.caption(args.images, args.prompt, _decoding(pipe.cfg.caption_decoding, args))
+    pipe = pipeline_from_args(args)
+    with bad_input():
+        captions = pipe.caption(args.images, args.prompt, decoding_from_args(pipe.cfg.caption_decoding, args))
     records = [{"image": i, "caption": c} for i, c in zip(args.images, captions, strict=True)]
-    _emit(records, args, lambda r: f"{r['image']}: {r['caption']}")
+    emit(records, args, lambda r: f"{r['image']}: {r['caption']}")
 
 
 def cmd_vqa(args: argparse.Namespace) -> None:
@@ -240,23 +152,31 @@ def cmd_vqa(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--template {args.template!r} must hold the question's place as {{}} once, e.g. 'Question: {{}} Answer:'"
         )
-    pipe = _pipeline(args)
+    try:
+        marks = [parse_mark(spec) for spec in args.mark or ()]
+    except ValueError as e:
+        raise UsageError(f"--mark {e}") from None
+    pipe = pipeline_from_args(args)
+    if marks and not hasattr(pipe, "mark_images"):
+        raise UsageError(f"{args.model} is a VARGPT folder: --mark is for LaVIT-style pipelines; drop it")
     n = len(args.questions)
-    with _bad_input():
-        answers = pipe.answer([args.image] * n, args.questions, args.template, _decoding(pipe.cfg.vqa_decoding, args))
+    with bad_input():
+        decoding = decoding_from_args(pipe.cfg.vqa_decoding, args)
+        extra = {"marks": [marks] * n} if marks else {}
+        answers = pipe.answer([args.image] * n, args.questions, args.template, decoding, **extra)
     records = [{"image": args.image, "question": q, "answer": a} for q, a in zip(args.questions, answers, strict=True)]
-    _emit(records, args, lambda r: f"Q: {r['question']}\nA: {r['answer']}")
+    emit(records, args, lambda r: f"Q: {r['question']}\nA: {r['answer']}")
 
 
 def cmd_generate_tokens(args: argparse.Namespace) -> None:
     check_prompts(args)
     if Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; generate-tokens writes one JSON file: give a file path")
-    pipe = _pipeline(args)
+    pipe = pipeline_from_args(args)
     sampling = pipe.cfg.image_sampling
     if args.max_tokens is not None:
         sampling = dataclasses.replace(sampling, max_tokens=args.max_tokens)
-    with _bad_input():
+    with bad_input():
         codes = pipe.generate_tokens(
             args.prompts,
             num_images=args.num_images,
@@ -301,8 +221,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     check_images(args.images)
     check_out_dir(args)
     originals = [load_image(p) for p in args.images]  # fail on a bad file before any model work
-    pipe = _pipeline(args, needs=(args.decoder,))
-    with _bad_input():
+    pipe = pipeline_from_args(args, needs=(args.decoder,))
+    with bad_input():
         recons = pipe.reconstruct(
             originals, decoder=args.decoder, seed=args.seed, sampling=_decoder_sampling(pipe, args, reconstruction=True)
         )
@@ -320,8 +240,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     check_prompts(args)
     out = fresh_out_dir(args, GENERATE_MANIFEST)
-    pipe = _pipeline(args, needs=("lm", args.decoder))
-    with _bad_input():
+    pipe = pipeline_from_args(args, needs=("lm", args.decoder))
+    with bad_input():
         if hasattr(pipe, "generate"):
             gen = pipe.generate(
                 args.prompts,
@@ -373,8 +293,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     from lavit.data.image_io import load_image
 
     prompt = [load_image(v) if kind == "image" else v for kind, v in parts]  # bad files fail before the model
-    pipe = _pipeline(args, needs=("lm", args.decoder))
-    with _bad_input():
+    pipe = pipeline_from_args(args, needs=("lm", args.decoder))
+    with bad_input():
         images = pipe.synthesize(
             [prompt],
             decoder=args.decoder,
@@ -400,22 +320,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     model = args.model or str(shipped_model())
     summary = run_demo(LaVITPipeline.from_pretrained(model, args.device), args.out)
     print(json.dumps({"model": model, **summary}, indent=2))
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help=f"pipeline directory (default: the shipped {SHIPPED_MODEL})")
-    p.add_argument("--tokenizer", default=None, help="trained tokenizer directory (with --lm)")
-    p.add_argument("--lm", default=None, help="trained LM directory (with --tokenizer)")
-    p.add_argument("--diffusion", default=None, help="trained diffusion detokenizer directory (with --tokenizer)")
-    p.add_argument("--var", default=None, help="trained VAR decoder directory (with --tokenizer)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--bf16", action="store_true", help="on a GPU, run the LLM (and LaVIT's pixel decoder) in bfloat16")
-
-
-def _text_decoding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--beams", type=int, default=None, help="beam count (1 = greedy; default: the pipeline's)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the pipeline's")
 
 
 # lavit.pipeline.DECODERS' names (not imported here: it pulls in diffusers; a test keeps them equal).
@@ -467,16 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="caption images")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--prompt", default=None, help="caption prompt (default: the pipeline's)")
-    _text_decoding_args(p)
-    _model_args(p)
+    add_text_decoding_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("vqa", help="answer questions about an image")
     p.add_argument("image", help="image file")
     p.add_argument("questions", nargs="+", help="one or more questions")
     p.add_argument("--template", default=None, help='question template (default "Question: {} Answer:")')
-    _text_decoding_args(p)
-    _model_args(p)
+    p.add_argument(
+        "--mark",
+        action="append",
+        help="a visual prompt drawn on the image first, KIND:x0,y0,x1,y1[:COLOUR[:WIDTH]] in pixels, e.g. "
+        "ellipse:8,9,17,18:red ('the shape in the red ellipse'); repeatable",
+    )
+    add_text_decoding_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_vqa)
 
     p = sub.add_parser("generate-tokens", help="sample image codes for text prompts, saved as JSON")
@@ -484,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_prompt_args(p)
     p.add_argument("--negative-prompt", default=None, help="unconditional context (default: the lone <img>)")
     p.add_argument("--max-tokens", type=int, default=None, help="most codes per image (default: the pipeline's, 200)")
-    _model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_generate_tokens)
 
     p = sub.add_parser("generate", help="generate images from text prompts (PNG files)")
@@ -498,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw N per image, keep the one whose caption likelihood of the prompt is highest (default: the pipeline's, 1)",
     )
     _decoder_args(p)
-    _model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("reconstruct", help="images -> codes -> images, written side by side with the originals")
@@ -506,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: <name>_reconstruction.png per image")
     _decoder_args(p)
     p.add_argument("--seed", type=int, default=0)
-    _model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("synthesize", help="multimodal prompt (images and texts in order) -> new image(s)")
@@ -517,9 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None, help="the LM's CFG scale (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decoder", default="diffusion", choices=DECODER_NAMES, help="which detokenizer renders the codes")
-    _model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_synthesize)
 
+    add_grounding_commands(sub)
     add_published_commands(sub)
 
     p = sub.add_parser("demo", help="the shipped model on held-out scenes -> outputs/demo/index.html")

@@ -2,6 +2,7 @@
 from an LM without location tokens), the pipeline's methods, the two evaluations, bad input."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -148,3 +149,25 @@ def test_grounding_tasks_need_location_tokens(tokenizer_dir, lm_cfg, tmp_path):
         lm_cfg(tmp_path, tokenizer_dir, "mixture.grounding_prob=0.5")
     with pytest.raises(ConfigError, match=r"mixture.region_prompt"):
         lm_cfg(tmp_path, tokenizer_dir, "lm.num_locations=8", "mixture.region_prob=0.5", "mixture.region_prompt=What?")
+
+
+def test_cli_ground_and_marked_vqa(tokenizer_dir, grounded_lm_dir, tmp_path, capsys):
+    from lavit.cli import main
+
+    _, _, image = scene_meta(0)
+    path = tmp_path / "scene.png"
+    image.save(path)
+    model = ["--tokenizer", str(tokenizer_dir), "--lm", str(grounded_lm_dir), "--max-new-tokens", "4"]
+    assert main(["ground", str(path), "the blue circle", "--json", "--out", str(tmp_path / "boxes.png"), *model]) == 0
+    (record,) = json.loads(capsys.readouterr().out.split("wrote")[0])
+    assert record["phrase"] == "the blue circle" and len(record["box"]) == 4
+    assert all(0 <= v <= 64 for v in record["box"]) and (tmp_path / "boxes.png").is_file()
+    assert main(["ground", str(path), "--caption", *model]) == 0
+    q = "what colour is the shape in the red ellipse?"
+    assert main(["vqa", str(path), q, "--mark", "ellipse:8,9,17,18:red", *model]) == 0
+    capsys.readouterr()
+    assert main(["vqa", str(path), q, "--mark", "blob:8,9,17,18", *model]) == 2
+    assert "--mark" in capsys.readouterr().err
+    assert main(["vqa", str(path), q, "--mark", "ellipse:50,50,90,60", *model]) == 2
+    assert "lies outside the 64x64 image" in capsys.readouterr().err
+    assert main(["ground", str(path), *model]) == 2  # neither phrases nor --caption
