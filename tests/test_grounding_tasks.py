@@ -171,3 +171,13 @@ def test_cli_ground_and_marked_vqa(tokenizer_dir, grounded_lm_dir, tmp_path, cap
     assert main(["vqa", str(path), q, "--mark", "ellipse:50,50,90,60", *model]) == 2
     assert "lies outside the 64x64 image" in capsys.readouterr().err
     assert main(["ground", str(path), *model]) == 2  # neither phrases nor --caption
+
+
+def test_stored_regions_map_through_the_centre_crop_and_need_the_image_size():
+    meta = {"regions": [{"box": [60, 10, 110, 60], "phrases": ["the cat", "a cat"]}], "image_size": [200, 100]}
+    (region,) = annotations.regions(meta)
+    assert dataclasses.astuple(region.box) == pytest.approx((0.1, 0.1, 0.6, 0.6))
+    assert region.phrases == ("the cat", "a cat") and region.description == "the cat" and region.shape is None
+    assert annotations.region_named(meta, region, "A cat ") and not annotations.region_named(meta, region, "a dog")
+    with pytest.raises(ValueError, match=r'"image_size": \[width, height\]'):
+        annotations.regions({"regions": meta["regions"]})

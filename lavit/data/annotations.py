@@ -156,8 +156,14 @@ def regions(meta: Meta, image_size: tuple[int, int] | None = None) -> list[Regio
     """The sample's regions, for a source image of ``image_size`` (width, height; default the
     ``image_size`` a reader stored, or the unit square for a scene): ShapesWorld's shapes (from
     the scene), or the ``regions`` a reader stored, boxes mapped through the model's centre crop."""
-    if image_size is None:
-        image_size = (1, 1) if has_scene(meta) else tuple(meta["image_size"])
+    if image_size is None and not has_scene(meta):
+        if "image_size" not in meta:
+            raise ValueError(
+                "a sample with regions but no image_size: its boxes are pixels of an image of unknown size; "
+                'give its record "image_size": [width, height] beside "regions" (RefCOCO\'s reader does)'
+            )
+        image_size = tuple(meta["image_size"])
+    image_size = image_size or (1, 1)
     w, h = image_size
     if has_scene(meta):
         scene, out = _scene(meta), []
