@@ -334,23 +334,25 @@ class LMItems(Dataset):
         if kind == CAPTION:
             cap = record.captions[int(rng.integers(len(record.captions)))]
             return self.builder.understanding(codes, mix.caption_prompt, cap, mix.caption_weight), image
-        if kind in (GROUNDING, REGION):
-            boxed = [r for r in regions(record.meta) if r.box is not None]
-            r = boxed[int(rng.integers(len(boxed)))]
-            if kind == GROUNDING:
-                phrase = r.phrases[int(rng.integers(len(r.phrases)))]
-                return self.builder.understanding(
-                    codes, mix.grounding_prompt.format(phrase), [r.box], mix.grounding_weight
-                ), image
-            before, after = mix.region_prompt.split("{}")
-            return self.builder.understanding(codes, [before, r.box, after], r.description, mix.region_weight), image
-        if kind == GROUNDED_CAPTION:
-            caption = grounded_caption(record.meta, (1, 1))
-            return self.builder.understanding(
-                codes, mix.grounded_caption_prompt, caption, mix.grounded_caption_weight
-            ), image
+        if kind in (GROUNDING, REGION, GROUNDED_CAPTION):
+            return self._grounding(kind, record, rng), image
         q = record.qa[int(rng.integers(len(record.qa)))]
         return self.builder.understanding(codes, mix.vqa_prompt.format(q.question), q.answers[0], mix.vqa_weight), image
+
+    def _grounding(self, kind: int, record: CodeRecord, rng: np.random.Generator) -> TokenSeq:
+        """A phrase -> its region's box (GROUNDING), a box -> what is there (REGION), or a caption
+        with a box after each shape (GROUNDED_CAPTION); boxes are location tokens."""
+        mix, codes = self.cfg.mixture, record.codes
+        if kind == GROUNDED_CAPTION:
+            caption = grounded_caption(record.meta, (1, 1))
+            return self.builder.understanding(codes, mix.grounded_caption_prompt, caption, mix.grounded_caption_weight)
+        boxed = [r for r in regions(record.meta) if r.box is not None]
+        r = boxed[int(rng.integers(len(boxed)))]
+        if kind == GROUNDING:
+            phrase = r.phrases[int(rng.integers(len(r.phrases)))]
+            return self.builder.understanding(codes, mix.grounding_prompt.format(phrase), [r.box], mix.grounding_weight)
+        before, after = mix.region_prompt.split("{}")
+        return self.builder.understanding(codes, [before, r.box, after], r.description, mix.region_weight)
 
     def _marked_vqa(self, i: int, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor | None]:
         """A question about one region that refers to it only through a mark drawn on the image
