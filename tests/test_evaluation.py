@@ -245,7 +245,7 @@ def test_bad_input_one_line_errors(pipeline_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_eval_config_loads(path):
-    script = {"caption": "caption", "vqa": "vqa", "text2image": "text2image", "reconstruct": "reconstruct"}
+    script = {t: t for t in ("caption", "vqa", "text2image", "reconstruct", "grounding", "visual_prompts")}
     first = path.read_text().splitlines()[0]
     task = next(t for t in script if f"eval/{t}.py" in first)
     cfg = load_config(path, EvalConfig, [f"task={task}", "model=some/dir"])

@@ -186,7 +186,7 @@ def test_save_and_load_round_trip(pipe, images, tmp_path):
     assert np.array_equal(np.asarray(again.reconstruct(images[:1])[0]), np.asarray(pipe.reconstruct(images[:1])[0]))
     # reconstruction needs no LM
     only = LaVITPipeline(pipe.tokenizer, decoders=pipe.decoders, cfg=pipe.cfg)
-    with pytest.raises(ValueError, match="captioning and VQA needs the LM"):
+    with pytest.raises(ValueError, match="captioning, VQA and grounding needs the LM"):
         only.caption(images[:1])
 
 
