@@ -22,7 +22,7 @@ import torch
 
 from lavit.config import ImageSamplingConfig, TextDecodingConfig
 from lavit.decoding import make_decoder
-from lavit.grounding import Box, BoxGrammar, Segment, split_boxes
+from lavit.grounding import BOX_TOKENS, Box, BoxGrammar, Segment, split_boxes
 from lavit.model import UnifiedLM
 from lavit.sequence import SequenceBuilder, TokenSeq, left_pad
 
@@ -202,6 +202,11 @@ def generate_grounded(
         Per prompt, its strings and :class:`~lavit.grounding.Box` es in order (strings stripped,
         empty ones dropped).
     """
+    if mode == "box" and not cfg.min_new_tokens <= BOX_TOKENS <= cfg.max_new_tokens:
+        raise ValueError(
+            f"a box is {BOX_TOKENS} tokens and then the end: decode it with max_new_tokens >= {BOX_TOKENS} and "
+            f"min_new_tokens <= {BOX_TOKENS} (got {cfg.max_new_tokens} and {cfg.min_new_tokens})"
+        )
     device = next(lm.parameters()).device
     grammar = BoxGrammar(lm.layout, mode, builder.eos, device)
     out = []

@@ -142,6 +142,13 @@ def ids_to_box(ids: Sequence[int], layout: VocabLayout) -> Box:
 Segment = str | Box  # text with boxes in it: ["a red circle", Box(...), " and a blue square", Box(...)]
 
 
+def fill_box(template: str, box: Box) -> list[Segment]:
+    """A prompt template with a box where its ``{}`` is ("What is at {}?" -> ["What is at ",
+    box, "?"]): how a region is asked about, in training and at inference."""
+    before, after = template.split("{}")
+    return [before, box, after]
+
+
 def split_boxes(ids: Sequence[int], layout: VocabLayout) -> list[list[int] | Box]:
     """Generated ids -> runs of non-location ids and the boxes between them, in order. A run of
     location ids that is not a whole number of boxes keeps its complete boxes and drops the rest

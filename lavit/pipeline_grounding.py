@@ -23,7 +23,7 @@ from PIL import Image
 from lavit.config import TextDecodingConfig, fills_once
 from lavit.data.image_io import load_image
 from lavit.data.transforms import to_pil
-from lavit.grounding import Box, Segment, box_in_square
+from lavit.grounding import Box, Segment, box_in_square, fill_box
 from lavit.visual_prompts import Mark, draw_marks
 
 PixelBox = tuple[float, float, float, float]
@@ -70,7 +70,6 @@ class GroundingMixin:
         pil = self._pil(images)
         if len(boxes) != len(pil):
             raise ValueError(f"{len(pil)} images for {len(boxes)} boxes")
-        before, after = template.split("{}")
         prompts = []
         for image, box in zip(pil, boxes, strict=True):
             if not isinstance(box, Box):
@@ -81,7 +80,7 @@ class GroundingMixin:
                         f"{image.size[0]}x{image.size[1]} image (its centre crop); crop the image around it first"
                     )
                 box = square
-            prompts.append([before, box, after])
+            prompts.append(fill_box(template, box))
         return self._understand(pil, prompts, decoding or self.cfg.region_decoding)
 
     def grounded_caption(
@@ -89,9 +88,11 @@ class GroundingMixin:
     ) -> list[list[Segment]]:
         """A caption with a box after each thing it names: per image, its strings and boxes in
         order (``["a small red circle", Box(...), " and a large blue square", Box(...)]``)."""
-        pil = self._pil(images)
+        batch = self.images_to_tensor(images)
         prompt = self.cfg.grounded_caption_prompt if prompt is None else prompt
-        return self._understand(pil, [prompt] * len(pil), decoding or self.cfg.grounded_caption_decoding, "grounded")
+        return self._understand(
+            batch, [prompt] * len(batch), decoding or self.cfg.grounded_caption_decoding, "grounded"
+        )
 
     def mark_images(self, images, marks: Sequence[Sequence[Mark]]) -> list[Image.Image]:
         """Each image with its marks drawn on it (in its own pixels); what :meth:`answer` reads

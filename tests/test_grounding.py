@@ -131,6 +131,9 @@ def test_sequences_hold_boxes_and_constrained_decoding_writes_whole_boxes(ground
             assert len(answer) == 1 and isinstance(answer[0], Box)
         rows = generate_ids(lm, sb, prompts, cfg)  # text mode: no location id at all
         assert not any(lm.layout.is_location_id(i) for r in rows for i in r)
+    for short in (TextDecodingConfig(max_new_tokens=3), TextDecodingConfig(max_new_tokens=8, min_new_tokens=5)):
+        with pytest.raises(ValueError, match=r"decode it with max_new_tokens >= 4 and min_new_tokens <= 4"):
+            generate_grounded(lm, sb, prompts, short, "box")
 
 
 def test_bad_boxes_and_models_without_location_tokens():

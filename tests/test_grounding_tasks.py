@@ -11,6 +11,7 @@ import torch
 import lavit.data.annotations as annotations
 from lavit.config import ConfigError, ShapesWorldConfig, TextDecodingConfig
 from lavit.data.shapes import COLOURS, KINDS, render, scene_for_index
+from lavit.data.shapes.text import _where
 from lavit.data.transforms import to_tensor
 from lavit.evaluation import build_task, evaluate
 from lavit.evaluation.config import EvalConfig
@@ -29,6 +30,16 @@ def scene_meta(i: int):
     return scene, {"scene": scene.to_dict()}, render(scene, 64)
 
 
+def fits(phrase: str, s) -> bool:
+    """Whether a referring phrase ("the [size] colour kind [where]") describes shape ``s``."""
+    words = phrase.removeprefix("the ").split(" ", 3)
+    if words[0] in ("small", "large"):
+        size, colour, kind, rest = words[0], words[1], words[2], " ".join(words[3:])
+    else:
+        size, colour, kind, rest = None, words[0], words[1], " ".join(words[2:])
+    return (colour, kind) == (s.colour, s.kind) and size in (None, s.size) and rest in ("", _where(s))
+
+
 def test_shapes_regions_name_one_shape_each_and_box_it():
     for i in range(60):
         scene, meta, image = scene_meta(i)
@@ -37,13 +48,8 @@ def test_shapes_regions_name_one_shape_each_and_box_it():
         for r, shape in zip(found, scene.shapes, strict=True):
             assert dataclasses.astuple(r.box) == pytest.approx(tuple(v / 64 for v in shape.box(64)))
             for phrase in r.phrases:  # every phrase fits its own shape and no other
-                fits = [
-                    s
-                    for s in scene.shapes
-                    if f"{s.colour} {s.kind}" in phrase and (s.size in phrase or "the " + s.colour in phrase)
-                ]
-                assert shape in fits
-        caption = annotations.grounded_caption(meta, image.size)
+                assert [s for s in scene.shapes if fits(phrase, s)] == [shape], phrase
+        caption = annotations.grounded_caption(meta)
         assert annotations.grounded_caption_right(meta, caption)
         boxes = [p for p in caption if isinstance(p, Box)]
         moved = [

@@ -23,6 +23,7 @@ with one line before anything trains.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -181,13 +182,13 @@ def regions(meta: Meta, image_size: tuple[int, int] | None = None) -> list[Regio
     return out
 
 
-def grounded_caption(meta: Meta, image_size: tuple[int, int]) -> list[Segment] | None:
+def grounded_caption(meta: Meta) -> list[Segment] | None:
     """A caption that boxes every shape it names, in the scene's order ("a small red circle"
     <box> ", and a large blue square" <box>); None without a scene."""
     if not has_scene(meta):
         return None
     parts: list[Segment] = []
-    found = regions(meta, image_size)
+    found = regions(meta)
     for k, region in enumerate(found):
         sep = "" if k == 0 else (" and " if k == len(found) - 1 else ", ")
         parts += [sep + region.description, region.box]
@@ -201,9 +202,9 @@ def grounded_caption_right(meta: Meta, parts: list[Segment], min_iou: float = 0.
     phrases = [p for p in parts if isinstance(p, str)]
     if not caption_right(meta, " ".join(phrases)):
         return False
-    scene, found = _scene(meta), regions(meta, (1, 1))
+    scene, found = _scene(meta), regions(meta)
     unmatched = set(range(len(found)))
-    for before, box in zip(parts, parts[1:], strict=False):
+    for before, box in pairwise(parts):
         if not (isinstance(before, str) and isinstance(box, Box)):
             continue
         named = text.parse_mentions(before)

@@ -41,6 +41,7 @@ from lavit.data.annotations import (
 )
 from lavit.data.transforms import to_tensor
 from lavit.generate import generate_text
+from lavit.grounding import fill_box
 from lavit.lm_io import TOKENIZER_DIR, load_lm, save_lm
 from lavit.metrics.caption import caption_scores
 from lavit.metrics.vqa import answer_accuracy
@@ -344,15 +345,14 @@ class LMItems(Dataset):
         with a box after each shape (GROUNDED_CAPTION); boxes are location tokens."""
         mix, codes = self.cfg.mixture, record.codes
         if kind == GROUNDED_CAPTION:
-            caption = grounded_caption(record.meta, (1, 1))
+            caption = grounded_caption(record.meta)
             return self.builder.understanding(codes, mix.grounded_caption_prompt, caption, mix.grounded_caption_weight)
         boxed = [r for r in regions(record.meta) if r.box is not None]
         r = boxed[int(rng.integers(len(boxed)))]
         if kind == GROUNDING:
             phrase = r.phrases[int(rng.integers(len(r.phrases)))]
             return self.builder.understanding(codes, mix.grounding_prompt.format(phrase), [r.box], mix.grounding_weight)
-        before, after = mix.region_prompt.split("{}")
-        return self.builder.understanding(codes, [before, r.box, after], r.description, mix.region_weight)
+        return self.builder.understanding(codes, fill_box(mix.region_prompt, r.box), r.description, mix.region_weight)
 
     def _marked_vqa(self, i: int, record: CodeRecord, rng: np.random.Generator) -> tuple[TokenSeq, torch.Tensor | None]:
         """A question about one region that refers to it only through a mark drawn on the image
